@@ -121,7 +121,9 @@ class Ternary:
                 f"{group_size!r} with granularity {granularity!r}"
             )
 
-        alpha_pos = self._normalise_scale(alpha_pos, "alpha_pos", codes.shape, granularity, group_size)
+        alpha_pos = self._normalise_scale(
+            alpha_pos, "alpha_pos", codes.shape, granularity, group_size
+        )
         symmetric = alpha_neg is None
         if symmetric:
             alpha_neg = alpha_pos

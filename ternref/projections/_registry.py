@@ -25,6 +25,9 @@ PROPERTIES = {
 }
 
 
+INPUT_KINDS = ("weights", "weight_pair", "gradient")
+
+
 @dataclass(frozen=True)
 class ProjectionInfo:
     """A registered projection function and what it claims."""
@@ -39,6 +42,7 @@ class ProjectionInfo:
     claims: frozenset = field(default_factory=frozenset)
     refutes: frozenset = field(default_factory=frozenset)
     summary: str = ""
+    input_kind: str = "weights"
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -58,12 +62,21 @@ def register(
     claims=(),
     refutes=(),
     summary: str = "",
+    input_kind: str = "weights",
 ):
     """Decorator registering a projection function under ``name``.
 
     ``claims`` are property names from :data:`PROPERTIES` that the function satisfies;
     ``refutes`` are properties it provably does not have (tests pin that they fail).
+    ``input_kind`` says how the function is called:
+
+    * ``"weights"`` -- ``fn(w)`` (deterministic) or ``fn(w, rng=rng)`` (stochastic) returns a
+      ``Ternary`` of ``w``'s shape; the generic property suite runs on these;
+    * ``"weight_pair"`` -- ``fn(w1, w2)`` (STTN's two binary kernels) returns one ``Ternary``;
+    * ``"gradient"`` -- ``fn(g, rng=rng)`` ternarizes a gradient (TernGrad).
     """
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
     unknown = (set(claims) | set(refutes)) - set(PROPERTIES)
     if unknown:
         raise ValueError(f"unknown property name(s) {sorted(unknown)}; known: {sorted(PROPERTIES)}")
@@ -84,6 +97,7 @@ def register(
             claims=frozenset(claims),
             refutes=frozenset(refutes),
             summary=summary or (fn.__doc__ or "").strip().splitlines()[0],
+            input_kind=input_kind,
         )
         return fn
 
