@@ -58,7 +58,6 @@ MNIST_CLASSES = tuple(str(k) for k in range(10))
 _INFO = {
     "fashion-mnist": {
         "title": "Fashion-MNIST",
-        "system_dir": SYSTEM_FASHION_DIR,
         "classes": FASHION_CLASSES,
         "how": (
             "  - Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
@@ -69,7 +68,6 @@ _INFO = {
     },
     "mnist": {
         "title": "MNIST",
-        "system_dir": None,
         "classes": MNIST_CLASSES,
         "how": (
             "  - download the four files from the MNIST database "
@@ -91,9 +89,8 @@ def _candidates(name: str, path) -> list[tuple[Path, str]]:
     if env:
         root = Path(env).expanduser()
         out += [(root / name, f"${ENV_VAR}"), (root, f"${ENV_VAR}")]
-    system_dir = _INFO[name]["system_dir"]
-    if system_dir is not None:
-        out.append((system_dir, "system package"))
+    if name == "fashion-mnist":
+        out.append((Path(SYSTEM_FASHION_DIR), "system package dataset-fashion-mnist"))
     return out
 
 
