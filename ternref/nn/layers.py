@@ -1,0 +1,688 @@
+"""Layers with hand-derived backward passes: Linear, Conv2d, pooling, ReLU, Flatten, Dropout,
+BatchNorm and Sequential.
+
+Every layer follows the contract of :class:`ternref.nn.module.Module`: ``forward(x)`` caches what
+the backward needs, ``backward(dy)`` returns ``dL/dx`` and *adds* parameter gradients into
+``Parameter.grad``. The derivation of each backward sits in the class docstring or beside the line.
+
+dtypes: parameters are float32 unless ``dtype=`` says otherwise (use float64 for gradient checks);
+the output always has the input's float dtype (parameters are cast to it for the computation).
+
+**Weight quantizer hook.** :class:`Linear` and :class:`Conv2d` accept ``weight_quantizer``, a
+:class:`Module` with ``forward(w) -> w_hat`` (same shape) and ``backward(dL/dw_hat) -> dL/dw``.
+The dense op then runs on ``w_hat`` (the four objects of DESIGN.md: latent ``w`` stays in
+``self.weight``, ``w_hat`` is only cached for the backward). The backward computes ``dL/dw_hat``
+from the cached ``w_hat`` and input, and accumulates ``weight_quantizer.backward(dL/dw_hat)`` into
+``self.weight.grad``; the quantizer accumulates the gradients of its own learned parameters (e.g.
+TTQ's scales) itself. The attribute is assignable after construction, and because it is a child
+module its parameters appear in ``layer.parameters()``.
+
+References
+----------
+A. Karpathy et al., CS231n assignment 2 (``layers.py``), Stanford 2016.
+S. Ioffe, C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
+Internal Covariate Shift", ICML 2015, arXiv:1502.03167.
+N. Srivastava, G. Hinton, A. Krizhevsky, I. Sutskever, R. Salakhutdinov, "Dropout: A Simple Way to
+Prevent Neural Networks from Overfitting", JMLR 2014.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ternref._validate import describe, float_array, generator, integer, real_number
+from ternref.nn import init
+from ternref.nn.functional import col2im_t, conv_output_shape, im2col_t, pair
+from ternref.nn.module import Module, Parameter
+
+__all__ = [
+    "Linear",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "ReLU",
+    "Flatten",
+    "Dropout",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Sequential",
+]
+
+
+def _rng(rng) -> np.random.Generator:
+    return np.random.default_rng() if rng is None else generator(rng)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"dtype must be a floating-point dtype, got {dt}")
+    return dt
+
+
+def _check_input(layer: Module, x, expected: tuple) -> np.ndarray:
+    """Check ``x`` against ``expected`` (ints fixed, None free) and name the layer on failure.
+
+    Finiteness is not checked here (a full pass over every activation would cost as much as a
+    ReLU); the shape and dtype checks are O(1).
+    """
+    x = float_array(x, f"{type(layer).__name__} input", finite=False)
+    ok = x.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(
+            f"{layer!r}: expected input of shape {want} (* = any), got shape {x.shape}"
+        )
+    return x
+
+
+def _need_cache(layer: Module, value):
+    if value is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
+    return value
+
+
+def _check_dy(layer: Module, dy, shape: tuple) -> np.ndarray:
+    dy = float_array(dy, f"{type(layer).__name__} dy", finite=False)
+    if dy.shape != shape:
+        raise ValueError(
+            f"{type(layer).__name__}.backward: dy must have the output shape {shape}, "
+            f"got {dy.shape}"
+        )
+    return dy
+
+
+class _QuantizableWeight(Module):
+    """Shared weight / bias / weight-quantizer logic of :class:`Linear` and :class:`Conv2d`."""
+
+    def _init_params(self, shape: tuple, bias: bool, rng, dtype) -> None:
+        rng = _rng(rng)
+        dtype = _float_dtype(dtype)
+        fan_in, _ = init.compute_fans(shape)
+        # PyTorch default (reset_parameters): kaiming_uniform_(a=sqrt(5)) => U(+-1/sqrt(fan_in)),
+        # bias U(+-1/sqrt(fan_in)).
+        w = init.kaiming_uniform(shape, rng, gain=1.0 / math.sqrt(3.0), dtype=dtype)
+        self.weight = Parameter(w, "weight")
+        bound = 1.0 / math.sqrt(fan_in)
+        self.bias = (
+            Parameter(rng.uniform(-bound, bound, size=shape[0]).astype(dtype), "bias")
+            if bias
+            else None
+        )
+        self._w_hat = None
+
+    def _weight_hat(self, dtype) -> np.ndarray:
+        """``w_hat`` = quantizer(w) (or ``w``), cast to the activation dtype, cached."""
+        q = self.weight_quantizer
+        if q is None:
+            w_hat = self.weight.data
+        else:
+            if not isinstance(q, Module):
+                raise TypeError(
+                    f"{type(self).__name__}.weight_quantizer must be None or a Module with "
+                    f"forward/backward, got {describe(q)}"
+                )
+            w_hat = np.asarray(q(self.weight.data))
+            if w_hat.shape != self.weight.data.shape:
+                raise ValueError(
+                    f"weight_quantizer {type(q).__name__} returned shape {w_hat.shape}, "
+                    f"expected the weight shape {self.weight.data.shape}"
+                )
+        w_hat = w_hat.astype(dtype, copy=False)
+        self._w_hat = w_hat
+        return w_hat
+
+    def _accumulate_weight_grad(self, dw_hat: np.ndarray) -> None:
+        # chain rule through w_hat = q(w): dL/dw = q.backward(dL/dw_hat); identity without q
+        dw = dw_hat if self.weight_quantizer is None else self.weight_quantizer.backward(dw_hat)
+        if self.weight.requires_grad:
+            self.weight.grad += dw
+
+
+class Linear(_QuantizableWeight):
+    """Fully connected layer ``y = x @ w_hat.T + b``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    rng : numpy.random.Generator, optional
+        For the initialisation; ``None`` uses ``np.random.default_rng()``.
+    weight_quantizer : Module, optional
+        See the module docstring (``w_hat = weight_quantizer(w)``).
+    dtype : float dtype, default float32
+
+    Attributes
+    ----------
+    weight : Parameter, shape (out_features, in_features)
+        Initialised ``U(+-1/sqrt(in_features))`` (PyTorch's default).
+    bias : Parameter, shape (out_features,), or None
+        Initialised ``U(+-1/sqrt(in_features))``.
+
+    Notes
+    -----
+    Shapes: x (N, in), w_hat (out, in), y (N, out). From ``y_nk = sum_i x_ni w_ki + b_k``::
+
+        dL/dx_ni     = sum_k dy_nk w_ki        ->  dx = dy @ w_hat           (N, in)
+        dL/dw_hat_ki = sum_n dy_nk x_ni        ->  dw_hat = dy.T @ x         (out, in)
+        dL/db_k      = sum_n dy_nk             ->  db = dy.sum(0)            (out,)
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, rng=None,
+        weight_quantizer: Module | None = None, dtype=np.float32,
+    ):  # fmt: skip
+        super().__init__()
+        self.in_features = integer(in_features, "in_features", low=1)
+        self.out_features = integer(out_features, "out_features", low=1)
+        self._init_params((self.out_features, self.in_features), bias, rng, dtype)
+        self.weight_quantizer = weight_quantizer
+        self._x = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, in) -> y (N, out)."""
+        x = _check_input(self, x, (None, self.in_features))
+        w_hat = self._weight_hat(x.dtype)
+        y = np.matmul(x, w_hat.T)
+        if self.bias is not None:
+            y += self.bias.data.astype(x.dtype, copy=False)
+        self._x = x
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dy (N, out) -> dx (N, in); accumulates weight (through the quantizer) and bias grads."""
+        x = _need_cache(self, self._x)
+        dy = _check_dy(self, dy, (x.shape[0], self.out_features))
+        self._accumulate_weight_grad(np.matmul(dy.T, x))
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += dy.sum(axis=0)
+        return np.matmul(dy, self._w_hat)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class Conv2d(_QuantizableWeight):
+    """2-D convolution (cross-correlation, as in every framework) on NCHW input via im2col.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        Zero padding on each side.
+    bias : bool, default True
+    rng : numpy.random.Generator, optional
+    weight_quantizer : Module, optional
+        See the module docstring.
+    dtype : float dtype, default float32
+
+    Attributes
+    ----------
+    weight : Parameter, shape (out_channels, in_channels, kh, kw)
+        ``U(+-1/sqrt(fan_in))``, ``fan_in = in_channels*kh*kw`` (PyTorch's default).
+    bias : Parameter, shape (out_channels,), or None
+
+    Notes
+    -----
+    With ``cols_t = im2col(x).T`` of shape (K, M), K = C*kh*kw, M = N*OH*OW, and
+    ``W2 = w_hat.reshape(O, K)``, the forward is one GEMM ``Y = W2 @ cols_t + b`` (O, M), then
+    ``y = Y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3)``. Backward, with ``dY`` (O, M) the same
+    re-layout of ``dy``::
+
+        dW2    = dY @ cols_t.T         (O, K)   -> dw_hat = dW2.reshape(w.shape)
+        db     = dY.sum(axis=1)        (O,)
+        dcols  = W2.T @ dY             (K, M)
+        dx     = col2im(dcols.T)       (N, C, H, W)   adjoint of the im2col copy
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+        bias: bool = True, rng=None, weight_quantizer: Module | None = None, dtype=np.float32,
+    ):  # fmt: skip
+        super().__init__()
+        self.in_channels = integer(in_channels, "in_channels", low=1)
+        self.out_channels = integer(out_channels, "out_channels", low=1)
+        self.kernel_size = pair(kernel_size, "kernel_size", low=1)
+        self.stride = pair(stride, "stride", low=1)
+        self.padding = pair(padding, "padding", low=0)
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        self._init_params(shape, bias, rng, dtype)
+        self.weight_quantizer = weight_quantizer
+        self._cols_t = None
+        self._x_shape = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C_in, H, W) -> y (N, C_out, OH, OW)."""
+        x = _check_input(self, x, (None, self.in_channels, None, None))
+        n, _, h, w = x.shape
+        oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, self.padding)
+        w_hat = self._weight_hat(x.dtype)
+        cols_t = im2col_t(x, self.kernel_size, self.stride, self.padding)  # (K, M)
+        y_t = np.matmul(w_hat.reshape(self.out_channels, -1), cols_t)  # (O, M)
+        if self.bias is not None:
+            y_t += self.bias.data.astype(x.dtype, copy=False)[:, None]
+        self._cols_t, self._x_shape = cols_t, x.shape
+        return np.ascontiguousarray(y_t.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); accumulates weight and bias grads."""
+        cols_t = _need_cache(self, self._cols_t)
+        n, _, h, w = self._x_shape
+        oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, self.padding)
+        dy = _check_dy(self, dy, (n, self.out_channels, oh, ow))
+        o = self.out_channels
+        dy_t = dy.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # (O, M), one copy
+        w2 = self._w_hat.reshape(o, -1)
+        self._accumulate_weight_grad(np.matmul(dy_t, cols_t.T).reshape(self._w_hat.shape))
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += dy_t.sum(axis=1)
+        dcols_t = np.matmul(w2.T, dy_t)  # (K, M)
+        return col2im_t(dcols_t, self._x_shape, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        )
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size", low=1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", low=1)
+        self._x_shape = None
+
+    def _windows(self, shape):
+        """Yield ``(t, slice)`` for each window offset (a, b): the strided view of that offset."""
+        n, c, h, w = shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, 0)
+        for a in range(kh):
+            for b in range(kw):
+                yield a * kw + b, (slice(None), slice(None), slice(a, a + sh * oh, sh),
+                                   slice(b, b + sw * ow, sw))  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling over ``kernel_size`` windows (no padding, floor mode).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (non-overlapping windows), as in PyTorch.
+
+    Notes
+    -----
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW). ``y = max_{(a,b)} x[.., i*sh+a, j*sw+b]`` is
+    piecewise linear: its derivative routes ``dy`` to the element that attained the maximum.
+
+    **Ties:** when several elements of a window equal the maximum, the gradient goes to exactly
+    one of them, the *first* in row-major order of the window (offset ``a*kw + b`` smallest),
+    which is what PyTorch's CPU kernel does. The backward walks the offsets in row-major order
+    and routes ``dy`` to the first element equal to the window maximum, skipping windows already
+    served. With overlapping windows (stride < kernel) an element can win several windows and
+    then receives the sum of their gradients. A NaN in a window propagates to its output (as in
+    PyTorch) and that window then routes no gradient.
+    """
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__(kernel_size, stride)
+        self._x = None
+        self._y = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _check_input(self, x, (None, None, None, None))
+        y = None
+        for _, sl in self._windows(x.shape):
+            y = x[sl].copy() if y is None else np.maximum(y, x[sl], out=y)
+        self._x, self._y = x, y  # x is kept by reference (no copy); the winner is found later
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        y = _need_cache(self, self._y)
+        x = self._x
+        dy = _check_dy(self, dy, y.shape)
+        dx = np.zeros(x.shape, dtype=dy.dtype)
+        taken = None  # windows whose maximum has already been routed
+        for _, sl in self._windows(x.shape):  # offsets in row-major order
+            hit = x[sl] == y
+            if taken is None:
+                taken = hit
+            else:
+                hit &= ~taken  # only the first maximum of a window receives dy
+                taken |= hit
+            dx[sl] += dy * hit
+        return dx
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling over ``kernel_size`` windows (no padding, floor mode).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+
+    Notes
+    -----
+    ``y = (1/(kh*kw)) sum_{(a,b)} x[.., i*sh+a, j*sw+b]`` is linear, so every element of a window
+    receives ``dy / (kh*kw)`` (summed over the windows that contain it).
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _check_input(self, x, (None, None, None, None))
+        out = None
+        for _, sl in self._windows(x.shape):
+            out = x[sl].copy() if out is None else np.add(out, x[sl], out=out)
+        self._x_shape = x.shape
+        out *= x.dtype.type(1.0 / (self.kernel_size[0] * self.kernel_size[1]))
+        return out
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        shape = _need_cache(self, self._x_shape)
+        oh, ow = conv_output_shape(shape[2], shape[3], self.kernel_size, self.stride, 0)
+        dy = _check_dy(self, dy, (shape[0], shape[1], oh, ow))
+        share = dy * dy.dtype.type(1.0 / (self.kernel_size[0] * self.kernel_size[1]))
+        dx = np.zeros(shape, dtype=dy.dtype)
+        for _, sl in self._windows(shape):
+            dx[sl] += share
+        return dx
+
+
+class ReLU(Module):
+    """``y = max(x, 0)``; ``dx = dy * 1[x > 0]`` (subgradient 0 at x = 0, as PyTorch)."""
+
+    def __init__(self):
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = float_array(x, "ReLU input", finite=False, allow_empty=True)
+        self._mask = x > 0
+        return np.maximum(x, x.dtype.type(0))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        mask = _need_cache(self, self._mask)
+        dy = _check_dy(self, dy, mask.shape)
+        return dy * mask  # (a bool multiply is ~8x faster than np.where here)
+
+
+class Flatten(Module):
+    """``(N, d1, d2, ...) -> (N, d1*d2*...)`` (a view when possible); backward reshapes back."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = float_array(x, "Flatten input", finite=False)
+        if x.ndim < 2:
+            raise ValueError(f"Flatten(): expected input of shape (N, ...), got shape {x.shape}")
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        shape = _need_cache(self, self._shape)
+        dy = _check_dy(self, dy, (shape[0], math.prod(shape[1:])))
+        return dy.reshape(shape)
+
+
+class Dropout(Module):
+    """Inverted dropout: zero each element with probability ``p``, scale survivors by 1/(1-p).
+
+    Parameters
+    ----------
+    p : float in [0, 1)
+        Drop probability.
+    rng : numpy.random.Generator, optional
+        Source of the masks; ``None`` uses ``np.random.default_rng()``.
+
+    Notes
+    -----
+    Training: ``m_i ~ Bernoulli(1-p)``, ``y = x * m / (1-p)``, hence ``E[y] = x``; the scaled mask
+    ``s = m/(1-p)`` is cached and the backward is ``dx = dy * s`` with the very same mask.
+    Evaluation (``.eval()``): identity in both directions.
+
+    References
+    ----------
+    N. Srivastava, G. Hinton, A. Krizhevsky, I. Sutskever, R. Salakhutdinov, JMLR 15, 2014.
+    """
+
+    def __init__(self, p: float = 0.5, rng=None):
+        super().__init__()
+        self.p = real_number(p, "p", low=0.0, high=1.0, high_open=True)
+        self.rng = _rng(rng)
+        self._mask = None
+        self._shape = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = float_array(x, "Dropout input", finite=False, allow_empty=True)
+        self._shape = x.shape
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        u_dtype = np.float64 if x.dtype == np.float64 else np.float32
+        keep = self.rng.random(x.shape, dtype=u_dtype) >= self.p  # P(keep) = 1 - p
+        self._mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        shape = _need_cache(self, self._shape)
+        dy = _check_dy(self, dy, shape)
+        return dy if self._mask is None else dy * self._mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class _BatchNorm(Module):
+    """Batch normalisation over every axis except the channel axis 1.
+
+    Notes
+    -----
+    Training, per channel over the m = N*(spatial) values of the batch:
+
+        mu = mean(x),  var = mean((x - mu)^2)            (biased, used for normalising)
+        xhat = (x - mu) / sqrt(var + eps),   y = gamma * xhat + beta
+        running_mean <- (1 - momentum) * running_mean + momentum * mu
+        running_var  <- (1 - momentum) * running_var  + momentum * var * m / (m - 1)  (unbiased)
+
+    Evaluation uses ``running_mean``/``running_var`` in place of ``mu``/``var`` (PyTorch
+    semantics, ``torch.nn.BatchNorm1d/2d`` documentation).
+
+    Backward in training (mu and var depend on every x of the channel). With
+    ``g = dL/dxhat = dy * gamma`` and ``s = 1/sqrt(var + eps)``:
+
+        dL/dvar = sum(g * (x - mu)) * (-1/2) s^3
+        dL/dmu  = -s sum(g)            (the dL/dvar * d var/d mu term is zero: sum(x - mu) = 0)
+        dx      = g s + dL/dvar * 2 (x - mu) / m + dL/dmu / m
+                = (s / m) * (m g - sum(g) - xhat * sum(g * xhat))
+
+    and since sum(g) = gamma*sum(dy), sum(g*xhat) = gamma*sum(dy*xhat):
+    ``dx = gamma*s/m * (m*dy - dbeta - xhat*dgamma)`` with ``dbeta = sum(dy)``,
+    ``dgamma = sum(dy * xhat)``. In evaluation mu, var are constants: ``dx = dy * gamma * s``.
+
+    References
+    ----------
+    S. Ioffe, C. Szegedy, ICML 2015, arXiv:1502.03167.
+    """
+
+    _ndims: tuple = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype=np.float32):  # fmt: skip
+        super().__init__()
+        self.num_features = integer(num_features, "num_features", low=1)
+        self.eps = real_number(eps, "eps", low=0.0, low_open=True)
+        self.momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
+        dtype = _float_dtype(dtype)
+        self.weight = Parameter(np.ones(self.num_features, dtype=dtype), "weight")
+        self.bias = Parameter(np.zeros(self.num_features, dtype=dtype), "bias")
+        self.running_mean = np.zeros(self.num_features, dtype=dtype)
+        self.running_var = np.ones(self.num_features, dtype=dtype)
+        self.num_batches_tracked = 0
+        self._cache = None
+
+    def _check(self, x) -> np.ndarray:
+        x = float_array(x, f"{type(self).__name__} input", finite=False)
+        if x.ndim not in self._ndims or x.shape[1] != self.num_features:
+            want = " or ".join(
+                "(" + ", ".join(["N", str(self.num_features)] + ["*"] * (d - 2)) + ")"
+                for d in self._ndims
+            )
+            raise ValueError(f"{self!r}: expected input of shape {want}, got shape {x.shape}")
+        return x
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        axes = (0, *range(2, x.ndim))
+        bshape = (1, self.num_features) + (1,) * (x.ndim - 2)
+        m = x.size // self.num_features
+        dt = x.dtype.type
+        if self.training:
+            if m < 2:
+                raise ValueError(
+                    f"{type(self).__name__} in training mode needs more than 1 value per "
+                    f"channel to compute batch statistics, got input shape {x.shape}"
+                )
+            mu = x.mean(axis=axes)
+            xc = x - mu.reshape(bshape)
+            var = np.mean(np.square(xc), axis=axes)  # biased (1/m)
+            inv_std = 1.0 / np.sqrt(var + dt(self.eps))
+            # running estimates: unbiased variance (m/(m-1)) as torch.nn.BatchNorm does
+            mom = self.momentum
+            self.running_mean *= 1.0 - mom
+            self.running_mean += mom * mu
+            self.running_var *= 1.0 - mom
+            self.running_var += mom * var * (m / (m - 1))
+            self.num_batches_tracked += 1
+        else:
+            inv_std = 1.0 / np.sqrt(self.running_var.astype(x.dtype) + dt(self.eps))
+            xc = x - self.running_mean.astype(x.dtype).reshape(bshape)
+        xhat = xc
+        xhat *= inv_std.reshape(bshape)  # xc is a fresh array, normalise it in place
+        gamma = self.weight.data.astype(x.dtype, copy=False)
+        beta = self.bias.data.astype(x.dtype, copy=False)
+        self._cache = (xhat, inv_std, m, self.training, axes, bshape)
+        return xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        xhat, inv_std, m, training, axes, bshape = _need_cache(self, self._cache)
+        dy = _check_dy(self, dy, xhat.shape)
+        dbeta = dy.sum(axis=axes)
+        dgamma = np.sum(dy * xhat, axis=axes)
+        if self.weight.requires_grad:
+            self.weight.grad += dgamma
+        if self.bias.requires_grad:
+            self.bias.grad += dbeta
+        gamma = self.weight.data.astype(dy.dtype, copy=False)
+        scale = (gamma * inv_std).astype(dy.dtype, copy=False)
+        if not training:
+            return dy * scale.reshape(bshape)
+        # dx = gamma*s/m * (m*dy - dbeta - xhat*dgamma)
+        dx = xhat * (-dgamma / m).reshape(bshape)
+        dx += dy
+        dx -= (dbeta / m).reshape(bshape)
+        dx *= scale.reshape(bshape)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) input, statistics per channel C.
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    eps : float, default 1e-5
+    momentum : float, default 0.1
+        ``running <- (1 - momentum) * running + momentum * batch_stat``.
+    dtype : float dtype, default float32
+
+    Attributes
+    ----------
+    weight, bias : Parameter, shape (C,)
+        gamma (ones) and beta (zeros).
+    running_mean, running_var : ndarray, shape (C,)
+        Zeros and ones initially; updated in training mode (unbiased variance).
+
+    Notes
+    -----
+    Forward and backward derivation: see :class:`_BatchNorm` (same math as BatchNorm2d).
+    """
+
+    _ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) input, statistics per channel over N, H, W.
+
+    Parameters, attributes and notes as :class:`BatchNorm1d`.
+    """
+
+    _ndims = (4,)
+
+
+class Sequential(Module):
+    """Run layers in order; backpropagate in reverse order.
+
+    Parameters
+    ----------
+    *layers : Module
+
+    Attributes
+    ----------
+    layers : list of Module
+        Indexable as ``seq[i]`` (a slice returns a new Sequential sharing the layers),
+        ``len(seq)``, ``iter(seq)``.
+    """
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential layer {i} must be a Module, got {describe(layer)}")
+        self.layers = list(layers)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def append(self, layer: Module) -> Sequential:
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential.append expects a Module, got {describe(layer)}")
+        self.layers.append(layer)
+        return self
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
