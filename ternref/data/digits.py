@@ -151,6 +151,10 @@ def load_digits(
     seed = check.integer(seed, "seed", low=0)
     images, labels = read_digits_npz(DIGITS_PATH if _path is None else _path)
     train, test = stratified_split(labels, test_fraction, np.random.default_rng(seed))
+    if train.size == 0:
+        raise ValueError(
+            f"test_fraction={test_fraction} leaves no training images out of {labels.size}"
+        )
     return build(
         "digits",
         (images[train], labels[train]),

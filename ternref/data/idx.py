@@ -23,6 +23,7 @@ for Benchmarking Machine Learning Algorithms", 2017, arXiv:1708.07747.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -98,7 +99,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on bogus sizes
     got = len(data) - header_len
     if got != expected:
         what = "truncated" if got < expected else "trailing bytes after the data"

@@ -165,6 +165,7 @@ def test_wrong_arrays_or_dtypes_are_refused(tmp_path):
     [
         ({"test_fraction": 1.0}, ValueError, "test_fraction must be < 1"),
         ({"test_fraction": -0.1}, ValueError, "test_fraction must be >= 0"),
+        ({"test_fraction": 0.9999}, ValueError, "leaves no training images"),
         ({"test_fraction": "0.2"}, TypeError, "test_fraction must be a real number"),
         ({"seed": -1}, ValueError, "seed must be >= 0"),
         ({"seed": 1.5}, TypeError, "seed must be an integer"),

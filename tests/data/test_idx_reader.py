@@ -172,3 +172,10 @@ def test_missing_file_and_bad_path_type(tmp_path):
         read_idx(tmp_path / "nope")
     with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
         read_idx(3)
+
+
+def test_huge_declared_sizes_are_a_length_mismatch_not_an_overflow(tmp_path):
+    # 4 x (2**32 - 1) elements of float64: far beyond int64, must still be reported exactly.
+    path = write(tmp_path, b"\x00\x00\x0e\x04" + struct.pack(">4I", *[2**32 - 1] * 4) + b"\x00")
+    with pytest.raises(ValueError, match=f"expected {(2**32 - 1) ** 4 * 8} bytes"):
+        read_idx(path)
