@@ -97,14 +97,21 @@ class SGD(Optimizer):
     which is PyTorch's ``torch.optim.SGD`` with ``dampening=0``.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
         _validate.real_number(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         _validate.real_number(weight_decay, "weight_decay", low=0.0)
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay)  # fmt: skip
+        super().__init__(
+            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
 
     def _update(self, p, group, state):
         g = p.grad
@@ -137,16 +144,29 @@ class Adam(Optimizer):
     ``"m"``, ``"v"`` (the raw, un-corrected moments) and ``"step"``.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ):
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         for i, b in enumerate(betas):
             _validate.real_number(b, f"betas[{i}]", low=0.0, high=1.0, high_open=True)
         _validate.real_number(eps, "eps", low=0.0, low_open=True)
         _validate.real_number(weight_decay, "weight_decay", low=0.0)
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         decoupled=decoupled)  # fmt: skip
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+        )
 
     def _update(self, p, group, state):
         b1, b2 = group["betas"]

@@ -166,13 +166,14 @@ def fit(
             for cb in callbacks:
                 cb.on_batch_begin(xb, yb)
             optimizer.zero_grad()
-            logits = model.forward(xb)
-            batch_loss = loss.forward(logits, yb)
-            if not np.isfinite(batch_loss):
+            with np.errstate(over="ignore", invalid="ignore"):
+                logits = model.forward(xb)
+            if not np.all(np.isfinite(logits)):
                 raise FloatingPointError(
-                    f"training diverged: loss is {batch_loss} at epoch {epoch} "
-                    f"(lr={lr:g}); lower the learning rate"
+                    f"training diverged: non-finite logits at epoch {epoch} (lr={lr:g}); "
+                    f"lower the learning rate"
                 )
+            batch_loss = loss.forward(logits, yb)
             model.backward(loss.backward())
             for cb in callbacks:
                 cb.after_backward(model, optimizer)
@@ -183,7 +184,9 @@ def fit(
             loss_sum += batch_loss * len(yb)
             correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
             if progress:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False
+                )
         seconds = time.perf_counter() - start
         test = evaluate(model, dataset.x_test, dataset.y_test, loss, eval_batch_size)
         record = {

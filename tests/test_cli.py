@@ -1,0 +1,84 @@
+"""The ``ternref`` command, run as a user runs it: in a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import ternref
+
+
+def run(*args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "ternref", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"ternref {ternref.__version__}"
+
+
+def test_no_command_prints_help_and_fails():
+    out = run()
+    assert out.returncode == 2
+    assert "train" in out.stdout
+
+
+def test_train_mlp_on_digits_reaches_a_useful_accuracy():
+    out = run("train", "--epochs", "5", "--quiet", "--json", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["model"] == "mlp" and result["dataset"] == "digits"
+    assert result["epochs"] == 5 and result["seed"] == 1
+    # 5 epochs of the default recipe give about 96-97 %; a broken stack gives ~10 %.
+    assert result["test_accuracy"] > 0.9
+
+
+def test_train_is_reproducible_for_a_seed():
+    a = json.loads(run("train", "--epochs", "2", "--quiet", "--json").stdout)
+    b = json.loads(run("train", "--epochs", "2", "--quiet", "--json").stdout)
+    assert a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_unknown_model_is_one_clear_error():
+    out = run("train", "--model", "resnet")
+    assert out.returncode == 2
+    assert "invalid choice: 'resnet'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_model_that_does_not_fit_the_dataset_is_one_line():
+    out = run("train", "--model", "lenet5", "--dataset", "digits", "--quiet")
+    assert out.returncode == 2
+    assert out.stderr.startswith("ternref: error:")
+    assert "lenet5" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_number_is_one_line():
+    out = run("train", "--epochs", "0", "--quiet")
+    assert out.returncode == 2
+    assert "ternref: error:" in out.stderr and "--epochs" in out.stderr
+
+
+def test_missing_data_lists_where_it_looked(tmp_path):
+    env = {"PATH": "", "TERNREF_DATA": str(tmp_path), "HOME": str(tmp_path)}
+    out = run("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), env=env)
+    assert out.returncode == 2
+    assert out.stderr.startswith("ternref: error:")
+    assert str(tmp_path / "nowhere") in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_train_cnn_on_digits():
+    out = run("train", "--model", "cnn", "--epochs", "3", "--quiet", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["test_accuracy"] > 0.85
