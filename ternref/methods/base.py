@@ -114,6 +114,14 @@ class Method:
         """Training-time hooks of the optimization method (called once per model)."""
         return []
 
+    def loss(self):
+        """The training loss the method needs, or ``None`` for the caller's default.
+
+        (Distillation returns a loss against the teacher's logits; GXNOR's and LAT's papers
+        used the squared hinge loss, but ternref compares methods under one loss by default.)
+        """
+        return None
+
     def hyperparameters(self) -> dict:
         """The method's hyper-parameters and their current values."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
