@@ -1,0 +1,204 @@
+"""INQ: Incremental Network Quantization, ternary (2-bit) case.
+
+Paper
+-----
+Aojun Zhou, Anbang Yao, Yiwen Guo, Lin Xu, Yurong Chen, "Incremental Network Quantization: Towards
+Lossless CNNs with Low-Precision Weights", arXiv:1702.03044, ICLR 2017.
+
+What is implemented
+-------------------
+The codebook of a layer is ``P = {+-2^n1, ..., +-2^n2, 0}`` with (paper, section 2.1)::
+
+    s  = max |W|                          (per layer)
+    n1 = floor(log2(4 s / 3))
+    n2 = n1 + 1 - 2^(b-1) / 2             (b bits including the zero code)
+
+For b = 2 bits, ``n2 = n1`` and ``P = {-2^n1, 0, +2^n1}``: a ternary set with ``alpha = 2^n1``.
+The quantization rule (paper's Eq. 4) maps ``w`` to ``beta * sign(w)`` when
+``(alpha' + beta)/2 <= |w| < 3 beta / 2`` for adjacent levels ``alpha' < beta`` of the sorted
+``P+`` (with 0), and to 0 otherwise. For ternary (``alpha' = 0``, ``beta = 2^n1``)::
+
+    w_hat = 2^n1 * sign(w) * 1[|w| >= 2^(n1 - 1)]
+
+The upper bound ``|w| < 3 * 2^n1 / 2`` always holds, because ``n1`` is chosen so that
+``(3/4) 2^n1 <= s < (3/2) 2^n1``; so ``max|W|`` maps to ``+-2^n1`` (methods.md P15).
+
+Paper vs code vs ternref choices
+--------------------------------
+* **Tie rule:** the paper's rule is ``>=``: a weight with ``|w| = 2^(n1-1)`` exactly becomes
+  nonzero. This departs from ternref's default strict ``>`` on purpose (DESIGN.md principle 7) and
+  is pinned by a test.
+* ``n1`` is computed exactly: the float ``log2`` estimate is corrected so that
+  ``2^n1 <= 4s/3 < 2^(n1+1)`` holds in exact arithmetic (``3 * 2^n1 <= 4 s``).
+* The third-party csyhhu ``INQ.py`` uses ``floor(log2|w|)`` per weight (round down instead of the
+  nearest-level rule); ternref follows the paper.
+* All-zero layer: ``s = 0`` has no ``n1``; ternref returns all-zero codes with scale 0.
+
+The incremental procedure (partition by magnitude, quantize the largest part, retrain the rest
+with the quantized part frozen; accumulated portions 50%, 75%, 87.5%, 100% [R]) belongs to the
+training method; :func:`inq_partition` provides its masks.
+
+References
+----------
+Zhou, A., Yao, A., Guo, Y., Xu, L., Chen, Y. (2017). Incremental Network Quantization: Towards
+Lossless CNNs with Low-Precision Weights. ICLR 2017. arXiv:1702.03044.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ternref._validate import float_array, real_number
+from ternref.projections._registry import register
+from ternref.ternary import Ternary
+
+
+def _tensor(x, name: str) -> np.ndarray:
+    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
+    x = float_array(x, name)
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
+    return x
+
+
+#: Accumulated portions of quantized weights used in the paper's experiments [R].
+PAPER_PORTIONS = (0.5, 0.75, 0.875, 1.0)
+
+
+def inq_exponent(s: float) -> int:
+    """``n1 = floor(log2(4 s / 3))`` for ``s > 0``, exact (``2^n1 <= 4s/3 < 2^(n1+1)``).
+
+    Parameters
+    ----------
+    s : float > 0
+        The layer's ``max |W|``.
+
+    Returns
+    -------
+    int
+        The exponent of INQ's largest level.
+
+    References
+    ----------
+    Zhou et al. (2017), arXiv:1702.03044, section 2.1.
+    """
+    s = real_number(s, "s", low=0.0, low_open=True)
+    n1 = math.floor(math.log2(4.0 * s / 3.0))
+    # 3 * 2^n and 4 * s are exact in binary floating point, so these comparisons are exact.
+    while 3.0 * math.ldexp(1.0, n1) > 4.0 * s:
+        n1 -= 1
+    while 3.0 * math.ldexp(1.0, n1 + 1) <= 4.0 * s:
+        n1 += 1
+    return n1
+
+
+@register(
+    "inq",
+    paper="Zhou, Yao, Guo, Xu, Chen. Incremental Network Quantization: Towards Lossless CNNs "
+    "with Low-Precision Weights (ICLR)",
+    year=2017,
+    arxiv="1702.03044",
+    symmetric=True,
+    deterministic=True,
+    claims=(
+        "range",
+        "sign_preserving",
+        "monotone",
+        "odd",
+        "permutation_equivariant",
+        "idempotent",
+        "dtype_preserving",
+        "zero_safe",
+    ),
+    summary="INQ ternary: 2^n1 * sign(w) * 1[|w| >= 2^(n1-1)], n1 = floor(log2(4 max|w| / 3))",
+)
+def inq(w) -> Ternary:
+    """Project ``w`` onto INQ's 2-bit (ternary) power-of-two codebook ``{0, +-2^n1}``.
+
+    Parameters
+    ----------
+    w : ndarray of float32 or float64, any shape
+        One layer's weights.
+
+    Returns
+    -------
+    Ternary
+        Codes ``sign(w) * 1[|w| >= 2^(n1-1)]`` (note ``>=``: the paper's tie rule) and the
+        per-tensor scale ``2^n1`` in ``w``'s dtype; scale 0 for an all-zero ``w``.
+
+    References
+    ----------
+    Zhou et al. (2017), arXiv:1702.03044, Eq. 4 with b = 2.
+    """
+    w = _tensor(w, "w")
+    s = float(np.max(np.abs(w)))
+    if s == 0.0:
+        return Ternary(np.zeros(w.shape, dtype=np.int8), np.asarray(0.0, dtype=w.dtype))
+    n1 = inq_exponent(s)
+    threshold = math.ldexp(1.0, n1 - 1)
+    # paper's rule: nonzero iff (0 + 2^n1)/2 <= |w| (the upper bound 3*2^n1/2 holds for all w)
+    codes = (np.sign(w) * (np.abs(w).astype(np.float64) >= threshold)).astype(np.int8)
+    return Ternary(codes, np.asarray(math.ldexp(1.0, n1), dtype=w.dtype))
+
+
+def inq_partition(w, fraction, already_frozen=None) -> np.ndarray:
+    """Mask of the weights quantized (frozen) once an accumulated ``fraction`` is reached.
+
+    INQ's weight partition: at each step the largest-magnitude weights among those not yet
+    frozen join the frozen set, until ``ceil(fraction * n)`` weights are frozen. Calling it with
+    the accumulated portions 0.5, 0.75, 0.875, 1.0 (:data:`PAPER_PORTIONS`) and passing each mask
+    back as ``already_frozen`` gives nested masks.
+
+    Parameters
+    ----------
+    w : ndarray of float
+        Current latent weights of the layer (only the not-yet-frozen entries are ranked).
+    fraction : float in [0, 1]
+        Accumulated portion of weights that must be frozen after this step.
+    already_frozen : ndarray of bool, optional
+        Mask of weights frozen in earlier steps (same shape as ``w``); all stay frozen.
+
+    Returns
+    -------
+    ndarray of bool
+        ``already_frozen`` plus the largest-``|w|`` free weights, ``ceil(fraction * n)`` in total.
+        Ties in ``|w|`` at the cut are broken by position (earlier C-order index first).
+
+    Raises
+    ------
+    ValueError
+        If ``already_frozen`` already holds more than ``ceil(fraction * n)`` weights (the portions
+        must not decrease) or has the wrong shape.
+
+    References
+    ----------
+    Zhou et al. (2017), arXiv:1702.03044, section 2.2 (weight partition).
+    """
+    w = _tensor(w, "w")
+    fraction = real_number(fraction, "fraction", low=0.0, high=1.0)
+    n = w.size
+    if already_frozen is None:
+        frozen = np.zeros(w.shape, dtype=bool)
+    else:
+        frozen = np.asarray(already_frozen)
+        if frozen.dtype != np.bool_:
+            raise TypeError(f"already_frozen must be a boolean mask, got dtype {frozen.dtype}")
+        if frozen.shape != w.shape:
+            raise ValueError(
+                f"already_frozen must have the shape of w {w.shape}, got {frozen.shape}"
+            )
+    target = math.ceil(fraction * n - 1e-9 * n)
+    have = int(np.count_nonzero(frozen))
+    if have > target:
+        raise ValueError(
+            f"already_frozen holds {have} weights but fraction={fraction} asks for {target} "
+            f"of {n}: accumulated portions must not decrease"
+        )
+    flat_free = np.flatnonzero(~frozen.ravel())
+    # largest |w| first; a stable sort on -|w| keeps earlier indices first among ties
+    order = np.argsort(-np.abs(w.ravel()[flat_free]), kind="stable")
+    new = frozen.copy().ravel()
+    new[flat_free[order[: target - have]]] = True
+    return new.reshape(w.shape)
