@@ -116,6 +116,13 @@ def _pad(x: np.ndarray, ph: int, pw: int, channels_first: bool = False) -> np.nd
     return xp
 
 
+def _fresh(out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``out`` as a C-contiguous array owning its memory (reshape may return a view of ``x``)."""
+    if not out.flags.c_contiguous or np.may_share_memory(out, x):
+        return out.copy()
+    return out
+
+
 def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     """Copy every receptive field of an NCHW batch into one row of a matrix.
 
@@ -147,7 +154,7 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     # windows[n, c, i, j, a, b] = xp[n, c, i*sh + a, j*sw + b]  (a view, no copy yet)
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
     # the one copy: reorder to (n, i, j | c, a, b)
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+    return _fresh(windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw), x)
 
 
 def im2col_t(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
@@ -168,7 +175,7 @@ def im2col_t(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     xp = _pad(x, ph, pw, channels_first=True)  # (C, N, Hp, Wp)
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
     # windows[c, n, i, j, a, b] -> (c, a, b | n, i, j)
-    return windows.transpose(0, 4, 5, 1, 2, 3).reshape(c * kh * kw, n * oh * ow)
+    return _fresh(windows.transpose(0, 4, 5, 1, 2, 3).reshape(c * kh * kw, n * oh * ow), x)
 
 
 def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.ndarray:

@@ -1,0 +1,146 @@
+"""im2col / col2im: index formula, adjointness, and convolution against the direct definition."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ternref.nn.functional import col2im, col2im_t, conv_output_shape, im2col, im2col_t, pair
+
+
+@st.composite
+def conv_geometry(draw):
+    """(x_shape, kernel, stride, padding) with at least one output position."""
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 8))
+    w = draw(st.integers(max(1, kw - 2 * pw), 8))
+    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw)
+
+
+def _as_arg(p, square):
+    """Pass ints when both entries agree and ``square`` is set, to exercise both spellings."""
+    return p[0] if square and p[0] == p[1] else p
+
+
+def naive_im2col(x, k, s, p):
+    """cols[(n, i, j), (c, a, b)] = x_pad[n, c, i*sh + a, j*sw + b], by explicit loops."""
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * p[0], w + 2 * p[1]), x.dtype)
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
+    oh = (h + 2 * p[0] - k[0]) // s[0] + 1
+    ow = (w + 2 * p[1] - k[1]) // s[1] + 1
+    cols = np.zeros((n * oh * ow, c * k[0] * k[1]), x.dtype)
+    for b_ in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    for a in range(k[0]):
+                        for b in range(k[1]):
+                            row = (b_ * oh + i) * ow + j
+                            col = (ch * k[0] + a) * k[1] + b
+                            cols[row, col] = xp[b_, ch, i * s[0] + a, j * s[1] + b]
+    return cols
+
+
+def naive_conv(x, w, bias, s, p):
+    """Direct definition y[n,o,i,j] = b[o] + sum_{c,a,b} w[o,c,a,b] x_pad[n,c,i*sh+a,j*sw+b]."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.zeros((n, c, h + 2 * p[0], wd + 2 * p[1]))
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x
+    oh = (h + 2 * p[0] - kh) // s[0] + 1
+    ow = (wd + 2 * p[1] - kw) // s[1] + 1
+    y = np.zeros((n, o, oh, ow))
+    for b_ in range(n):
+        for oc in range(o):
+            for i in range(oh):
+                for j in range(ow):
+                    acc = bias[oc]
+                    for ch in range(c):
+                        for a in range(kh):
+                            for b in range(kw):
+                                acc += w[oc, ch, a, b] * xp[b_, ch, i * s[0] + a, j * s[1] + b]
+                    y[b_, oc, i, j] = acc
+    return y
+
+
+@given(conv_geometry(), st.integers(0, 2**32 - 1), st.booleans())
+def test_im2col_matches_index_formula(geom, seed, square):
+    shape, k, s, p = geom
+    x = np.random.default_rng(seed).standard_normal(shape)
+    got = im2col(x, _as_arg(k, square), _as_arg(s, square), _as_arg(p, square))
+    np.testing.assert_array_equal(got, naive_im2col(x, k, s, p))
+    np.testing.assert_array_equal(im2col_t(x, k, s, p), got.T)
+    assert got.flags.c_contiguous and im2col_t(x, k, s, p).flags.c_contiguous
+
+
+@given(conv_geometry(), st.integers(0, 2**32 - 1))
+def test_col2im_is_the_adjoint_of_im2col(geom, seed):
+    # <A x, y> == <x, A^T y> for the linear map A = im2col
+    shape, k, s, p = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    oh, ow = conv_output_shape(shape[2], shape[3], k, s, p)
+    y = rng.standard_normal((shape[0] * oh * ow, shape[1] * k[0] * k[1]))
+    lhs = np.sum(im2col(x, k, s, p) * y)
+    back = col2im(y, shape, k, s, p)
+    assert back.shape == shape
+    np.testing.assert_allclose(lhs, np.sum(x * back), rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(col2im_t(np.ascontiguousarray(y.T), shape, k, s, p), back)
+
+
+def test_col2im_counts_overlaps():
+    # col2im(ones) = number of windows covering each pixel
+    x_shape = (1, 1, 4, 4)
+    ones = np.ones((9, 4))  # 3x3 output positions of a 2x2 kernel, stride 1
+    counts = col2im(ones, x_shape, 2, 1, 0)[0, 0]
+    expected = np.array([[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]], float)
+    np.testing.assert_array_equal(counts, expected)
+
+
+@given(conv_geometry(), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_im2col_gemm_is_direct_convolution(geom, out_ch, seed):
+    shape, k, s, p = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((out_ch, shape[1], *k))
+    b = rng.standard_normal(out_ch)
+    oh, ow = conv_output_shape(shape[2], shape[3], k, s, p)
+    y = im2col(x, k, s, p) @ w.reshape(out_ch, -1).T + b
+    y = y.reshape(shape[0], oh, ow, out_ch).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y, naive_conv(x, w, b, s, p), rtol=1e-12, atol=1e-12)
+
+
+def test_conv_output_shape_floor_mode():
+    assert conv_output_shape(28, 28, 5, 1, 2) == (28, 28)
+    assert conv_output_shape(14, 14, 5) == (10, 10)
+    assert conv_output_shape(7, 6, (3, 2), (2, 3), (1, 0)) == (4, 2)
+    assert conv_output_shape(5, 5, 2, 2) == (2, 2)  # last row/column dropped
+
+
+def test_dtype_is_preserved():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    assert im2col(x, 3).dtype == np.float32
+    assert col2im(im2col(x, 3), x.shape, 3).dtype == np.float32
+
+
+def test_argument_errors():
+    x = np.ones((1, 1, 4, 4))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        im2col(x, 5)
+    with pytest.raises(ValueError, match="stride"):
+        im2col(x, 2, stride=0)
+    with pytest.raises(TypeError, match="kernel_size"):
+        im2col(x, 2.5)
+    with pytest.raises(TypeError, match="pair"):
+        pair((1, 2, 3), "padding")
+    with pytest.raises(ValueError, match="dimensions"):
+        im2col(np.ones((4, 4)), 2)
+    with pytest.raises(TypeError, match="floating"):
+        im2col(np.ones((1, 1, 4, 4), int), 2)
+    with pytest.raises(ValueError, match="shape"):
+        col2im(np.ones((9, 5)), (1, 1, 4, 4), 2)
