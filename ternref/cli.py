@@ -46,9 +46,45 @@ def _add_train(sub):
     p.add_argument("--schedule", choices=SCHEDULES, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the (Fashion-)MNIST IDX files")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="ternary training method (see `ternref methods`); default: full precision",
+    )
+    p.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyper-parameter of the method, e.g. --hp factor=0.75 (repeatable)",
+    )
+    p.add_argument(
+        "--keep-full-precision",
+        default="first_last",
+        choices=["first_last", "first", "last", "none"],
+        help="which weight layers stay in full precision (default: first_last)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=_run_train)
+
+
+def _parse_hyperparameters(items: list[str]) -> dict:
+    """``["factor=0.75", "granularity=channel"]`` -> ``{"factor": 0.75, ...}``.
+
+    Values are read as JSON where that works (numbers, true/false, null, lists) and kept as
+    strings otherwise.
+    """
+    hp = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--hp must look like NAME=VALUE, got {item!r}")
+        try:
+            hp[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            hp[name] = raw
+    return hp
 
 
 def _run_train(args) -> int:
@@ -67,11 +103,21 @@ def _run_train(args) -> int:
         )
     init_rng, shuffle_rng = _seeded_generators(args.seed, 2)
     model = build_model(args.model, dataset.image_shape, dataset.n_classes, init_rng)
+    callbacks, loss, method = [], None, None
+    if args.method is not None:
+        from ternref import methods
+
+        method = methods.get(args.method, **_parse_hyperparameters(args.hp))
+        callbacks = methods.quantize_model(model, method, args.keep_full_precision)
+        loss = method.loss()
+    elif args.hp:
+        raise UserError("--hp needs --method")
     optimizer = build_optimizer(args.optimizer or r.optimizer, model.parameters(), lr)
     schedule = build_schedule(args.schedule or r.schedule, optimizer, epochs)
     if not args.quiet:
+        what = f"with {args.method}" if args.method else "(full precision)"
         print(
-            f"training {args.model} on {dataset.name} ({len(dataset.x_train)} train / "
+            f"training {args.model} {what} on {dataset.name} ({len(dataset.x_train)} train / "
             f"{len(dataset.x_test)} test) for {epochs} epochs, batch {batch_size}, "
             f"{args.optimizer or r.optimizer} lr {lr:g}, {args.schedule or r.schedule} schedule, "
             f"seed {args.seed}"
@@ -85,10 +131,14 @@ def _run_train(args) -> int:
         schedule=schedule,
         rng=shuffle_rng,
         progress=not args.quiet,
+        loss=loss,
+        callbacks=callbacks,
     )
     last = history.last
     result = {
         "model": args.model,
+        "method": args.method,
+        "hyperparameters": method.hyperparameters() if method else {},
         "dataset": dataset.name,
         "epochs": epochs,
         "seed": args.seed,
@@ -97,13 +147,61 @@ def _run_train(args) -> int:
         "seconds_per_epoch": float(np.mean(history["seconds"])),
         "seconds_total": float(np.sum(history["seconds"])),
     }
+    if "sparsity" in last:
+        result["sparsity"] = last["sparsity"]
+        result["flip_ratio"] = last["flip_ratio"]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(
             f"test accuracy {100 * last['test_acc']:.2f}%  (train {100 * last['train_acc']:.2f}%, "
             f"{result['seconds_per_epoch']:.2f} s/epoch, {result['seconds_total']:.1f} s total)"
+            + (f", ternary sparsity {last['sparsity']:.3f}" if "sparsity" in last else "")
         )
+    return 0
+
+
+# ------------------------------------------------------------------------------------ methods
+def _add_methods(sub):
+    p = sub.add_parser(
+        "methods",
+        help="list the ternary training methods",
+        description="The registered training methods: paper, year, what is ternary, projection, "
+        "gradient estimator and optimizer.",
+    )
+    p.add_argument("--json", action="store_true", help="print as JSON, with hyper-parameters")
+    p.set_defaults(run=_run_methods)
+
+
+def _run_methods(args) -> int:
+    from ternref import methods
+
+    rows = []
+    for name in methods.names():
+        info = methods.info(name)
+        rows.append(
+            {
+                "name": name,
+                "paper": info.paper,
+                "year": info.year,
+                "arxiv": info.arxiv,
+                "ternary": info.ternary,
+                "projection": info.projection,
+                "estimator": info.estimator,
+                "optimizer": info.optimizer,
+                "hyperparameters": methods.get(name).hyperparameters(),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    columns = ["name", "paper", "year", "ternary", "projection", "estimator", "optimizer"]
+    table = [[str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     return 0
 
 
@@ -116,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ternref {ternref.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
+    _add_methods(sub)
     return parser
 
 

@@ -82,3 +82,45 @@ def test_train_cnn_on_digits():
     out = run("train", "--model", "cnn", "--epochs", "3", "--quiet", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["test_accuracy"] > 0.85
+
+
+def test_methods_lists_every_registered_method():
+    from ternref import methods
+
+    out = run("methods")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["name", "paper", "year"]
+    listed = {line.split()[0] for line in lines[2:]}
+    assert listed == set(methods.names())
+    rows = json.loads(run("methods", "--json").stdout)
+    assert {r["name"] for r in rows} == set(methods.names())
+    assert all("hyperparameters" in r for r in rows)
+
+
+def test_train_with_a_method_reports_sparsity():
+    out = run(
+        "train", "--method", "twn", "--hp", "factor=0.7", "--epochs", "3", "--quiet", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["method"] == "twn" and result["hyperparameters"]["factor"] == 0.7
+    assert 0 < result["sparsity"] < 1
+    assert result["test_accuracy"] > 0.85
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--method", "twn", "--hp", "colour=red"], "no hyper-parameter"),
+        (["--method", "twn", "--hp", "factor=-1"], "factor must be >= 0"),
+        (["--hp", "factor=1"], "--hp needs --method"),
+        (["--method", "twn", "--hp", "factor"], "NAME=VALUE"),
+    ],
+)
+def test_bad_method_arguments_are_one_line(args, fragment):
+    out = run("train", "--quiet", "--epochs", "1", *args)
+    assert out.returncode == 2
+    assert out.stderr.startswith("ternref: error:") and fragment in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
