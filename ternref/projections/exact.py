@@ -1,0 +1,167 @@
+"""Exact least-squares ternarization by sorting (the problem TWN approximates).
+
+Solves, per tensor or per output channel,
+
+.. math::
+
+    \\min_{\\alpha \\ge 0,\\; T \\in \\{-1,0,1\\}^n} \\sum_i d_i (w_i - \\alpha T_i)^2
+
+exactly, with ``d = 1`` (TWN's objective, Li et al. 2016, arXiv 1605.04711) or a positive
+diagonal metric ``d`` (LAT's loss-aware objective, Hou & Kwok 2018, arXiv 1802.08635).
+methods.md section 4 P8 (Euclidean) and P11 (weighted) derive it:
+
+1. For a fixed support ``I`` the best scale is the weighted mean magnitude over it,
+   ``alpha*(I) = sum_I d_i |w_i| / sum_I d_i``, and the error is
+   ``sum_i d_i w_i^2 - (sum_I d_i |w_i|)^2 / sum_I d_i``.
+2. For a fixed ``alpha`` the best support is ``{|w_i| > alpha/2}``, independent of ``d``: keeping
+   ``w_i`` pays iff ``(|w_i| - alpha)^2 < w_i^2``. So the optimal support is a *top-|w| prefix*.
+3. Sort ``a_(1) >= a_(2) >= ...`` (carrying ``d`` along) and pick
+
+   .. math::
+
+       k^* = \\arg\\max_k \\frac{\\big(\\sum_{j \\le k} d_{(j)} a_{(j)}\\big)^2}
+                               {\\sum_{j \\le k} d_{(j)}},
+       \\qquad \\alpha^* = \\frac{\\sum_{j \\le k^*} d_{(j)} a_{(j)}}{\\sum_{j \\le k^*} d_{(j)}} .
+
+   With ``d = 1`` this is ``S_k^2 / k`` with ``S_k`` the sum of the ``k`` largest magnitudes.
+   Cost: one sort, O(n log n).
+
+Ties and the threshold rule
+---------------------------
+The result must be a threshold rule, ``T_i = sign(w_i) [|w_i| > Delta]``, so a prefix may not split
+a run of equal magnitudes: only ``k`` at a boundary ``a_(k) > a_(k+1)`` (or ``k = n``) is a
+candidate. Nothing is lost: inside a run of equal magnitudes ``a`` the objective
+``(S + a D)^2 / (K + D)`` (``D`` the weight added so far) is quasi-convex in ``D``, so its maximum
+over the run is at an end. Zero magnitudes never enter the support (adding one lowers the
+objective). The implied threshold is ``Delta* = a_(k*+1)`` (any value in
+``[a_(k*+1), a_(k*))`` gives the same codes). If two candidates score exactly equal the smaller
+``k`` (sparser) wins. An all-zero row gets ``alpha = 0`` and all codes 0.
+
+Numerics: magnitudes are summed in float64; the score is maximised as
+``S_k / sqrt(D_k)`` (same argmax, no squaring, so no overflow for large weights); the scale is
+cast back to the input dtype. Scaling ``w`` by a power of two scales every partial sum exactly,
+so the result is exactly scale equivariant for such factors.
+
+References
+----------
+.. [1] F. Li, B. Zhang and B. Liu, "Ternary Weight Networks", arXiv:1605.04711, 2016.
+.. [2] L. Hou and J. T. Kwok, "Loss-aware Weight Quantization of Deep Networks", ICLR 2018,
+       arXiv:1802.08635.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ternref import _validate
+from ternref.projections._registry import register
+from ternref.projections.threshold import _codes, _granularity, _rows, _ternary, _weights
+from ternref.ternary import Ternary
+
+
+def _metric(d, w: np.ndarray, name: str = "d") -> np.ndarray:
+    """Validate a diagonal metric: same shape as ``w``, finite, strictly positive."""
+    d = _validate.float_array(d, name)
+    if d.shape != w.shape:
+        raise ValueError(f"{name} must have the shape of w {w.shape}, got shape {d.shape}")
+    if np.any(d <= 0):
+        raise ValueError(
+            f"{name} must be > 0 everywhere (a diagonal metric), got minimum {float(d.min())}"
+        )
+    return d
+
+
+def _exact_rows(a: np.ndarray, d: np.ndarray | None = None):
+    """Exact (weighted) least-squares support and scale for each row of magnitudes ``a``.
+
+    Parameters
+    ----------
+    a : ndarray, shape (rows, m)
+        Magnitudes ``|w|``, one scale group per row.
+    d : ndarray, shape (rows, m), optional
+        Positive weights; ``None`` means all ones.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (rows, m)
+        The optimal support ``{|w| > Delta*}``.
+    alpha : ndarray of float64, shape (rows,)
+        The optimal scale (0 for an all-zero row).
+    """
+    n_rows, m = a.shape
+    if d is None:
+        a_sorted = np.sort(a, axis=1)[:, ::-1]  # a_(1) >= a_(2) >= ... per row
+        num = np.cumsum(a_sorted, axis=1, dtype=np.float64)  # S_k
+        den = np.arange(1, m + 1, dtype=np.float64)  # D_k = k
+        den = np.broadcast_to(den, (n_rows, m))
+    else:
+        order = np.argsort(-a, axis=1, kind="stable")
+        a_sorted = np.take_along_axis(a, order, axis=1)
+        d_sorted = np.take_along_axis(d, order, axis=1).astype(np.float64)
+        num = np.cumsum(d_sorted * a_sorted, axis=1)  # sum_{j<=k} d_(j) a_(j)
+        den = np.cumsum(d_sorted, axis=1)  # D_k = sum_{j<=k} d_(j)
+
+    # Candidates: boundaries between distinct magnitudes, never a zero magnitude.
+    boundary = np.ones((n_rows, m), dtype=bool)
+    boundary[:, :-1] = a_sorted[:, :-1] > a_sorted[:, 1:]
+    valid = boundary & (a_sorted > 0)
+    score = np.where(valid, num / np.sqrt(den), -1.0)  # S_k / sqrt(D_k), same argmax as S^2/D
+    k_star = np.argmax(score, axis=1)  # first maximum: the sparser support on an exact tie
+    has_support = valid.any(axis=1)
+
+    rows = np.arange(n_rows)
+    smallest_kept = a_sorted[rows, k_star]  # a_(k*): keep |w| >= a_(k*), i.e. |w| > a_(k*+1)
+    alpha = np.where(has_support, num[rows, k_star] / den[rows, k_star], 0.0)
+    keep = (a >= smallest_kept[:, None]) & has_support[:, None]
+    return keep, alpha
+
+
+@register(
+    "exact",
+    paper="Exact least-squares ternarization (the TWN objective solved by sorting)",
+    year=2016,
+    arxiv="1605.04711",
+    symmetric=True,
+    deterministic=True,
+    claims=(
+        "range",
+        "sign_preserving",
+        "monotone",
+        "odd",
+        "scale_equivariant",
+        "permutation_equivariant",
+        "idempotent",
+        "dtype_preserving",
+        "zero_safe",
+    ),
+    summary="Exact argmin over alpha, T of ||w - alpha T||^2 by sorting |w| (O(n log n)).",
+)
+def exact(w, d=None, granularity: str = "tensor") -> Ternary:
+    """Exact (optionally diagonal-weighted) least-squares ternary projection.
+
+    Parameters
+    ----------
+    w : ndarray of float32 or float64, at least 1-D
+        Latent weights; axis 0 is the output channel.
+    d : ndarray of float, shape of ``w``, optional
+        Positive diagonal metric (LAT's ``D``). ``None`` means the Euclidean norm.
+    granularity : {"tensor", "channel"}
+        One scale per tensor or per output channel.
+
+    Returns
+    -------
+    Ternary
+        The minimiser of ``sum_i d_i (w_i - alpha T_i)^2``; symmetric; scales in ``w``'s dtype.
+
+    References
+    ----------
+    .. [1] F. Li, B. Zhang and B. Liu, "Ternary Weight Networks", arXiv:1605.04711, 2016.
+    .. [2] L. Hou and J. T. Kwok, "Loss-aware Weight Quantization of Deep Networks", ICLR 2018,
+           arXiv:1802.08635.
+    """
+    w = _weights(w)
+    granularity = _granularity(granularity)
+    d_rows = None if d is None else _rows(_metric(d, w), granularity)
+    rows = _rows(w, granularity)
+    keep, alpha = _exact_rows(np.abs(rows), d_rows)
+    return _ternary(_codes(rows, keep), alpha, w.shape, w.dtype, granularity)
