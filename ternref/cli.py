@@ -205,6 +205,78 @@ def _run_methods(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ compare
+def _add_compare(sub):
+    from ternref.data import DATASETS
+    from ternref.recipes import MODELS
+
+    p = sub.add_parser(
+        "compare",
+        help="train the baseline and every method on the same budget; print the table",
+        description="The executable survey: the full-precision baseline and every registered "
+        "method (or those given) trained with the same network, data, epochs and seeds.",
+    )
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument(
+        "--keep-full-precision",
+        default="first_last",
+        choices=["first_last", "first", "last", "none"],
+    )
+    p.add_argument("--out", default=None, help="folder for compare.json/.csv/.md (and .png)")
+    p.add_argument("--plot", action="store_true", help="also write compare.png (needs --out)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args) -> int:
+    import shlex
+
+    from ternref.compare import compare, write_outputs
+
+    if args.plot and not args.out:
+        raise UserError("--plot needs --out (the folder to write compare.png to)")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    names = None
+    if args.methods:
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    command = "ternref " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    def write(partial):
+        if args.out:
+            write_outputs(partial, args.out)
+
+    result = compare(
+        args.dataset,
+        args.model,
+        names,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        keep_full_precision=args.keep_full_precision,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+        command=command,
+        on_row=write,
+    )
+    print(result.to_text())
+    if args.out:
+        written = write_outputs(result, args.out, plot=args.plot and not result.interrupted)
+        print("wrote " + ", ".join(written))
+    if result.interrupted:
+        print("ternref: interrupted; the rows above are the ones finished", file=sys.stderr)
+        return 130
+    return 0
+
+
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -215,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_methods(sub)
+    _add_compare(sub)
     return parser
 
 

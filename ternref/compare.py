@@ -1,0 +1,521 @@
+"""The executable survey: every method trained on the same data, network, budget and seeds.
+
+The survey compares methods with numbers copied from papers that used different networks, data
+and budgets. :func:`compare` trains the full-precision baseline and every registered method (or
+the ones asked for) under one recipe and measures, for each:
+
+* test accuracy (mean and standard deviation over seeds) and the gap to full precision;
+* the sparsity of the ternary layers;
+* the packed model: its size on disk, bits per weight, inference time on the test set, and
+  whether its predictions equal the trained model's (float activations);
+* training time per epoch.
+
+A method that raises or diverges gets a row saying what happened, and the run goes on; an
+interrupt (Ctrl-C) stops the run with the rows finished so far written.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ternref import _validate
+
+FULL_PRECISION = "fp"
+
+
+@dataclass
+class Row:
+    """One line of the comparison table (one method, aggregated over seeds)."""
+
+    method: str
+    paper: str
+    year: int | None
+    ternary: str
+    accuracies: list = field(default_factory=list)
+    sparsities: list = field(default_factory=list)
+    epoch_seconds: list = field(default_factory=list)
+    packed_bytes: int | None = None
+    float_bytes: int | None = None
+    bits_per_weight: float | None = None
+    packed_seconds: float | None = None
+    packed_agreement: float | None = None
+    status: str = "ok"
+    error: str | None = None
+
+    @property
+    def accuracy_mean(self) -> float | None:
+        return float(np.mean(self.accuracies)) if self.accuracies else None
+
+    @property
+    def accuracy_std(self) -> float | None:
+        return float(np.std(self.accuracies)) if self.accuracies else None
+
+    def as_dict(self, fp_accuracy: float | None) -> dict:
+        mean = self.accuracy_mean
+        return {
+            "method": self.method,
+            "paper": self.paper,
+            "year": self.year,
+            "ternary": self.ternary,
+            "status": self.status,
+            "error": self.error,
+            "accuracy_mean": mean,
+            "accuracy_std": self.accuracy_std,
+            "accuracies": list(self.accuracies),
+            "gap_to_fp": (mean - fp_accuracy) if mean is not None and fp_accuracy else None,
+            "sparsity": float(np.mean(self.sparsities)) if self.sparsities else None,
+            "packed_bytes": self.packed_bytes,
+            "float_bytes": self.float_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "train_seconds_per_epoch": (
+                float(np.mean(self.epoch_seconds)) if self.epoch_seconds else None
+            ),
+            "packed_inference_seconds": self.packed_seconds,
+            "packed_agreement": self.packed_agreement,
+        }
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: rows plus everything needed to reproduce them."""
+
+    rows: list
+    settings: dict
+    interrupted: bool = False
+
+    @property
+    def fp_accuracy(self) -> float | None:
+        for row in self.rows:
+            if row.method == FULL_PRECISION:
+                return row.accuracy_mean
+        return None
+
+    def records(self) -> list[dict]:
+        return [row.as_dict(self.fp_accuracy) for row in self.rows]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"settings": self.settings, "interrupted": self.interrupted, "rows": self.records()},
+            indent=2,
+            default=str,
+        )
+
+    def to_csv(self) -> str:
+        records = self.records()
+        buffer = io.StringIO()
+        columns = [k for k in records[0] if k != "accuracies"] if records else []
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow(record)
+        return buffer.getvalue()
+
+    def table_rows(self) -> list[list[str]]:
+        """The human table: one list of cells per method, header first."""
+        header = [
+            "method",
+            "paper",
+            "ternary",
+            "test acc (%)",
+            "gap (pt)",
+            "sparsity",
+            "packed size",
+            "bits/w",
+            "train s/ep",
+            "packed infer s",
+        ]
+        out = [header]
+        n_seeds = self.settings.get("seeds", 1)
+        for record in self.records():
+            paper = f"{record['paper']} ({record['year']})" if record["year"] else record["paper"]
+            if record["status"] != "ok" and record["accuracy_mean"] is None:
+                out.append(
+                    [
+                        record["method"],
+                        paper,
+                        record["ternary"],
+                        f"{record['status']}: {record['error']}",
+                        *[""] * 6,
+                    ]
+                )
+                continue
+            acc = 100 * record["accuracy_mean"]
+            acc_cell = f"{acc:.2f}" + (
+                f" ± {100 * record['accuracy_std']:.2f}" if n_seeds > 1 else ""
+            )
+            if record["status"] != "ok":
+                acc_cell += f" ({record['status']}: {record['error']})"
+            out.append(
+                [
+                    record["method"],
+                    paper,
+                    record["ternary"],
+                    acc_cell,
+                    _fmt(record["gap_to_fp"], lambda g: f"{100 * g:+.2f}"),
+                    _fmt(record["sparsity"], lambda s: f"{s:.3f}"),
+                    _fmt(record["packed_bytes"], _human_bytes),
+                    _fmt(record["bits_per_weight"], lambda b: f"{b:.2f}"),
+                    _fmt(record["train_seconds_per_epoch"], lambda s: f"{s:.2f}"),
+                    _fmt(record["packed_inference_seconds"], lambda s: f"{s:.3f}"),
+                ]
+            )
+        return out
+
+    def notes(self) -> list[str]:
+        """One line per row that has something to say beyond its numbers (a failed packing)."""
+        return [
+            f"{row.method}: {row.error}" for row in self.rows if row.error and row.status == "ok"
+        ] + [
+            f"{row.method}: packed predictions agree with the trained model on "
+            f"{100 * row.packed_agreement:.2f}% of the test set"
+            for row in self.rows
+            if row.packed_agreement is not None and row.packed_agreement < 1.0
+        ]
+
+    def to_text(self) -> str:
+        rows = self.table_rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        notes = self.notes()
+        if notes:
+            lines += ["", "notes:"] + [f"  {n}" for n in notes]
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        rows = self.table_rows()
+        s = self.settings
+        lines = [
+            f"# ternref compare: {s['model']} on {s['dataset']}",
+            "",
+            f"Command: `{s['command']}`",
+            "",
+            f"{s['epochs']} epochs, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']:g}, "
+            f"{s['schedule']} schedule, seeds {s['seed_values']}, first and last weight layers "
+            f"in full precision ({s['keep_full_precision']}). Accuracy is the test accuracy after "
+            f"the last epoch (mean ± std over seeds); gap is to the full-precision row; packed "
+            f"size is the saved `.npz` inference file; bits/w counts codes and scales of the "
+            f"ternary layers.",
+            "",
+            f"Machine: {s['machine']}. ternref {s['ternref']}, numpy {s['numpy']}, "
+            f"numba {s['numba']}, Python {s['python']}. Date: {s['date']}.",
+            "",
+            "| " + " | ".join(rows[0]) + " |",
+            "|" + "|".join("---" for _ in rows[0]) + "|",
+        ]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
+        notes = self.notes()
+        if notes:
+            lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+        if self.interrupted:
+            lines += ["", "**Interrupted**: the rows above are the ones finished before the stop."]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value, fn) -> str:
+    return "" if value is None else fn(value)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
+
+
+def _versions() -> dict:
+    import numba
+
+    import ternref
+
+    return {
+        "ternref": ternref.__version__,
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _run_one(method_name, dataset, args, seed, bar) -> dict:
+    """Train one (method, seed); return accuracy, sparsity, timings and the trained model."""
+    from ternref import methods
+    from ternref.recipes import build_model, build_optimizer, build_schedule
+    from ternref.train import Callback, fit
+
+    class Tick(Callback):
+        def on_epoch_end(self, model, epoch, record):
+            bar.update(1)
+            bar.set_postfix(method=method_name, seed=seed, acc=f"{record['test_acc']:.3f}")
+
+    init_rng, shuffle_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    )
+    model = build_model(args["model"], dataset.image_shape, dataset.n_classes, init_rng)
+    callbacks, loss = [], None
+    if method_name != FULL_PRECISION:
+        method = methods.get(method_name)
+        callbacks = methods.quantize_model(model, method, args["keep_full_precision"])
+        loss = method.loss()
+    optimizer = build_optimizer(args["optimizer"], model.parameters(), args["lr"])
+    schedule = build_schedule(args["schedule"], optimizer, args["epochs"])
+    history = fit(
+        model,
+        dataset,
+        optimizer,
+        loss=loss,
+        epochs=args["epochs"],
+        batch_size=args["batch_size"],
+        schedule=schedule,
+        rng=shuffle_rng,
+        callbacks=[*callbacks, Tick()],
+        progress=False,
+    )
+    return {
+        "model": model,
+        "accuracy": history.last["test_acc"],
+        "sparsity": history.last.get("sparsity"),
+        "epoch_seconds": float(np.mean(history["seconds"])),
+    }
+
+
+def _packed_stats(model, dataset) -> dict:
+    """Export ``model`` to the packed inference form, save it, time it, compare predictions."""
+    from ternref import packed
+    from ternref.train import evaluate
+
+    inference = packed.export(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.npz")
+        packed.save(path, inference)
+        size = os.path.getsize(path)
+        loaded = packed.load(path)
+    model.eval()
+    start = time.perf_counter()
+    packed_logits = loaded.forward(dataset.x_test)
+    seconds = time.perf_counter() - start
+    trained_logits = model.forward(dataset.x_test)
+    agreement = float(np.mean(packed_logits.argmax(1) == trained_logits.argmax(1)))
+    n_weights = n_bits = 0
+    for layer in loaded.modules():
+        p = getattr(layer, "packed", None)
+        if p is not None:
+            n_weights += math.prod(p.shape)
+            n_bits += 8 * p.nbytes
+    float_bytes = sum(p.data.size * 4 for p in model.parameters())
+    evaluate(loaded, dataset.x_test[:1], dataset.y_test[:1])  # a loaded model must evaluate
+    return {
+        "packed_bytes": size,
+        "float_bytes": float_bytes,
+        "bits_per_weight": n_bits / n_weights if n_weights else None,
+        "seconds": seconds,
+        "agreement": agreement,
+    }
+
+
+def compare(
+    dataset: str = "digits",
+    model: str = "mlp",
+    methods=None,
+    *,
+    epochs: int | None = None,
+    seeds: int = 1,
+    first_seed: int = 0,
+    keep_full_precision: str = "first_last",
+    data_dir=None,
+    progress: bool = True,
+    command: str | None = None,
+    on_row=None,
+) -> Comparison:
+    """Train the full-precision baseline and each method under one recipe; see the module doc.
+
+    Parameters
+    ----------
+    dataset, model : str
+        As for ``ternref train`` (the recipe of the pair sets batch size, optimizer, lr, schedule).
+    methods : list of str, optional
+        Method names (default: every registered method). The baseline ``"fp"`` always runs first.
+    epochs : int, optional
+        Epochs per run (default: the recipe's).
+    seeds : int
+        Number of seeds; seeds ``first_seed .. first_seed + seeds - 1``.
+    on_row : callable, optional
+        Called with the :class:`Comparison` after each finished row (the CLI writes files there,
+        so an interrupt leaves the finished rows on disk).
+    """
+    from tqdm.auto import tqdm
+
+    from ternref import methods as registry
+    from ternref.data import load_dataset
+    from ternref.recipes import recipe
+
+    data = load_dataset(dataset, data_dir=data_dir)
+    r = recipe(model, dataset)
+    epochs = r.epochs if epochs is None else _validate.integer(epochs, "epochs", low=1)
+    seeds = _validate.integer(seeds, "seeds", low=1)
+    names = registry.names() if methods is None else list(methods)
+    unknown = [m for m in names if m != FULL_PRECISION and m not in registry.names()]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; known methods: {', '.join(registry.names())}"
+        )
+    names = [FULL_PRECISION] + [m for m in names if m != FULL_PRECISION]
+    seed_values = list(range(first_seed, first_seed + seeds))
+    settings = {
+        "command": command or "ternref compare",
+        "dataset": data.name,
+        "model": model,
+        "methods": names,
+        "epochs": epochs,
+        "batch_size": r.batch_size,
+        "optimizer": r.optimizer,
+        "lr": r.lr,
+        "schedule": r.schedule,
+        "seeds": seeds,
+        "seed_values": seed_values,
+        "keep_full_precision": keep_full_precision,
+        "machine": machine_description(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **_versions(),
+    }
+    args = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": r.batch_size,
+        "optimizer": r.optimizer,
+        "lr": r.lr,
+        "schedule": r.schedule,
+        "keep_full_precision": keep_full_precision,
+    }
+    result = Comparison(rows=[], settings=settings)
+    bar = tqdm(
+        total=len(names) * seeds * epochs,
+        desc="compare",
+        unit="epoch",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    try:
+        for name in names:
+            if name == FULL_PRECISION:
+                row = Row(name, "full-precision baseline", None, "-")
+            else:
+                info = registry.info(name)
+                row = Row(name, info.paper.split(":")[0], info.year, info.ternary)
+            for seed in seed_values:
+                done_before = bar.n
+                try:
+                    run = _run_one(name, data, args, seed, bar)
+                except KeyboardInterrupt:
+                    raise
+                except FloatingPointError as exc:
+                    row.status, row.error = "diverged", str(exc)
+                except Exception as exc:  # noqa: BLE001 - reported in the row, run goes on
+                    row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+                else:
+                    row.accuracies.append(run["accuracy"])
+                    if run["sparsity"] is not None:
+                        row.sparsities.append(run["sparsity"])
+                    row.epoch_seconds.append(run["epoch_seconds"])
+                    if seed == seed_values[0]:
+                        try:
+                            stats = _packed_stats(run["model"], data)
+                        except Exception as exc:  # noqa: BLE001
+                            row.error = f"packing failed: {type(exc).__name__}: {exc}"
+                        else:
+                            row.packed_bytes = stats["packed_bytes"]
+                            row.float_bytes = stats["float_bytes"]
+                            row.bits_per_weight = stats["bits_per_weight"]
+                            row.packed_seconds = stats["seconds"]
+                            row.packed_agreement = stats["agreement"]
+                bar.update(epochs - (bar.n - done_before))  # a failed run skips its epochs
+            result.rows.append(row)
+            if on_row is not None:
+                on_row(result)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        bar.close()
+    return result
+
+
+def write_outputs(result: Comparison, out_dir: str, plot: bool = False) -> list[str]:
+    """Write ``compare.json``, ``compare.csv`` and ``compare.md`` (and ``compare.png``)."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, text in (
+        ("compare.json", result.to_json()),
+        ("compare.csv", result.to_csv()),
+        ("compare.md", result.to_markdown()),
+    ):
+        path = os.path.join(out_dir, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)  # a reader never sees a half-written table
+        written.append(path)
+    if plot:
+        written.append(plot_accuracy_vs_size(result, os.path.join(out_dir, "compare.png")))
+    return written
+
+
+def plot_accuracy_vs_size(result: Comparison, path: str) -> str:
+    """Scatter of test accuracy against packed model size, one labelled point per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ValueError(
+            "--plot needs matplotlib: pip install 'ternref[tutorials]' or pip install matplotlib"
+        ) from exc
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for record in result.records():
+        if record["accuracy_mean"] is None or record["packed_bytes"] is None:
+            continue
+        x = record["packed_bytes"] / 1024
+        y = 100 * record["accuracy_mean"]
+        ax.errorbar(
+            x,
+            y,
+            yerr=100 * (record["accuracy_std"] or 0),
+            fmt="o",
+            color="black" if record["method"] == FULL_PRECISION else "tab:blue",
+        )
+        ax.annotate(record["method"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    s = result.settings
+    ax.set_xscale("log")
+    ax.set_xlabel("packed model size on disk (KiB, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{s['model']} on {s['dataset']}, {s['epochs']} epochs, {s['seeds']} seed(s)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
