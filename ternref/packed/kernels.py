@@ -1,0 +1,173 @@
+"""``linear(x, p)``: the packed product ``x @ W_hat.T``, and the int8 activation quantizer.
+
+Which kernel runs
+-----------------
+``activations="float32"``
+    ``N < GEMM_MIN_BATCH`` rows of ``x``: the format's ``dot_f32`` kernel (float32 lanes, one
+    output row per ``prange`` iteration, the scale applied once per group in float64).
+    Larger batches: the rows of the weight are dequantized ``TILE_BYTES`` at a time into a
+    float32 tile by ``dequant_tile`` and multiplied by BLAS (``X @ tile.T``); the packed weight
+    is never expanded whole.
+``activations="int8"``
+    ``x`` is quantized per row, BitNet-style (:func:`quantize_activations`), and the format's
+    ``dot_i8`` kernel accumulates exact integer sums in int32 lanes. For large batches the tile
+    path is used with a tile of *codes* (-1, 0, +1 as float32): every product and partial sum
+    is an integer below 2**24 in magnitude (checked: ``127 * seg < 2**24``), so float32 BLAS
+    computes the integer sums exactly, and the float64 epilogue is the kernel's.
+
+``backend="numpy"`` runs the NumPy twins of the same algorithms (slow; for tests and readers).
+Computation is float32 whatever the scale dtype; the output has the dtype of ``x``.
+
+References
+----------
+Ma, S., Wang, H., et al. (2024). The era of 1-bit LLMs. arXiv:2402.17764 (absmax int8
+activations, per token).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ternref._validate import describe, float_array, one_of
+from ternref.packed.packed import Packed, pad_activations
+
+GEMM_MIN_BATCH = 16
+"""Batches at least this large go through dequantized tiles and BLAS."""
+
+TILE_BYTES = 1 << 20
+"""Target size of one dequantized float32 tile of weight rows (fits in L2)."""
+
+INT8_MAX = 127
+"""Activations are clipped to [-127, 127] (symmetric: negating a quantized x never overflows)."""
+
+
+def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Absmax int8 quantization per row of ``x``: ``xq = clip(rint(x * 127 / max|x|), -127, 127)``.
+
+    Rounding is half to even (``np.rint``). An all-zero row gets ``xq = 0`` and scale 0.
+
+    Returns
+    -------
+    xq : int8 ndarray (N, K)
+    inv_s : float64 ndarray (N,)
+        ``max|x| / 127``, so that ``x ~= xq * inv_s``.
+    """
+    x64 = x2d.astype(np.float64)
+    amax = np.max(np.abs(x64), axis=1)
+    s = np.divide(INT8_MAX, amax, out=np.zeros_like(amax), where=amax > 0)
+    xq = np.clip(np.rint(x64 * s[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return xq, amax / INT8_MAX
+
+
+def _group_sums(xp: np.ndarray, n_groups: int, dtype) -> np.ndarray:
+    """``sum(x)`` over each padded segment: (N, G)."""
+    n = xp.shape[0]
+    return xp.reshape(n, n_groups, -1).sum(axis=2, dtype=dtype)
+
+
+def _data(p: Packed) -> tuple:
+    return tuple(p.arrays[name] for name in p.module.ARRAYS)
+
+
+def _tiles(p: Packed, backend: str, lut: np.ndarray):
+    """Yield ``(r0, r1, tile)``: float32 rows ``r0:r1`` of the weight in segment layout."""
+    m = p.shape[0]
+    length = p.padded_length
+    rows = max(8, min(m, TILE_BYTES // (4 * length)))
+    buf = np.empty((rows, length), np.float32)
+    fn = p.module.dequant_tile if backend == "numba" else p.module.dequant_tile_numpy
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        tile = buf[: r1 - r0]
+        fn(*_data(p), r0, lut, tile)
+        yield r0, r1, tile
+
+
+def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba") -> np.ndarray:
+    """``x @ W_hat.T`` with ``W_hat = unpack(p).dense()`` viewed as ``(M, K)``, from packed codes.
+
+    Parameters
+    ----------
+    x : float ndarray, shape (K,) or (N, K)
+        Activations (float32 or float64; computed in float32).
+    p : Packed
+    activations : {"float32", "int8"}
+        ``"int8"`` quantizes each row of ``x`` (absmax) and accumulates exact integers.
+    backend : {"numba", "numpy"}
+        Jitted kernels or their NumPy twins.
+
+    Returns
+    -------
+    ndarray of shape (M,) or (N, M), dtype of ``x``.
+    """
+    if not isinstance(p, Packed):
+        raise TypeError(f"p must be a ternref.packed.Packed, got {describe(p)}")
+    x = float_array(x, "x", ndim=(1, 2))
+    one_of(activations, "activations", ("float32", "int8"))
+    one_of(backend, "backend", ("numba", "numpy"))
+    m, k = p.shape
+    if x.shape[-1] != k:
+        raise ValueError(
+            f"x must have {k} features (the K of the packed weight {p.shape}), got shape {x.shape}"
+        )
+    x2d = x.reshape(1, k) if x.ndim == 1 else x
+    n = x2d.shape[0]
+    sc = p.kernel_scales()
+    g = p.n_groups
+    has_offset = p.offset is not None
+    asym = not p.symmetric
+    y = np.empty((n, m), np.float32)
+
+    if activations == "float32":
+        xp = pad_activations(np.ascontiguousarray(x2d, dtype=np.float32), p)
+        if n >= GEMM_MIN_BATCH:
+            for r0, r1, tile in _tiles(p, backend, sc["lut"]):
+                np.matmul(xp, tile.T, out=y[:, r0:r1])
+        else:
+            xsum = _group_sums(xp, g, np.float64)
+            fn = p.module.dot_f32 if backend == "numba" else p.module.dot_f32_numpy
+            fn(*_data(p), xp, xsum, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
+    else:
+        xq, inv_s = quantize_activations(x2d)
+        xq = pad_activations(xq, p)
+        xsumq = _group_sums(xq, g, np.int64)
+        if n >= GEMM_MIN_BATCH and INT8_MAX * p.segment < 2**24:
+            _int8_gemm_tiles(p, xq, xsumq, inv_s, sc, asym, has_offset, backend, y)
+        else:
+            fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
+            fn(*_data(p), xq, xsumq, inv_s, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
+
+    out = y if x.ndim == 2 else y[0]
+    return out.astype(x.dtype, copy=False)
+
+
+def _int8_gemm_tiles(p, xq, xsumq, inv_s, sc, asym, has_offset, backend, y):
+    """Integer sums through float32 BLAS on tiles of codes (exact; see the module docstring)."""
+    m = p.shape[0]
+    g, seg = p.n_groups, p.segment
+    xf = xq.astype(np.float32)
+    ones = np.ones((m, g), np.float32)
+    zeros = np.zeros((m, g), np.float32)
+    # value tables: codes themselves, or the indicators [c = +1] and [c = -1]
+    if asym:
+        luts = [np.stack([zeros, zeros, ones], -1), np.stack([ones, zeros, zeros], -1)]
+    else:
+        luts = [np.stack([-ones, zeros, ones], -1)]
+    sums = []
+    for lut in luts:
+        s = np.empty((xq.shape[0], m, g), np.float32)
+        for r0, r1, tile in _tiles(p, backend, np.ascontiguousarray(lut)):
+            for j in range(g):
+                cols = slice(j * seg, (j + 1) * seg)
+                np.matmul(xf[:, cols], tile[:, cols].T, out=s[:, r0:r1, j])
+        sums.append(s.astype(np.float64))
+    sp, sn, so = sc["sp"], sc["sn"], sc["so"]
+    yr = np.zeros((xq.shape[0], m), np.float64)
+    for j in range(g):  # the epilogue of dot_i8, group by group
+        if asym:
+            yr += sp[:, j] * sums[0][:, :, j] - sn[:, j] * sums[1][:, :, j]
+        else:
+            yr += sp[:, j] * sums[0][:, :, j]
+        if has_offset:
+            yr += so[:, j] * xsumq[:, j, None].astype(np.float64)
+    y[...] = yr * inv_s[:, None]
