@@ -43,7 +43,9 @@ the code's ``round`` is C's ``round`` (the ``round_custom`` op's ``c_code``), wh
     phi(x) = sign(x) * 1[|x| >= r],   r = 1
 
 **The tie goes to the nonzero state** (``>=``), departing from ternref's strict default because the
-official code does so (pinned by a test). ``r`` is exposed as a parameter; the code has ``r = 1``.
+official code does so (pinned by a test). The code's float arithmetic also fires for the single
+double just below +1 (``1 + 0.4999999999999999`` rounds to 1.5); ternref keeps the exact
+comparison, so the two differ only there. ``r`` is exposed as a parameter; the code has ``r = 1``.
 Its derivative is replaced by the window :func:`gxnor_activation_window`
 ``1[r - a < |x| < r + a]`` (``a = 1/2`` in the code: the slope-1 ramps of the two hard sigmoids,
 ``1/2 < |x| < 3/2``); the paper's general window has height ``1/(2a)`` on ``[r - a, r + a]``, equal
