@@ -33,7 +33,7 @@ import numpy as np
 
 from ternref._validate import describe, one_of
 from ternref.packed import bitplanes, i2, tq1
-from ternref.ternary import SCALE_BITS, Ternary
+from ternref.ternary import Ternary
 
 FORMATS = {"i2": i2, "tq1": tq1, "bitplanes": bitplanes}
 """Format name -> module with ``BLOCK``, ``ARRAYS``, ``encode``, ``decode`` and the kernels."""
