@@ -1,0 +1,133 @@
+"""BitNet b1.58 — absmean ternary weights and 8-bit absmax activations, identity STE.
+
+Ma, Wang, Ma, Wang, Wang, Huang, Dong, Wang, Xue, Wei, "The Era of 1-bit LLMs: All Large
+Language Models are in 1.58 Bits", arXiv:2402.17764 (2024; after the survey). Training code:
+"The Era of 1-bit LLMs: Training Tips, Code and FAQ" (microsoft/unilm, ``bitnet/``).
+
+Weights (``ternref.projections.bitnet``, per tensor)::
+
+    gamma = mean|W|,   W~ = RoundClip(W / (gamma + eps), -1, 1),   W_hat = gamma * W~
+
+Activations (``ternref.projections.bitnet_activation``), in a layer of their own
+(:class:`BitNetActivation`) placed in front of every ternary layer::
+
+    s = 127 / max(max|x|, eps) per token (row),   x_hat = clip(round(x s), -128, 127) / s
+
+Both backward passes are the identity STE, which is what the code's
+``x + (quant(x) - x).detach()`` computes for weights and activations alike.
+
+Choices
+-------
+* "Per token" is per row of a Linear input (N, features). For a Conv2d input (N, C, H, W)
+  ternref takes one scale per example (absmax over C, H, W); the paper has no convolutions.
+* The paper quantizes activations right after a normalisation (BitLinear's SubLN / RMSNorm);
+  ternref's MLPs have none, so the quantizer sees ReLU outputs (>= 0, codes 0..127).
+* The scale is mean|W| over all weights, not the least-squares scale, so the projection is not
+  idempotent (methods.md P7); the implied threshold is gamma/2, round-half-to-even at ties.
+* Layers: the paper ternarizes every ``nn.Linear`` of the Transformer blocks; the embedding and
+  the output head (``lm_head``) stay in full precision in the released models. ternref's default
+  ``keep_full_precision="first_last"`` is the analogue (input layer and classifier in full
+  precision).
+* Recipe (paper / FAQ): AdamW, a large learning rate with a two-stage schedule and weight decay
+  removed in the second stage; ternref uses whatever optimizer ``fit`` is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ternref import _validate
+from ternref.methods.base import Method, MethodInfo, WeightQuantizer, register
+from ternref.nn.module import Module
+from ternref.projections import bitnet as bitnet_projection
+from ternref.projections.bitnet import bitnet_activation
+
+
+class BitNetQuantizer(WeightQuantizer):
+    """w -> absmean ternary (gamma * RoundClip(w / (gamma + eps))); identity STE (inherited)."""
+
+    def __init__(self, eps: float = 1e-5, granularity: str = "tensor"):
+        super().__init__()
+        self.eps = eps
+        self.granularity = granularity
+
+    def project(self, w):
+        return bitnet_projection(w, eps=self.eps, granularity=self.granularity)
+
+    def extra_repr(self):
+        return f"eps={self.eps}, granularity={self.granularity!r}"
+
+
+class BitNetActivation(Module):
+    """8-bit absmax fake quantization of the activations, one scale per row; identity STE.
+
+    Forward: ``x -> q / s`` with ``(q, s) = bitnet_activation(x)`` computed on ``x`` viewed as
+    ``(N, -1)`` (per token for a Linear input, per example for a conv input). Output has ``x``'s
+    shape and dtype. Backward: ``dL/dx := dL/dx_hat``.
+    """
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.last_codes: np.ndarray | None = None
+
+    def forward(self, x):
+        x = _validate.float_array(x, "BitNetActivation input")
+        rows = x.reshape(x.shape[0], -1)
+        q, s = bitnet_activation(rows, eps=self.eps)
+        self.last_codes = q  # int8, for inspection and for an integer kernel
+        return (q.astype(x.dtype) / s).reshape(x.shape)
+
+    def backward(self, dy):
+        return dy  # identity STE through round and clip
+
+    def extra_repr(self):
+        return f"bits=8, eps={self.eps}"
+
+
+@register
+@dataclass
+class BitNet(Method):
+    """BitNet b1.58 (Ma et al. 2024): absmean ternary weights, int8 absmax activations, STE.
+
+    Parameters
+    ----------
+    eps : float > 0
+        Added to gamma (weights) and the lower clamp of max|x| (activations); code: 1e-5.
+    granularity : {"tensor", "channel"}
+        One gamma per weight tensor (paper) or per output channel.
+    quantize_activations : bool
+        Insert the 8-bit activation quantizer in front of each ternary layer (paper: yes).
+    """
+
+    info: ClassVar[MethodInfo] = MethodInfo(
+        name="bitnet",
+        paper="Ma et al.: The Era of 1-bit LLMs (BitNet b1.58)",
+        year=2024,
+        arxiv="2402.17764",
+        ternary="W",
+        projection="absmean: gamma*RoundClip(W/(gamma+eps),-1,1); int8 absmax activations",
+        estimator="identity STE (weights and activations)",
+        optimizer="AdamW (paper); any",
+    )
+    eps: float = 1e-5
+    granularity: str = "tensor"
+    quantize_activations: bool = True
+
+    def validate(self):
+        _validate.real_number(self.eps, "eps", low=0.0, low_open=True)
+        _validate.one_of(self.granularity, "granularity", ("tensor", "channel"))
+        if not isinstance(self.quantize_activations, bool):
+            raise TypeError(
+                "quantize_activations must be a bool, got "
+                f"{_validate.describe(self.quantize_activations)}"
+            )
+
+    def weight_quantizer(self, layer):
+        return BitNetQuantizer(self.eps, self.granularity)
+
+    def activation_quantizer(self, layer):
+        return BitNetActivation(self.eps) if self.quantize_activations else None
