@@ -14,9 +14,10 @@ The codebook of a layer is ``P = {+-2^n1, ..., +-2^n2, 0}`` with (paper, section
     n2 = n1 + 1 - 2^(b-1) / 2             (b bits including the zero code)
 
 For b = 2 bits, ``n2 = n1`` and ``P = {-2^n1, 0, +2^n1}``: a ternary set with ``alpha = 2^n1``.
-The quantization rule (paper's Eq. 4) maps ``w`` to ``beta * sign(w)`` when
-``(alpha' + beta)/2 <= |w| < 3 beta / 2`` for adjacent levels ``alpha' < beta`` of the sorted
-``P+`` (with 0), and to 0 otherwise. For ternary (``alpha' = 0``, ``beta = 2^n1``)::
+The quantization rule (section 2.1; methods.md marks it [R], not re-read here) maps ``w`` to
+``beta * sign(w)`` when ``(alpha' + beta)/2 <= |w| < 3 beta / 2`` for adjacent levels
+``alpha' < beta`` of the sorted ``P+`` (with 0), and to 0 otherwise. For ternary
+(``alpha' = 0``, ``beta = 2^n1``)::
 
     w_hat = 2^n1 * sign(w) * 1[|w| >= 2^(n1 - 1)]
 
@@ -130,7 +131,7 @@ def inq(w) -> Ternary:
 
     References
     ----------
-    Zhou et al. (2017), arXiv:1702.03044, Eq. 4 with b = 2.
+    Zhou et al. (2017), arXiv:1702.03044, section 2.1 (quantization rule) with b = 2.
     """
     w = _tensor(w, "w")
     s = float(np.max(np.abs(w)))

@@ -8,7 +8,8 @@ Official TensorFlow code: github.com/wenwei202/terngrad (``terngrad/inception/bi
 
 What is implemented
 -------------------
-Layer-wise stochastic ternarization (the paper's Eq. for ``g~``)::
+Layer-wise stochastic ternarization (``s``, ``b`` and ``g~`` as defined in the paper; the
+official ``stochastical_binarize_gradients`` computes the same)::
 
     s   = max |g|                                  (one scalar per tensor / layer)
     b_k ~ Bernoulli(|g_k| / s)                     (independent per entry)
@@ -19,7 +20,8 @@ Layer-wise stochastic ternarization (the paper's Eq. for ``g~``)::
 Optional gradient clipping (``clip=c``), as in the paper and in the official
 ``clip_gradients_by_stddev(grads, clip_factor=2.5)``: before ternarizing, every entry is clipped to
 ``[-c sigma, c sigma]`` with ``sigma = sqrt(mean((g - mean g)^2))`` (the population standard
-deviation of the tensor). The paper's setting is ``c = 2.5``; ``clip=None`` (the default) skips it.
+deviation of the tensor). ``c = 2.5`` is the official code's default (checked in
+``bingrad_common.py``); the paper's text was not re-read here. ``clip=None`` (the default) skips it.
 With clipping the estimate is unbiased for the *clipped* gradient.
 
 Paper vs code vs ternref choices
@@ -57,7 +59,7 @@ def _tensor(x, name: str) -> np.ndarray:
     return x
 
 
-#: The paper's clipping factor c (gradients clipped to +-c*sigma).
+#: The clipping factor c of the official code (gradients clipped to +-c*sigma).
 PAPER_CLIP = 2.5
 
 
