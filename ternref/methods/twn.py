@@ -75,7 +75,8 @@ class TWN(Method):
     granularity: str = "tensor"
 
     def validate(self):
-        _validate.real_number(self.factor, "factor", low=0.0)
+        # the projection needs factor < 1 (a nonzero tensor then never has an empty support)
+        _validate.real_number(self.factor, "factor", low=0.0, high=1.0, high_open=True)
         _validate.one_of(self.granularity, "granularity", ("tensor", "channel"))
 
     def weight_quantizer(self, layer):

@@ -76,7 +76,13 @@ def test_all_zero_weights_no_nan():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"factor": -0.1}, {"granularity": "group"}, {"granularity": "row"}, {"lr": 0.1}],
+    [
+        {"factor": -0.1},
+        {"factor": 1.0},
+        {"granularity": "group"},
+        {"granularity": "row"},
+        {"lr": 0.1},
+    ],
 )
 def test_bad_hyperparameters(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
