@@ -73,18 +73,23 @@ def dot_f32(pos, neg, xp, xsum, sp, sn, so, asym, has_offset, y):
     seg = length // n_groups
     one = np.uint64(1)
     for r in prange(m):
-        acc = np.zeros(64, np.float32)
-        acc_n = np.zeros(64, np.float32)
+        acc = np.empty(64, np.float32)
+        acc_n = np.empty(64, np.float32)
         for n in range(n_rows_x):
-            x = xp[n]
             yr = 0.0
             for g in range(n_groups):
-                acc[:] = 0.0
-                acc_n[:] = 0.0
-                for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
+                for j in range(64):
+                    acc[j] = 0.0
+                    acc_n[j] = 0.0
+                # this group's packed words and activations as 0-based slices: with
+                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
+                pos_g = pos[r, g * seg // 64 : (g + 1) * seg // 64]
+                neg_g = neg[r, g * seg // 64 : (g + 1) * seg // 64]
+                x = xp[n, g * seg : (g + 1) * seg]
+                for b in range(seg // BLOCK):
                     base = b * BLOCK
-                    wp = pos[r, b]
-                    wn = neg[r, b]
+                    wp = pos_g[b]
+                    wn = neg_g[b]
                     if asym:
                         for i in range(64):
                             sh = np.uint64(i)
@@ -157,18 +162,23 @@ def dot_i8(pos, neg, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
     seg = length // n_groups
     one = np.uint64(1)
     for r in prange(m):
-        acc = np.zeros(64, np.int32)
-        acc_n = np.zeros(64, np.int32)
+        acc = np.empty(64, np.int32)
+        acc_n = np.empty(64, np.int32)
         for n in range(n_rows_x):
-            x = xq[n]
             yr = 0.0
             for g in range(n_groups):
-                acc[:] = 0
-                acc_n[:] = 0
-                for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
+                for j in range(64):
+                    acc[j] = 0
+                    acc_n[j] = 0
+                # this group's packed words and activations as 0-based slices: with
+                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
+                pos_g = pos[r, g * seg // 64 : (g + 1) * seg // 64]
+                neg_g = neg[r, g * seg // 64 : (g + 1) * seg // 64]
+                x = xq[n, g * seg : (g + 1) * seg]
+                for b in range(seg // BLOCK):
                     base = b * BLOCK
-                    wp = pos[r, b]
-                    wn = neg[r, b]
+                    wp = pos_g[b]
+                    wn = neg_g[b]
                     for i in range(64):
                         sh = np.uint64(i)
                         xi = np.int32(x[base + i])

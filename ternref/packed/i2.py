@@ -112,19 +112,23 @@ def dot_f32(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
     n_groups = sp.shape[1]
     seg = length // n_groups
     for r in prange(m):
-        acc = np.zeros(32, np.float32)
-        acc_n = np.zeros(32, np.float32)
+        acc = np.empty(32, np.float32)
+        acc_n = np.empty(32, np.float32)
         for n in range(n_rows_x):
-            x = xp[n]
             yr = 0.0
             for g in range(n_groups):
-                acc[:] = 0.0
-                acc_n[:] = 0.0
-                for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
+                for j in range(32):
+                    acc[j] = 0.0
+                    acc_n[j] = 0.0
+                # this group's packed words and activations as 0-based slices: with
+                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
+                codes_g = codes[r, g * seg // 4 : (g + 1) * seg // 4]
+                x = xp[n, g * seg : (g + 1) * seg]
+                for b in range(seg // BLOCK):
                     base = b * BLOCK
                     if asym:
                         for j in range(32):
-                            q = codes[r, b * 32 + j]
+                            q = codes_g[b * 32 + j]
                             q0 = np.int32(q & 3)
                             q1 = np.int32((q >> 2) & 3)
                             q2 = np.int32((q >> 4) & 3)
@@ -144,7 +148,7 @@ def dot_f32(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
                             )
                     else:
                         for j in range(32):
-                            q = codes[r, b * 32 + j]
+                            q = codes_g[b * 32 + j]
                             # sum q*x over the 4 sub-blocks; one shift+mask per sub-block
                             acc[j] += (
                                 np.float32(np.int32(q & 3)) * x[base + j]
@@ -234,19 +238,23 @@ def dot_i8(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
     n_groups = sp.shape[1]
     seg = length // n_groups
     for r in prange(m):
-        acc = np.zeros(32, np.int32)
-        acc_n = np.zeros(32, np.int32)
+        acc = np.empty(32, np.int32)
+        acc_n = np.empty(32, np.int32)
         for n in range(n_rows_x):
-            x = xq[n]
             yr = 0.0
             for g in range(n_groups):
-                acc[:] = 0
-                acc_n[:] = 0
-                for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
+                for j in range(32):
+                    acc[j] = 0
+                    acc_n[j] = 0
+                # this group's packed words and activations as 0-based slices: with
+                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
+                codes_g = codes[r, g * seg // 4 : (g + 1) * seg // 4]
+                x = xq[n, g * seg : (g + 1) * seg]
+                for b in range(seg // BLOCK):
                     base = b * BLOCK
                     if asym:
                         for j in range(32):
-                            q = codes[r, b * 32 + j]
+                            q = codes_g[b * 32 + j]
                             q0 = np.int32(q & 3)
                             q1 = np.int32((q >> 2) & 3)
                             q2 = np.int32((q >> 4) & 3)
@@ -265,7 +273,7 @@ def dot_i8(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
                             )
                     else:
                         for j in range(32):
-                            q = codes[r, b * 32 + j]
+                            q = codes_g[b * 32 + j]
                             acc[j] += np.int32(
                                 np.int32(q & 3) * np.int32(x[base + j])
                                 + np.int32((q >> 2) & 3) * np.int32(x[base + 32 + j])
