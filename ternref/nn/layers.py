@@ -548,9 +548,9 @@ class _BatchNorm(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
-        axes = (0, *range(2, x.ndim))
-        bshape = (1, self.num_features) + (1,) * (x.ndim - 2)
-        m = x.size // self.num_features
+        c = self.num_features
+        bshape = (1, c) + (1,) * (x.ndim - 2)
+        m = x.size // c
         dt = x.dtype.type
         if self.training:
             if m < 2:
@@ -558,9 +558,10 @@ class _BatchNorm(Module):
                     f"{type(self).__name__} in training mode needs more than 1 value per "
                     f"channel to compute batch statistics, got input shape {x.shape}"
                 )
-            mu = x.mean(axis=axes)
+            mu = x.mean(axis=(0, *range(2, x.ndim)))
             xc = x - mu.reshape(bshape)
-            var = np.mean(np.square(xc), axis=axes)  # biased (1/m)
+            xc3 = xc.reshape(x.shape[0], c, -1)
+            var = np.einsum("ncp,ncp->c", xc3, xc3) / dt(m)  # biased (1/m), no temporary
             inv_std = 1.0 / np.sqrt(var + dt(self.eps))
             # running estimates: unbiased variance (m/(m-1)) as torch.nn.BatchNorm does
             mom = self.momentum
@@ -572,31 +573,33 @@ class _BatchNorm(Module):
         else:
             inv_std = 1.0 / np.sqrt(self.running_var.astype(x.dtype) + dt(self.eps))
             xc = x - self.running_mean.astype(x.dtype).reshape(bshape)
-        xhat = xc
-        xhat *= inv_std.reshape(bshape)  # xc is a fresh array, normalise it in place
-        gamma = self.weight.data.astype(x.dtype, copy=False)
-        beta = self.bias.data.astype(x.dtype, copy=False)
-        self._cache = (xhat, inv_std, m, self.training, axes, bshape)
-        return xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+        # y = gamma * xhat + beta = xc * (gamma * s) + beta; xhat = xc * s is never materialised
+        a = self.weight.data.astype(x.dtype, copy=False) * inv_std
+        y = np.multiply(xc, a.reshape(bshape))
+        y += self.bias.data.astype(x.dtype, copy=False).reshape(bshape)
+        self._cache = (xc, inv_std, a, m, self.training)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        xhat, inv_std, m, training, axes, bshape = _need_cache(self, self._cache)
-        dy = _check_dy(self, dy, xhat.shape)
-        dbeta = dy.sum(axis=axes)
-        dgamma = np.sum(dy * xhat, axis=axes)
+        xc, inv_std, a, m, training = _need_cache(self, self._cache)
+        dy = _check_dy(self, dy, xc.shape)
+        c = self.num_features
+        bshape = (1, c) + (1,) * (dy.ndim - 2)
+        dy3 = dy.reshape(dy.shape[0], c, -1)
+        dbeta = dy3.sum(axis=(0, 2))
+        dgamma = np.einsum("ncp,ncp->c", dy3, xc.reshape(dy3.shape)) * inv_std  # sum(dy * xhat)
         if self.weight.requires_grad:
             self.weight.grad += dgamma
         if self.bias.requires_grad:
             self.bias.grad += dbeta
-        gamma = self.weight.data.astype(dy.dtype, copy=False)
-        scale = (gamma * inv_std).astype(dy.dtype, copy=False)
+        a = a.astype(dy.dtype, copy=False)  # gamma * s
         if not training:
-            return dy * scale.reshape(bshape)
+            return dy * a.reshape(bshape)
         # dx = gamma*s/m * (m*dy - dbeta - xhat*dgamma)
-        dx = xhat * (-dgamma / m).reshape(bshape)
-        dx += dy
-        dx -= (dbeta / m).reshape(bshape)
-        dx *= scale.reshape(bshape)
+        #    = a*dy - a*dbeta/m - xc * (a*s*dgamma/m)
+        dx = dy * a.reshape(bshape)
+        dx -= xc * (a * inv_std * dgamma / m).astype(dy.dtype, copy=False).reshape(bshape)
+        dx -= (a * dbeta / m).astype(dy.dtype, copy=False).reshape(bshape)
         return dx
 
     def extra_repr(self) -> str:
