@@ -22,10 +22,11 @@ def test_forward_is_nearest_of_three_shifted_levels():
     np.testing.assert_array_equal(t.dense(), q(w))
 
 
+@pytest.mark.parametrize("shape", [(4, 9), (4, 2, 3, 3)])  # Linear and Conv2d weights
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_weight_scale_and_offset_gradients_match_finite_differences(per_channel):
+def test_weight_scale_and_offset_gradients_match_finite_differences(per_channel, shape):
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((4, 9))
+    w = rng.standard_normal(shape)
     g = rng.standard_normal(w.shape)
     shape = (4,) if per_channel else ()
     q = RTNQuantizer(rng.uniform(0.8, 1.5, shape), rng.uniform(-0.2, 0.2, shape))
@@ -38,7 +39,7 @@ def test_weight_scale_and_offset_gradients_match_finite_differences(per_channel)
         np.testing.assert_allclose(p.grad, fd, rtol=1e-7, atol=1e-9)
     # and by hand: d/d alpha = sum g t, d/d beta = sum g over each channel (or the tensor)
     t = q.ternary.codes
-    axis = 1 if per_channel else None
+    axis = tuple(range(1, w.ndim)) if per_channel else None
     np.testing.assert_allclose(q.alpha.grad, (g * t).sum(axis=axis), rtol=1e-12)
     np.testing.assert_allclose(q.beta.grad, g.sum(axis=axis), rtol=1e-12)
 

@@ -19,8 +19,8 @@ def _kernels(rng, shape=(5, 7)):
 
 
 def _alpha(w1, w2):
-    # alpha_c = (||W1_c||_1 + ||W2_c||_1) / (2n), written out row by row
-    n = w1.shape[1]
+    # alpha_c = (||W1_c||_1 + ||W2_c||_1) / (2n), written out channel by channel
+    n = w1[0].size
     return np.array([(np.abs(w1[c]).sum() + np.abs(w2[c]).sum()) / (2 * n) for c in range(len(w1))])
 
 
@@ -41,16 +41,17 @@ def test_merged_ternary_equals_sum_of_binary_kernels_exactly():
     np.testing.assert_allclose(np.squeeze(t.alpha_pos), 2 * alpha[:, 0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(5, 7), (3, 2, 2, 2)])  # Linear and Conv2d weights
 @pytest.mark.parametrize("clip", [1.0, 0.5])
-def test_backward_is_ste_plus_exact_alpha_coupling(clip):
+def test_backward_is_ste_plus_exact_alpha_coupling(clip, shape):
     rng = np.random.default_rng(1)
-    w1, w2 = _kernels(rng)
+    w1, w2 = _kernels(rng, shape)
     g = rng.standard_normal(w1.shape)
     q = STTNQuantizer(w2, clip=clip)
     q(w1)
     d1 = q.backward(g)
     d2 = q.weight2.grad.copy()
-    alpha = _alpha(w1, w2)[:, None]
+    alpha = _alpha(w1, w2).reshape((-1,) + (1,) * (w1.ndim - 1))
     # the alpha-coupling part is the exact derivative of sum(g * W_hat) with signs held fixed,
     # which finite differences measure (sgn is locally constant away from 0)
     fd1 = numerical_gradient(lambda w: STTNQuantizer(w2).forward(w), w1.copy(), g)
@@ -58,8 +59,9 @@ def test_backward_is_ste_plus_exact_alpha_coupling(clip):
     np.testing.assert_allclose(d1, alpha * g * (np.abs(w1) <= clip) + fd1, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(d2, alpha * g * (np.abs(w2) <= clip) + fd2, rtol=1e-6, atol=1e-9)
     # and the coupling itself, by hand: sgn(W_k,i)/(2n) * sum_j g_j (sgn W1_j + sgn W2_j)
-    n = w1.shape[1]
-    s = (g * (np.sign(w1) + np.sign(w2))).sum(axis=1, keepdims=True) / (2 * n)
+    n = w1[0].size
+    axes = tuple(range(1, w1.ndim))
+    s = (g * (np.sign(w1) + np.sign(w2))).sum(axis=axes, keepdims=True) / (2 * n)
     np.testing.assert_allclose(fd1, np.sign(w1) * s, rtol=1e-6, atol=1e-9)
 
 
