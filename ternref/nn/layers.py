@@ -354,16 +354,22 @@ class MaxPool2d(_Pool2d):
         y = _need_cache(self, self._y)
         x = self._x
         dy = _check_dy(self, dy, y.shape)
-        dx = np.zeros(x.shape, dtype=dy.dtype)
-        taken = None  # windows whose maximum has already been routed
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        disjoint = sh >= kh and sw >= kw  # each input element lies in at most one window
+        tiled = (sh, sw) == (kh, kw) and x.shape[2:] == (y.shape[2] * kh, y.shape[3] * kw)
+        dx = np.empty(x.shape, dy.dtype) if tiled else np.zeros(x.shape, dy.dtype)
+        free = None  # windows whose maximum has not been routed yet
         for _, sl in self._windows(x.shape):  # offsets in row-major order
             hit = x[sl] == y
-            if taken is None:
-                taken = hit
+            if free is None:
+                free = ~hit
             else:
-                hit &= ~taken  # only the first maximum of a window receives dy
-                taken |= hit
-            dx[sl] += dy * hit
+                hit &= free  # only the first maximum of a window receives dy
+                free &= ~hit
+            if disjoint:
+                np.multiply(dy, hit, out=dx[sl])
+            else:
+                dx[sl] += dy * hit
         return dx
 
 
