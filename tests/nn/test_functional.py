@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ternref.nn import Conv2d
 from ternref.nn.functional import col2im, col2im_t, conv_output_shape, im2col, im2col_t, pair
 
 
@@ -144,3 +145,16 @@ def test_argument_errors():
         im2col(np.ones((1, 1, 4, 4), int), 2)
     with pytest.raises(ValueError, match="shape"):
         col2im(np.ones((9, 5)), (1, 1, 4, 4), 2)
+
+
+@given(conv_geometry(), st.integers(1, 3), st.booleans(), st.integers(0, 2**32 - 1))
+def test_conv2d_layer_forward_is_direct_convolution(geom, out_ch, bias, seed):
+    # the layer runs the transposed fast path (im2col_t, W2 @ cols_t), not im2col itself
+    shape, k, s, p = geom
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(shape[1], out_ch, k, stride=s, padding=p, bias=bias, rng=rng, dtype=np.float64)
+    x = rng.standard_normal(shape)
+    b = layer.bias.data if bias else np.zeros(out_ch)
+    expect = naive_conv(x, layer.weight.data, b, s, p)
+    np.testing.assert_allclose(layer(x), expect, rtol=1e-12, atol=1e-12)
+    assert layer(x.astype(np.float32)).dtype == np.float32
