@@ -4,16 +4,18 @@ Kundu, Banerjee, Mellempudi, Mudigere, Das, Kaul, Dubey, "Ternary Residual Netwo
 arXiv:1707.04679 (2017). Built on FGQ (Mellempudi et al. 2017, arXiv:1705.01462; see
 :mod:`ternref.methods.fgq`).
 
-The second term ternarizes what the first one missed (the residual), with the same projection::
+Each term ternarizes what the previous ones missed (the residual), with the same projection
+(``ternref.projections.residual.residual``, greedy)::
 
-    T1 = Pi(w)                       (a1 T1 = Pi(w).dense())
-    T2 = Pi(w - a1 T1)               (the residual edge)
+    a1 T1 = Pi(w)
+    a2 T2 = Pi(w - a1 T1)            (the residual edge; n_terms = 2, the paper's setting)
     w_hat = a1 T1 + a2 T2
 
 At inference the layer is two ternary layers fed the same input whose outputs add
 (y = x (a1 T1)^T + x (a2 T2)^T + b): the "residual edge" of the paper. The projection Pi is TWN's
-rule (Delta = factor * mean|w|, least-squares alpha) per tensor, per output channel, or per group
-of ``group_size`` weights along the reduction axis (FGQ's grouping, ``granularity="group"``).
+0.7 rule (``base="twn"``) or the exact least-squares ternarization (``base="exact"``), per tensor,
+per output channel, or per group of ``group_size`` weights along the reduction axis (FGQ's
+grouping, ``granularity="group"``, via ``ternref.projections.fgq`` with the matching solver).
 
 Backward: the identity STE, dL/dw := dL/dw_hat (both terms are functions of w; their scales and
 thresholds are recomputed every forward and not differentiated).
@@ -44,63 +46,69 @@ from typing import ClassVar
 
 from ternref import _validate
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer, register
+from ternref.projections import fgq
+from ternref.projections.residual import residual as residual_projection
 from ternref.ternary import Ternary
 
 
-def _project(w, factor: float, granularity: str, group_size: int | None) -> Ternary:
-    """Pi: TWN's rule per tensor / channel, or FGQ's per group of ``group_size``."""
-    if granularity == "group":
-        from ternref.projections import fgq
-
-        return fgq(w, group_size=group_size, factor=factor)
-    from ternref.projections import twn
-
-    return twn(w, factor=factor, granularity=granularity)
+def residual_terms(w, n_terms: int, base: str, granularity: str, group_size=None):
+    """The greedy terms ``(T1, ..., Tn)``; for groups, each term is FGQ of the last residual."""
+    if granularity != "group":
+        return residual_projection(w, n_terms=n_terms, base=base, granularity=granularity)
+    terms, remainder = [], w
+    for _ in range(n_terms):
+        term = fgq(remainder, group_size=group_size, solver=base)  # T_j ternarizes the residual
+        terms.append(term)
+        remainder = (remainder - term.dense()).astype(w.dtype)
+    return tuple(terms)
 
 
 class ResidualQuantizer(WeightQuantizer):
-    """w -> a1 T1 + a2 T2 (a ternary term and a ternary residual edge); identity STE.
+    """w -> a1 T1 + a2 T2 + ... (a ternary term and ternary residual edges); identity STE.
 
-    After a forward pass, ``self.ternaries`` holds ``(T1, T2)`` and ``self.ternary`` the first
-    term (kept for code that reads one layer's main codes).
+    After a forward pass, ``self.ternaries`` holds the terms and ``self.ternary`` the first one
+    (kept for code that reads one layer's main codes).
     """
 
-    def __init__(self, factor: float = 0.7, granularity: str = "tensor", group_size=None):
+    def __init__(self, n_terms=2, base="twn", granularity="tensor", group_size=None):
         super().__init__()
-        self.factor = factor
+        self.n_terms = n_terms
+        self.base = base
         self.granularity = granularity
         self.group_size = group_size
-        self.ternaries: tuple[Ternary, Ternary] | None = None
+        self.ternaries: tuple[Ternary, ...] | None = None
 
-    def to_ternaries(self, w) -> tuple[Ternary, Ternary]:
-        """``(T1, T2)`` with ``T1 = Pi(w)`` and ``T2 = Pi(w - T1.dense())`` (deterministic)."""
-        t1 = _project(w, self.factor, self.granularity, self.group_size)
-        t2 = _project(w - t1.dense(), self.factor, self.granularity, self.group_size)
-        return t1, t2
+    def to_ternaries(self, w) -> tuple[Ternary, ...]:
+        """The terms ``(T1, T2, ...)``, ``T_{j+1} = Pi(w - sum_{i<=j} T_i.dense())``."""
+        return residual_terms(w, self.n_terms, self.base, self.granularity, self.group_size)
 
     def project(self, w):
         raise NotImplementedError(
-            "a residual layer is a1*T1 + a2*T2, two ternary terms; use to_ternaries(w)"
+            "a residual layer is a1*T1 + a2*T2, a sum of ternary terms; use to_ternaries(w)"
         )
 
     def forward(self, w):
         self._w = w
         self.ternaries = self.to_ternaries(w)
         self.ternary = self.ternaries[0]
-        t1, t2 = self.ternaries
-        return t1.dense() + t2.dense()  # w_hat = a1 T1 + a2 T2
+        w_hat = self.ternaries[0].dense()
+        for term in self.ternaries[1:]:
+            w_hat = w_hat + term.dense()  # w_hat = a1 T1 + a2 T2 + ...
+        return w_hat
 
     def to_ternary(self, w):
         """Not representable: raises ``NotImplementedError`` (use :meth:`to_ternaries`)."""
         raise NotImplementedError(
-            "ResidualQuantizer holds two ternary terms (w_hat = a1*T1 + a2*T2); a single "
+            "ResidualQuantizer holds a sum of ternary terms (w_hat = a1*T1 + a2*T2); a single "
             "Ternary cannot represent it. Use to_ternaries(w) -> (T1, T2): a packed export "
-            "writes two packed layers that read the same input and whose outputs add."
+            "writes one packed layer per term, all reading the same input, outputs added."
         )
 
     def extra_repr(self):
         extra = f", group_size={self.group_size}" if self.granularity == "group" else ""
-        return f"factor={self.factor}, granularity={self.granularity!r}{extra}"
+        return (
+            f"n_terms={self.n_terms}, base={self.base!r}, granularity={self.granularity!r}{extra}"
+        )
 
 
 @register
@@ -110,8 +118,10 @@ class Residual(Method):
 
     Parameters
     ----------
-    factor : float in [0, 1)
-        TWN threshold factor of each term, Delta = factor * mean|w| (per scale group).
+    n_terms : int >= 1
+        Ternary terms per layer (the paper's one residual edge: 2; 1 is plain TWN / exact).
+    base : {"twn", "exact"}
+        Projection of every term: TWN's 0.7 rule or exact least squares.
     granularity : {"tensor", "channel", "group"}
         Scale groups of each term; ``"group"`` is FGQ's grouping (needs ``group_size``).
     group_size : int >= 1, optional
@@ -128,12 +138,14 @@ class Residual(Method):
         estimator="identity STE",
         optimizer="SGD/Adam fine-tuning on latent weights",
     )
-    factor: float = 0.7
+    n_terms: int = 2
+    base: str = "twn"
     granularity: str = "tensor"
     group_size: int | None = None
 
     def validate(self):
-        _validate.real_number(self.factor, "factor", low=0.0, high=1.0, high_open=True)
+        _validate.integer(self.n_terms, "n_terms", low=1)
+        _validate.one_of(self.base, "base", ("twn", "exact"))
         _validate.one_of(self.granularity, "granularity", ("tensor", "channel", "group"))
         if self.granularity == "group":
             if self.group_size is None:
@@ -146,4 +158,4 @@ class Residual(Method):
             )
 
     def weight_quantizer(self, layer):
-        return ResidualQuantizer(self.factor, self.granularity, self.group_size)
+        return ResidualQuantizer(self.n_terms, self.base, self.granularity, self.group_size)

@@ -39,6 +39,20 @@ def test_residual_term_never_increases_the_error(granularity):
         assert two < one  # for Gaussian weights the residual term strictly helps
 
 
+def test_more_terms_and_exact_base():
+    w = np.random.default_rng(4).standard_normal((4, 9))
+    errors = []
+    for n in (1, 2, 3):
+        terms = ResidualQuantizer(n_terms=n, base="exact").to_ternaries(w)
+        assert len(terms) == n
+        errors.append(np.sum((w - sum(t.dense() for t in terms)) ** 2))
+    np.testing.assert_array_equal(
+        ResidualQuantizer(n_terms=1, base="exact").to_ternaries(w)[0].dense(),
+        projections.exact(w).dense(),
+    )
+    assert errors[0] > errors[1] > errors[2]
+
+
 def test_identity_ste():
     rng = np.random.default_rng(1)
     w, g = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
@@ -62,11 +76,13 @@ def test_to_ternary_raises_and_to_ternaries_is_the_eval_forward():
             assert len(np.unique(row)) <= 3
 
 
-def test_group_granularity_uses_fgq_groups():
-    if "fgq" not in projections.names():
-        pytest.skip("ternref.projections.fgq has not landed")
+@pytest.mark.parametrize("base", ["twn", "exact"])
+def test_group_granularity_uses_fgq_groups(base):
     w = np.random.default_rng(3).standard_normal((3, 16))
-    t1, t2 = ResidualQuantizer(granularity="group", group_size=4).to_ternaries(w)
+    t1, t2 = ResidualQuantizer(base=base, granularity="group", group_size=4).to_ternaries(w)
+    np.testing.assert_array_equal(t1.dense(), projections.fgq(w, 4, solver=base).dense())
+    r = w - t1.dense()
+    np.testing.assert_array_equal(t2.dense(), projections.fgq(r, 4, solver=base).dense())
     assert t1.granularity == "group" and t2.granularity == "group"
     for t in (t1, t2):
         for block in t.dense().reshape(3, 4, 4):
@@ -77,12 +93,13 @@ def test_group_granularity_uses_fgq_groups():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"factor": 1.0}, "factor"),
+        ({"base": "bitnet"}, "base"),
+        ({"n_terms": 0}, "n_terms"),
         ({"granularity": "row"}, "granularity"),
         ({"granularity": "group"}, "group_size"),
         ({"granularity": "group", "group_size": 0}, "group_size"),
         ({"group_size": 4}, "group_size"),
-        ({"terms": 3}, "terms"),
+        ({"factor": 0.7}, "factor"),
     ],
 )
 def test_bad_hyperparameters(kwargs, name):
