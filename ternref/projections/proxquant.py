@@ -114,8 +114,8 @@ def proxquant(w, granularity: str = "tensor") -> Ternary:
     live = delta > 0  # an all-zero row has no survivors
     pos = (rows >= delta) & live  # the code's ">=": ties at Delta are kept
     neg = (rows <= -delta) & live
-    alpha_p = _safe_mean(np.where(pos, rows, 0).sum(axis=1, dtype=np.float64), pos.sum(axis=1))
-    alpha_n = _safe_mean(np.where(neg, -rows, 0).sum(axis=1, dtype=np.float64), neg.sum(axis=1))
+    alpha_p = _safe_mean((rows * pos).sum(axis=1, dtype=np.float64), np.count_nonzero(pos, axis=1))
+    alpha_n = _safe_mean(-(rows * neg).sum(axis=1, dtype=np.float64), np.count_nonzero(neg, axis=1))
     codes = pos.astype(np.int8) - neg.astype(np.int8)
     return _ternary(codes, alpha_p, w.shape, w.dtype, granularity, alpha_n)
 

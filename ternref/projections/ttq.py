@@ -145,11 +145,11 @@ def ttq(
 
     n_rows = rows.shape[0]
     if alpha_pos is None:  # least squares: W_p = mean of w over I_p
-        w_p = _safe_mean(np.where(pos, rows, 0).sum(axis=1, dtype=np.float64), pos.sum(axis=1))
+        w_p = _safe_mean((rows * pos).sum(axis=1, dtype=np.float64), np.count_nonzero(pos, axis=1))
     else:
         w_p = np.full(n_rows, alpha_pos)
     if alpha_neg is None:  # least squares: W_n = mean of |w| over I_n
-        w_n = _safe_mean(np.where(neg, a, 0).sum(axis=1, dtype=np.float64), neg.sum(axis=1))
+        w_n = _safe_mean((a * neg).sum(axis=1, dtype=np.float64), np.count_nonzero(neg, axis=1))
     else:
         w_n = np.full(n_rows, alpha_neg)
     return _ternary(_codes(rows, pos | neg), w_p, w.shape, w.dtype, granularity, w_n)

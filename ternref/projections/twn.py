@@ -72,7 +72,7 @@ def _twn_rows(a: np.ndarray, factor: float, counts=None):
     mean_abs = a.sum(axis=1, dtype=np.float64) / counts  # E|w| per row
     delta = factor * mean_abs  # Delta = factor * E|w|
     keep = a > delta[:, None]  # I_Delta = {|w| > Delta} (strict: ties -> 0)
-    alpha = _safe_mean(np.where(keep, a, 0).sum(axis=1, dtype=np.float64), keep.sum(axis=1))
+    alpha = _safe_mean((a * keep).sum(axis=1, dtype=np.float64), np.count_nonzero(keep, axis=1))
     return keep, alpha
 
 
