@@ -402,6 +402,14 @@ idempotent, dtype_preserving, zero_safe : bool
     PropertyViolation
         An ``AssertionError`` naming the broken property.
 
+    Notes
+    -----
+    Call it from a plain test function (or a script). Inside a test that is itself decorated
+    with ``@given``, hypothesis refuses nested searches unless the outer test's settings
+    suppress ``HealthCheck.nested_given``. The searches use their own settings (no example
+    database, ``deadline=None``, all health checks off), so a project's hypothesis profile does
+    not change them.
+
     Examples
     --------
     >>> from ternref.projections import twn
