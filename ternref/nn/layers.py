@@ -307,8 +307,8 @@ class _Pool2d(Module):
         oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, 0)
         for a in range(kh):
             for b in range(kw):
-                yield a * kw + b, (slice(None), slice(None), slice(a, a + sh * oh, sh),
-                                   slice(b, b + sw * ow, sw))  # fmt: skip
+                rows, cols = slice(a, a + sh * oh, sh), slice(b, b + sw * ow, sw)
+                yield a * kw + b, (slice(None), slice(None), rows, cols)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -335,6 +335,9 @@ class MaxPool2d(_Pool2d):
     served. With overlapping windows (stride < kernel) an element can win several windows and
     then receives the sum of their gradients. A NaN in a window propagates to its output (as in
     PyTorch) and that window then routes no gradient.
+
+    The forward keeps a reference to ``x`` (no copy) for the backward: do not modify the input in
+    place between the two passes.
     """
 
     def __init__(self, kernel_size, stride=None):

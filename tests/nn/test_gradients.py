@@ -29,7 +29,7 @@ from ternref.nn import (
 F64 = np.float64
 TOL = 1e-6
 seeds = st.integers(0, 2**32 - 1)
-FD = settings(max_examples=30)
+FD = settings(max_examples=50)
 
 
 class ScaleQuantizer(Module):
