@@ -46,7 +46,9 @@ Calling it (``fit`` takes ``loss=``; the CLI and ``compare`` already call ``meth
     callbacks = quantize_model(student, method)
     fit(student, data, optimizer, loss=method.loss(), callbacks=callbacks)
 
-The method needs a teacher; ``get("kd")`` without one succeeds (so that the method can be listed
+One ``KD`` instance serves one student (it keeps the taps it inserted and the teacher outputs of
+the current batch); ``get`` builds a new one each call. The method needs a teacher;
+``get("kd")`` without one succeeds (so that the method can be listed
 and validated) but ``quantize_model`` raises a ``ValueError`` saying how to pass one. A caller
 that has none trains a full-precision model first (the same recipe) and passes it. TernaryBERT
 initialises the student from the teacher's weights; do that by building the student from a copy
@@ -317,6 +319,17 @@ class KD(Method):
         self._base_acts: set[int] = set()
 
     # -- configuration --------------------------------------------------------------------
+    def hyperparameters(self) -> dict:
+        """The hyper-parameters, JSON-friendly: the teacher and a Method base are described."""
+        hp = super().hyperparameters()
+        if self.teacher is not None:
+            n = sum(p.data.size for p in self.teacher.parameters())
+            hp["teacher"] = f"{type(self.teacher).__name__} with {n} parameters"
+        if isinstance(self.base, Method):
+            hp["base"] = self.base.info.name
+            hp["base_hyperparameters"] = self.base.hyperparameters()
+        return hp
+
     def validate(self):
         if self.teacher is not None and not isinstance(self.teacher, Module):
             raise TypeError(

@@ -148,6 +148,17 @@ def test_any_base_method_can_be_distilled():
     assert method.temperature == 3.0 and method.base == "twn"
 
 
+def test_hyperparameters_are_json_friendly():
+    import json
+
+    teacher = _mlp(1)
+    hp = get("kd", teacher=teacher, base=get("ttq", t=0.1)).hyperparameters()
+    assert hp["base"] == "ttq" and hp["base_hyperparameters"]["t"] == 0.1
+    assert hp["teacher"].startswith("Sequential with ")
+    json.dumps(hp)
+    assert get("kd").hyperparameters()["teacher"] is None
+
+
 def test_missing_teacher_is_a_clear_error_and_leaves_the_model_alone():
     student = _mlp(0)
     method = get("kd")
