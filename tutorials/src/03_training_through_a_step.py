@@ -244,6 +244,7 @@ print(
     f"TWN flip ratio: epoch 1 {histories['twn']['flip_ratio'][0]:.3f} -> epoch {epochs} "
     f"{histories['twn']['flip_ratio'][-1]:.4f}"
 )
+print(f"TTQ scales before training: W_p = {scales.w_p[0]:.4f}, W_n = {scales.w_n[0]:.4f}")
 print(
     f"TTQ scales after training: W_p = {scales.w_p[-1]:.4f}, W_n = {scales.w_n[-1]:.4f} "
     f"(ratio {scales.w_p[-1] / scales.w_n[-1]:.3f})"
