@@ -10,7 +10,7 @@ import pytest
 import ternref.projections as P
 from ternref.testing import check_projection, find_counterexample
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 25
 
 ENTRIES = [
     P.get(name)
