@@ -87,6 +87,32 @@ def _parse_hyperparameters(items: list[str]) -> dict:
     return hp
 
 
+def _train_teacher(args, dataset, epochs, batch_size, lr, r):
+    """Train the full-precision teacher of a distillation method with the same recipe/seed."""
+    from ternref.recipes import build_model, build_optimizer, build_schedule
+    from ternref.train import fit
+
+    init_rng, shuffle_rng = _seeded_generators(args.seed, 2)
+    teacher = build_model(args.model, dataset.image_shape, dataset.n_classes, init_rng)
+    optimizer = build_optimizer(args.optimizer or r.optimizer, teacher.parameters(), lr)
+    schedule = build_schedule(args.schedule or r.schedule, optimizer, epochs)
+    if not args.quiet:
+        print(f"{args.method} needs a teacher: training the full-precision {args.model} first")
+    history = fit(
+        teacher,
+        dataset,
+        optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        schedule=schedule,
+        rng=shuffle_rng,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"teacher test accuracy {100 * history.last['test_acc']:.2f}%")
+    return teacher
+
+
 def _run_train(args) -> int:
     from ternref.data import load_dataset
     from ternref.recipes import build_model, build_optimizer, build_schedule, recipe
@@ -107,7 +133,10 @@ def _run_train(args) -> int:
     if args.method is not None:
         from ternref import methods
 
-        method = methods.get(args.method, **_parse_hyperparameters(args.hp))
+        hp = _parse_hyperparameters(args.hp)
+        if methods.requires_teacher(args.method):
+            hp["teacher"] = _train_teacher(args, dataset, epochs, batch_size, lr, r)
+        method = methods.get(args.method, **hp)
         callbacks = methods.quantize_model(model, method, args.keep_full_precision)
         loss = method.loss()
     elif args.hp:
@@ -151,7 +180,7 @@ def _run_train(args) -> int:
         result["sparsity"] = last["sparsity"]
         result["flip_ratio"] = last["flip_ratio"]
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, default=str))
     else:
         print(
             f"test accuracy {100 * last['test_acc']:.2f}%  (train {100 * last['train_acc']:.2f}%, "

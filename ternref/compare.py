@@ -262,7 +262,7 @@ def _versions() -> dict:
     }
 
 
-def _run_one(method_name, dataset, args, seed, bar) -> dict:
+def _run_one(method_name, dataset, args, seed, bar, teacher=None) -> dict:
     """Train one (method, seed); return accuracy, sparsity, timings and the trained model."""
     from ternref import methods
     from ternref.recipes import build_model, build_optimizer, build_schedule
@@ -279,7 +279,10 @@ def _run_one(method_name, dataset, args, seed, bar) -> dict:
     model = build_model(args["model"], dataset.image_shape, dataset.n_classes, init_rng)
     callbacks, loss = [], None
     if method_name != FULL_PRECISION:
-        method = methods.get(method_name)
+        extra = {"teacher": teacher} if methods.requires_teacher(method_name) else {}
+        if extra and teacher is None:
+            raise ValueError(f"{method_name} needs the full-precision baseline as its teacher")
+        method = methods.get(method_name, **extra)
         callbacks = methods.quantize_model(model, method, args["keep_full_precision"])
         loss = method.loss()
     optimizer = build_optimizer(args["optimizer"], model.parameters(), args["lr"])
@@ -413,6 +416,7 @@ def compare(
         "keep_full_precision": keep_full_precision,
     }
     result = Comparison(rows=[], settings=settings)
+    teachers = {}
     bar = tqdm(
         total=len(names) * seeds * epochs,
         desc="compare",
@@ -430,7 +434,7 @@ def compare(
             for seed in seed_values:
                 done_before = bar.n
                 try:
-                    run = _run_one(name, data, args, seed, bar)
+                    run = _run_one(name, data, args, seed, bar, teachers.get(seed))
                 except KeyboardInterrupt:
                     raise
                 except FloatingPointError as exc:
@@ -438,6 +442,8 @@ def compare(
                 except Exception as exc:  # noqa: BLE001 - reported in the row, run goes on
                     row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
                 else:
+                    if name == FULL_PRECISION:
+                        teachers[seed] = run["model"]  # distillation methods learn from it
                     row.accuracies.append(run["accuracy"])
                     if run["sparsity"] is not None:
                         row.sparsities.append(run["sparsity"])

@@ -20,6 +20,7 @@ from ternref.methods.base import (
     quantize_model,
     quantized_layers,
     register,
+    requires_teacher,
     weight_layers,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "quantize_model",
     "quantized_layers",
     "register",
+    "requires_teacher",
     "weight_layers",
 ]

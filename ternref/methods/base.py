@@ -169,6 +169,12 @@ def get(name: str, **hyperparameters) -> Method:
     return method
 
 
+def requires_teacher(name: str) -> bool:
+    """Whether method ``name`` needs a trained full-precision ``teacher`` (distillation)."""
+    info(name)
+    return "teacher" in {f.name for f in dataclasses.fields(_METHODS[name])}
+
+
 def info(name: str) -> MethodInfo:
     """Metadata of method ``name`` without instantiating it."""
     if name not in _METHODS:
@@ -268,11 +274,18 @@ class TernaryStats(Callback):
     def __init__(self):
         self._previous: list[np.ndarray] | None = None
 
+    @staticmethod
+    def _codes(layer) -> np.ndarray:
+        """The inference codes of a quantized layer; a layer that is a sum of ternary terms
+        (Ternary Residual Networks) contributes the codes of every term."""
+        quantizer = layer.weight_quantizer
+        if hasattr(quantizer, "to_ternaries"):
+            terms = quantizer.to_ternaries(layer.weight.data)
+            return np.concatenate([t.codes.ravel() for t in terms])
+        return quantizer.to_ternary(layer.weight.data).codes.copy()
+
     def on_train_begin(self, model, optimizer):
-        self._previous = [
-            layer.weight_quantizer.to_ternary(layer.weight.data).codes.copy()
-            for layer in quantized_layers(model)
-        ]
+        self._previous = [self._codes(layer) for layer in quantized_layers(model)]
 
     def on_epoch_end(self, model, epoch, record):
         layers = quantized_layers(model)
@@ -281,8 +294,8 @@ class TernaryStats(Callback):
         stats, zeros, flips, total = [], 0, 0, 0
         current = []
         for index, layer in enumerate(layers):
-            codes = layer.weight_quantizer.to_ternary(layer.weight.data).codes
-            current.append(codes.copy())
+            codes = self._codes(layer)
+            current.append(codes)
             n_zero = int(np.count_nonzero(codes == 0))
             n_flip = (
                 int(np.count_nonzero(codes != self._previous[index]))
@@ -292,7 +305,7 @@ class TernaryStats(Callback):
             stats.append(
                 {
                     "index": index,
-                    "shape": list(codes.shape),
+                    "shape": list(layer.weight.data.shape),
                     "sparsity": n_zero / codes.size,
                     "flip_ratio": n_flip / codes.size,
                 }
