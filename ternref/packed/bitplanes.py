@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ternref.packed._gemm import TILE_ROWS, tile_matmul
+
 BLOCK = 64
 ARRAYS = ("pos", "neg")
 BITS_PER_CODE = 2.0
@@ -231,27 +233,48 @@ def dot_i8_numpy(pos, neg, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
         y[n] = yr * inv_s[n]
 
 
-@njit(parallel=True, cache=True)
-def dequant_tile(pos, neg, r0, lut, out):
-    """Rows ``r0 .. r0 + R`` as float32 values; ``lut[r, g]`` = values of codes -1, 0, +1."""
-    n_tile, length = out.shape
+@njit(cache=True)
+def dequant_row(pos, neg, r, lut, out_row):
+    """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
+    values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
+    length = out_row.shape[0]
     n_groups = lut.shape[1]
     seg = length // n_groups
     one = np.uint64(1)
-    for i in prange(n_tile):
-        r = r0 + i
-        for b in range(length // BLOCK):
-            g = b * BLOCK // seg
-            v0 = lut[r, g, 0]
-            v1 = lut[r, g, 1]
-            v2 = lut[r, g, 2]
-            wp = pos[r, b]
-            wn = neg[r, b]
-            for k in range(64):
-                sh = np.uint64(k)
-                p = np.int32((wp >> sh) & one)
-                q = np.int32((wn >> sh) & one)
-                out[i, b * BLOCK + k] = v2 if p == 1 else (v0 if q == 1 else v1)
+    for b in range(length // BLOCK):
+        g = b * BLOCK // seg
+        v0 = lut[r, g, 0]
+        v1 = lut[r, g, 1]
+        v2 = lut[r, g, 2]
+        wp = pos[r, b]
+        wn = neg[r, b]
+        for k in range(64):
+            sh = np.uint64(k)
+            p = np.int32((wp >> sh) & one)
+            q = np.int32((wn >> sh) & one)
+            out_row[b * BLOCK + k] = v2 if p == 1 else (v0 if q == 1 else v1)
+
+
+@njit(parallel=True, cache=True)
+def dequant_tile(pos, neg, r0, lut, out):
+    """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
+    for i in prange(out.shape[0]):
+        dequant_row(pos, neg, r0 + i, lut, out[i])
+
+
+@njit(parallel=True, cache=True)
+def gemm_f32(pos, neg, xp, lut, y):
+    """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
+    buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
+    m = lut.shape[0]
+    length = xp.shape[1]
+    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
+        r0 = t * TILE_ROWS
+        nr = min(TILE_ROWS, m - r0)
+        buf = np.empty((TILE_ROWS, length), np.float32)
+        for i in range(nr):
+            dequant_row(pos, neg, r0 + i, lut, buf[i])
+        tile_matmul(xp, buf, nr, y, r0)
 
 
 def dequant_tile_numpy(pos, neg, r0, lut, out):

@@ -53,6 +53,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ternref.packed._gemm import TILE_ROWS, tile_matmul
+
 BLOCK = 128
 """Weights per block; rows and scale groups are padded to a multiple of this."""
 
@@ -328,28 +330,45 @@ def dot_i8_numpy(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
 # ---------------------------------------------------------------------------------------------
 # dequantized row tiles (for GEMM through BLAS)
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
-def dequant_tile(codes, r0, lut, out):
-    """Write rows ``r0 .. r0 + R`` as float32 values into ``out`` (R, L).
-
-    ``lut`` is float32 (M, G, 3): the value of code q = 0, 1, 2 (``offset - alpha_neg``,
-    ``offset``, ``offset + alpha_pos``) for row r, group g.
-    """
-    n_tile, length = out.shape
+@njit(cache=True)
+def dequant_row(codes, r, lut, out_row):
+    """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
+    values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
+    length = out_row.shape[0]
     n_groups = lut.shape[1]
     seg = length // n_groups
-    for i in prange(n_tile):
-        r = r0 + i
-        for b in range(length // BLOCK):
-            g = b * BLOCK // seg
-            v0 = lut[r, g, 0]
-            v1 = lut[r, g, 1]
-            v2 = lut[r, g, 2]
-            base = b * BLOCK
-            for s in range(4):
-                for j in range(32):
-                    q = np.int32((codes[r, b * 32 + j] >> (2 * s)) & 3)
-                    out[i, base + 32 * s + j] = v0 if q == 0 else (v1 if q == 1 else v2)
+    for b in range(length // BLOCK):
+        g = b * BLOCK // seg
+        v0 = lut[r, g, 0]
+        v1 = lut[r, g, 1]
+        v2 = lut[r, g, 2]
+        base = b * BLOCK
+        for s in range(4):
+            for j in range(32):
+                q = np.int32((codes[r, b * 32 + j] >> (2 * s)) & 3)
+                out_row[base + 32 * s + j] = v0 if q == 0 else (v1 if q == 1 else v2)
+
+
+@njit(parallel=True, cache=True)
+def dequant_tile(codes, r0, lut, out):
+    """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
+    for i in prange(out.shape[0]):
+        dequant_row(codes, r0 + i, lut, out[i])
+
+
+@njit(parallel=True, cache=True)
+def gemm_f32(codes, xp, lut, y):
+    """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
+    buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
+    m = lut.shape[0]
+    length = xp.shape[1]
+    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
+        r0 = t * TILE_ROWS
+        nr = min(TILE_ROWS, m - r0)
+        buf = np.empty((TILE_ROWS, length), np.float32)
+        for i in range(nr):
+            dequant_row(codes, r0 + i, lut, buf[i])
+        tile_matmul(xp, buf, nr, y, r0)
 
 
 def dequant_tile_numpy(codes, r0, lut, out):

@@ -5,15 +5,13 @@ Which kernel runs
 ``activations="float32"``
     ``N < GEMM_MIN_BATCH`` rows of ``x``: the format's ``dot_f32`` kernel (float32 lanes, one
     output row per ``prange`` iteration, the scale applied once per group in float64).
-    Larger batches: the rows of the weight are dequantized ``TILE_BYTES`` at a time into a
-    float32 tile by ``dequant_tile`` and multiplied by BLAS (``X @ tile.T``); the packed weight
-    is never expanded whole.
+    Larger batches: the format's ``gemm_f32`` kernel; each thread dequantizes a tile of
+    ``TILE_ROWS`` weight rows into a float32 buffer and multiplies it by ``x`` with a
+    register-blocked loop (:mod:`ternref.packed._gemm`); the packed weight is never expanded
+    whole. Its NumPy twin dequantizes the same tiles and uses ``X @ tile.T``.
 ``activations="int8"``
     ``x`` is quantized per row, BitNet-style (:func:`quantize_activations`), and the format's
-    ``dot_i8`` kernel accumulates exact integer sums in int32 lanes. For large batches the tile
-    path is used with a tile of *codes* (-1, 0, +1 as float32): every product and partial sum
-    is an integer below 2**24 in magnitude (checked: ``127 * seg < 2**24``), so float32 BLAS
-    computes the integer sums exactly, and the float64 epilogue is the kernel's.
+    ``dot_i8`` kernel accumulates exact integer sums in int32 lanes (every batch size).
 
 ``backend="numpy"`` runs the NumPy twins of the same algorithms (slow; for tests and readers).
 Computation is float32 whatever the scale dtype; the output has the dtype of ``x``.
@@ -29,13 +27,11 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._validate import describe, float_array, one_of
+from ternref.packed._gemm import TILE_ROWS
 from ternref.packed.packed import Packed, pad_activations
 
-GEMM_MIN_BATCH = 16
-"""Batches at least this large go through dequantized tiles and BLAS."""
-
-TILE_BYTES = 1 << 20
-"""Target size of one dequantized float32 tile of weight rows (fits in L2)."""
+GEMM_MIN_BATCH = 8
+"""Batches at least this large go through the tiled GEMM kernel."""
 
 INT8_MAX = 127
 """Activations are clipped to [-127, 127] (symmetric: negating a quantized x never overflows)."""
@@ -69,18 +65,15 @@ def _data(p: Packed) -> tuple:
     return tuple(p.arrays[name] for name in p.module.ARRAYS)
 
 
-def _tiles(p: Packed, backend: str, lut: np.ndarray):
-    """Yield ``(r0, r1, tile)``: float32 rows ``r0:r1`` of the weight in segment layout."""
+def _gemm_f32_numpy(p: Packed, xp: np.ndarray, lut: np.ndarray, y: np.ndarray) -> None:
+    """NumPy twin of the formats' ``gemm_f32``: dequantize ``TILE_ROWS`` rows, then BLAS."""
     m = p.shape[0]
-    length = p.padded_length
-    rows = max(8, min(m, TILE_BYTES // (4 * length)))
-    buf = np.empty((rows, length), np.float32)
-    fn = p.module.dequant_tile if backend == "numba" else p.module.dequant_tile_numpy
-    for r0 in range(0, m, rows):
-        r1 = min(m, r0 + rows)
+    buf = np.empty((TILE_ROWS, p.padded_length), np.float32)
+    for r0 in range(0, m, TILE_ROWS):
+        r1 = min(m, r0 + TILE_ROWS)
         tile = buf[: r1 - r0]
-        fn(*_data(p), r0, lut, tile)
-        yield r0, r1, tile
+        p.module.dequant_tile_numpy(*_data(p), r0, lut, tile)
+        y[:, r0:r1] = xp @ tile.T
 
 
 def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba") -> np.ndarray:
@@ -121,8 +114,10 @@ def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba"
     if activations == "float32":
         xp = pad_activations(np.ascontiguousarray(x2d, dtype=np.float32), p)
         if n >= GEMM_MIN_BATCH:
-            for r0, r1, tile in _tiles(p, backend, sc["lut"]):
-                np.matmul(xp, tile.T, out=y[:, r0:r1])
+            if backend == "numba":
+                p.module.gemm_f32(*_data(p), xp, sc["lut"], y)
+            else:
+                _gemm_f32_numpy(p, xp, sc["lut"], y)
         else:
             xsum = _group_sums(xp, g, np.float64)
             fn = p.module.dot_f32 if backend == "numba" else p.module.dot_f32_numpy
@@ -131,43 +126,8 @@ def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba"
         xq, inv_s = quantize_activations(x2d)
         xq = pad_activations(xq, p)
         xsumq = _group_sums(xq, g, np.int64)
-        if n >= GEMM_MIN_BATCH and INT8_MAX * p.segment < 2**24:
-            _int8_gemm_tiles(p, xq, xsumq, inv_s, sc, asym, has_offset, backend, y)
-        else:
-            fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
-            fn(*_data(p), xq, xsumq, inv_s, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
+        fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
+        fn(*_data(p), xq, xsumq, inv_s, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
 
     out = y if x.ndim == 2 else y[0]
     return out.astype(x.dtype, copy=False)
-
-
-def _int8_gemm_tiles(p, xq, xsumq, inv_s, sc, asym, has_offset, backend, y):
-    """Integer sums through float32 BLAS on tiles of codes (exact; see the module docstring)."""
-    m = p.shape[0]
-    g, seg = p.n_groups, p.segment
-    xf = xq.astype(np.float32)
-    ones = np.ones((m, g), np.float32)
-    zeros = np.zeros((m, g), np.float32)
-    # value tables: codes themselves, or the indicators [c = +1] and [c = -1]
-    if asym:
-        luts = [np.stack([zeros, zeros, ones], -1), np.stack([ones, zeros, zeros], -1)]
-    else:
-        luts = [np.stack([-ones, zeros, ones], -1)]
-    sums = []
-    for lut in luts:
-        s = np.empty((xq.shape[0], m, g), np.float32)
-        for r0, r1, tile in _tiles(p, backend, np.ascontiguousarray(lut)):
-            for j in range(g):
-                cols = slice(j * seg, (j + 1) * seg)
-                np.matmul(xf[:, cols], tile[:, cols].T, out=s[:, r0:r1, j])
-        sums.append(s.astype(np.float64))
-    sp, sn, so = sc["sp"], sc["sn"], sc["so"]
-    yr = np.zeros((xq.shape[0], m), np.float64)
-    for j in range(g):  # the epilogue of dot_i8, group by group
-        if asym:
-            yr += sp[:, j] * sums[0][:, :, j] - sn[:, j] * sums[1][:, :, j]
-        else:
-            yr += sp[:, j] * sums[0][:, :, j]
-        if has_offset:
-            yr += so[:, j] * xsumq[:, j, None].astype(np.float64)
-    y[...] = yr * inv_s[:, None]

@@ -86,8 +86,13 @@ def _check(t, fmt, n, rng):
     y = linear(x2d, p)
     y_twin = linear(x2d, p, backend="numpy")
     assert y.dtype == np.float32 and y.shape == (n, t.shape[0])
-    assert np.array_equal(y, y_twin)  # same algorithm, same order: bit for bit
-    assert np.all(np.abs(y - ref) <= _float_tolerance(t, x2d))
+    tol = _float_tolerance(t, x2d)
+    if n < GEMM_MIN_BATCH:
+        assert np.array_equal(y, y_twin)  # same algorithm, same order: bit for bit
+    else:  # the GEMM tile loop reassociates (like BLAS in the twin): equal within the bound
+        assert np.all(np.abs(y - y_twin) <= 2 * tol)
+    assert np.all(np.abs(y - ref) <= tol)
+    assert np.all(np.abs(y_twin - ref) <= tol)
 
     yq = linear(x2d, p, "int8")
     yq_twin = linear(x2d, p, "int8", backend="numpy")
