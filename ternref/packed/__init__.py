@@ -3,10 +3,27 @@
 Formats (each documented to the bit in its module): :mod:`~ternref.packed.i2` (2 bits per
 weight), :mod:`~ternref.packed.tq1` (base 3, 1.6 bits), :mod:`~ternref.packed.bitplanes` (two
 bit masks). :func:`pack` / :func:`unpack` convert a :class:`~ternref.ternary.Ternary` exactly;
-:func:`linear` computes ``x @ W_hat.T`` from the packed codes.
+:func:`linear` computes ``x @ W_hat.T`` from the packed codes; :func:`export` turns a trained
+``Sequential`` into :class:`PackedLinear` / :class:`PackedConv2d` layers (BatchNorm folded);
+:func:`save` / :func:`load` write and read it as a checked ``.npz``.
 """
 
+from ternref.packed.io import load, save
 from ternref.packed.kernels import linear, quantize_activations
+from ternref.packed.layers import PackedConv2d, PackedLinear, export, fold_batchnorm
 from ternref.packed.packed import FORMATS, Packed, pack, unpack
 
-__all__ = ["FORMATS", "Packed", "linear", "pack", "quantize_activations", "unpack"]
+__all__ = [
+    "FORMATS",
+    "Packed",
+    "PackedConv2d",
+    "PackedLinear",
+    "export",
+    "fold_batchnorm",
+    "linear",
+    "load",
+    "pack",
+    "quantize_activations",
+    "save",
+    "unpack",
+]

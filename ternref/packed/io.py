@@ -1,0 +1,428 @@
+"""``save`` / ``load`` of packed inference models: ``.npz`` + JSON header + SHA-256 per array.
+
+File layout
+-----------
+An uncompressed ``.npz`` (a zip of ``.npy`` files, written with ``allow_pickle=False``) holding
+
+* ``__header__``: uint8 array of UTF-8 JSON::
+
+      {"format": "ternref-packed", "version": 1,
+       "layers": [{"type": "PackedLinear",
+                   "params": {"format": "i2", "shape": [M, K], "orig_shape": [...],
+                              "granularity": "channel", "group_size": null,
+                              "activations": "float32", ...},
+                   "arrays": {"codes": {"key": "0.codes", "shape": [M, L/4],
+                                        "dtype": "uint8", "sha256": "..."}, ...}},
+                  {"type": "ReLU", "params": {}, "arrays": {}}, ...]}
+
+* one array per entry of every layer's ``"arrays"``, stored under its ``key``.
+
+:func:`load` validates *everything* before building any layer and raises ``ValueError`` naming
+the problem: unreadable or truncated zip, bad CRC (flipped bytes), header that is not the JSON
+above, unknown format name or version, unknown layer type or parameter, missing or extra arrays,
+object arrays (pickles), shapes or dtypes different from the header, SHA-256 mismatch, packed
+arrays inconsistent with their declared geometry, or packed codes using unused bit patterns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+
+from ternref.nn.layers import (
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+)
+from ternref.packed.layers import ACTIVATIONS, PackedConv2d, PackedLinear
+from ternref.packed.packed import FORMATS, Packed
+
+FORMAT_NAME = "ternref-packed"
+VERSION = 1
+HEADER_KEY = "__header__"
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- describe layers
+
+
+def _describe(layer) -> tuple[str, dict, dict]:
+    """(type name, JSON params, arrays) of one layer of a packed model."""
+    if isinstance(layer, (PackedLinear, PackedConv2d)):
+        p = layer.packed
+        params = {
+            "format": p.format,
+            "shape": list(p.shape),
+            "orig_shape": list(p.orig_shape),
+            "granularity": p.granularity,
+            "group_size": p.group_size,
+            "activations": layer.activations,
+            "symmetric": p.alpha_neg is None,
+            "has_offset": p.offset is not None,
+            "has_bias": layer.bias is not None,
+        }
+        if isinstance(layer, PackedConv2d):
+            params["stride"] = list(layer.stride)
+            params["padding"] = list(layer.padding)
+        arrays = dict(p.arrays)
+        arrays["alpha_pos"] = p.alpha_pos
+        if p.alpha_neg is not None:
+            arrays["alpha_neg"] = p.alpha_neg
+        if p.offset is not None:
+            arrays["offset"] = p.offset
+        if layer.bias is not None:
+            arrays["bias"] = layer.bias
+        return type(layer).__name__, params, arrays
+    if isinstance(layer, (Linear, Conv2d)):
+        if layer.weight_quantizer is not None:
+            raise ValueError("save: export the model first (a layer still has a quantizer)")
+        params = {"shape": list(layer.weight.data.shape), "has_bias": layer.bias is not None}
+        if isinstance(layer, Conv2d):
+            params["stride"] = list(layer.stride)
+            params["padding"] = list(layer.padding)
+        arrays = {"weight": layer.weight.data}
+        if layer.bias is not None:
+            arrays["bias"] = layer.bias.data
+        return type(layer).__name__, params, arrays
+    if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+        params = {"num_features": layer.num_features, "eps": layer.eps}
+        arrays = {
+            "weight": layer.weight.data,
+            "bias": layer.bias.data,
+            "running_mean": layer.running_mean,
+            "running_var": layer.running_var,
+        }
+        return type(layer).__name__, params, arrays
+    if isinstance(layer, (MaxPool2d, AvgPool2d)):
+        params = {"kernel_size": list(layer.kernel_size), "stride": list(layer.stride)}
+        return type(layer).__name__, params, {}
+    if isinstance(layer, (ReLU, Flatten)):
+        return type(layer).__name__, {}, {}
+    raise TypeError(f"save: cannot store a layer of type {type(layer).__name__}")
+
+
+def save(path, model: Sequential) -> None:
+    """Write a packed model (from :func:`ternref.packed.export`) to ``path`` (``.npz``)."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"save expects a ternref.nn.Sequential, got {type(model).__name__}")
+    layers, arrays = [], {}
+    for i, layer in enumerate(model.layers):
+        kind, params, arrs = _describe(layer)
+        entry = {"type": kind, "params": params, "arrays": {}}
+        for name, a in arrs.items():
+            a = np.ascontiguousarray(a)
+            key = f"{i}.{name}"
+            arrays[key] = a
+            entry["arrays"][name] = {
+                "key": key,
+                "shape": list(a.shape),
+                "dtype": a.dtype.str,
+                "sha256": _sha256(a),
+            }
+        layers.append(entry)
+    header = {"format": FORMAT_NAME, "version": VERSION, "layers": layers}
+    raw = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **{HEADER_KEY: raw}, **arrays)
+
+
+# ----------------------------------------------------------------------------- validation
+
+# type -> (required params with their checkers, required arrays, optional arrays)
+_INT_PAIR = "pair"
+
+
+def _fail(msg: str):
+    raise ValueError(f"refusing to load: {msg}")
+
+
+def _check_int(v, name, low=0):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        _fail(f"parameter {name!r} must be an int >= {low}, got {v!r}")
+    return v
+
+
+def _check_pair(v, name, low):
+    if not isinstance(v, list) or len(v) != 2:
+        _fail(f"parameter {name!r} must be a list of two ints, got {v!r}")
+    return tuple(_check_int(x, name, low) for x in v)
+
+
+def _check_params(kind: str, params: dict) -> dict:
+    """Check the JSON params of one layer; return them normalised. Raises ValueError."""
+    if not isinstance(params, dict):
+        _fail(f"{kind}: params must be an object")
+    spec = {
+        "PackedLinear": {
+            "format",
+            "shape",
+            "orig_shape",
+            "granularity",
+            "group_size",
+            "activations",
+            "symmetric",
+            "has_offset",
+            "has_bias",
+        },
+        "Linear": {"shape", "has_bias"},
+        "Conv2d": {"shape", "has_bias", "stride", "padding"},
+        "BatchNorm1d": {"num_features", "eps"},
+        "MaxPool2d": {"kernel_size", "stride"},
+        "ReLU": set(),
+        "Flatten": set(),
+    }
+    spec["PackedConv2d"] = spec["PackedLinear"] | {"stride", "padding"}
+    spec["BatchNorm2d"] = spec["BatchNorm1d"]
+    spec["AvgPool2d"] = spec["MaxPool2d"]
+    if kind not in spec:
+        _fail(f"unknown layer type {kind!r}; known: {sorted(spec)}")
+    if set(params) != spec[kind]:
+        _fail(f"{kind}: parameters {sorted(params)} differ from the expected {sorted(spec[kind])}")
+    out = dict(params)
+    for key in ("has_bias", "symmetric", "has_offset"):
+        if key in out and not isinstance(out[key], bool):
+            _fail(f"{kind}: parameter {key!r} must be true or false, got {out[key]!r}")
+    for key in ("stride", "kernel_size"):
+        if key in out:
+            out[key] = _check_pair(out[key], key, 1)
+    if "padding" in out:
+        out["padding"] = _check_pair(out["padding"], "padding", 0)
+    if "num_features" in out:
+        _check_int(out["num_features"], "num_features", 1)
+    if "eps" in out and (
+        isinstance(out["eps"], bool) or not isinstance(out["eps"], float) or not out["eps"] > 0
+    ):
+        _fail(f"{kind}: eps must be a positive float, got {out['eps']!r}")
+    for key in ("shape", "orig_shape"):
+        if key in out:
+            v = out[key]
+            if not isinstance(v, list) or not v:
+                _fail(f"{kind}: {key} must be a non-empty list of ints, got {v!r}")
+            out[key] = tuple(_check_int(x, key, 1) for x in v)
+    if kind in ("Linear", "Conv2d") and len(out["shape"]) != (2 if kind == "Linear" else 4):
+        _fail(f"{kind}: weight shape {out['shape']} has the wrong number of dimensions")
+    if kind.startswith("Packed"):
+        if out["format"] not in FORMATS:
+            _fail(f"unknown packed format {out['format']!r}; known: {sorted(FORMATS)}")
+        if out["granularity"] not in ("tensor", "channel", "group"):
+            _fail(f"unknown granularity {out['granularity']!r}")
+        if (out["granularity"] == "group") != (out["group_size"] is not None):
+            _fail("group_size must be given exactly for granularity 'group'")
+        if out["group_size"] is not None:
+            _check_int(out["group_size"], "group_size", 1)
+        if out["activations"] not in ACTIVATIONS:
+            _fail(f"unknown activations {out['activations']!r}")
+        want_dims = 2 if kind == "PackedLinear" else 4
+        if len(out["orig_shape"]) != want_dims or len(out["shape"]) != 2:
+            _fail(f"{kind}: orig_shape {out['orig_shape']} / shape {out['shape']} do not fit")
+    return out
+
+
+def _expected_arrays(kind: str, p: dict) -> dict:
+    """Array name -> (shape or None if checked later, allowed dtypes) for one layer."""
+    if kind.startswith("Packed"):
+        mod = FORMATS[p["format"]]
+        names = {n: (None, ("uint64",) if p["format"] == "bitplanes" else ("uint8",)) for n in
+                 mod.ARRAYS}  # fmt: skip
+        names["alpha_pos"] = (None, _FLOAT_DTYPES)
+        if not p["symmetric"]:
+            names["alpha_neg"] = (None, _FLOAT_DTYPES)
+        if p["has_offset"]:
+            names["offset"] = (None, _FLOAT_DTYPES)
+        if p["has_bias"]:
+            names["bias"] = ((p["shape"][0],), _FLOAT_DTYPES)
+        return names
+    if kind in ("Linear", "Conv2d"):
+        names = {"weight": (p["shape"], _FLOAT_DTYPES)}
+        if p["has_bias"]:
+            names["bias"] = ((p["shape"][0],), _FLOAT_DTYPES)
+        return names
+    if kind in ("BatchNorm1d", "BatchNorm2d"):
+        c = (p["num_features"],)
+        return {n: (c, _FLOAT_DTYPES) for n in ("weight", "bias", "running_mean", "running_var")}
+    return {}
+
+
+def _read_npz(path) -> dict:
+    """All members of the npz as arrays (no pickles), or ValueError."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise ValueError(f"refusing to load: cannot read {path!r}: {e}") from e
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(blob))
+        names = zf.namelist()
+        out = {}
+        for name in names:
+            if not name.endswith(".npy"):
+                _fail(f"member {name!r} is not a .npy array")
+            data = zf.read(name)  # checks the CRC-32: flipped bytes fail here
+            try:
+                out[name[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
+            except ValueError as e:
+                if "pickle" in str(e).lower() or "object" in str(e).lower():
+                    _fail(f"array {name[:-4]!r} holds Python objects (a pickle); not allowed")
+                raise
+    except ValueError as e:
+        if str(e).startswith("refusing to load"):
+            raise
+        raise ValueError(f"refusing to load: corrupt array data in {path!r}: {e}") from e
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError) as e:
+        raise ValueError(
+            f"refusing to load: {path!r} is not a readable .npz (truncated or corrupt): {e}"
+        ) from e
+    return out
+
+
+def load(path) -> Sequential:
+    """Read a packed model written by :func:`save`; validate everything, then build it.
+
+    Raises
+    ------
+    ValueError
+        For any malformed, corrupt, unknown-version or inconsistent file (nothing is built).
+    """
+    arrays = _read_npz(path)
+    if HEADER_KEY not in arrays:
+        _fail("no __header__ array (not a ternref packed model)")
+    raw = arrays.pop(HEADER_KEY)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        _fail("__header__ must be a 1-D uint8 array of JSON")
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"refusing to load: header is not valid JSON: {e}") from e
+    if not isinstance(header, dict) or set(header) != {"format", "version", "layers"}:
+        _fail("header must be an object with exactly 'format', 'version', 'layers'")
+    if header["format"] != FORMAT_NAME:
+        _fail(f"format name {header['format']!r} is not {FORMAT_NAME!r}")
+    if header["version"] != VERSION or isinstance(header["version"], bool):
+        _fail(f"unsupported version {header['version']!r} (this ternref reads {VERSION})")
+    if not isinstance(header["layers"], list):
+        _fail("'layers' must be a list")
+
+    # pass 1: check every layer description and every array; build nothing
+    plan = []
+    used = set()
+    for i, entry in enumerate(header["layers"]):
+        if not isinstance(entry, dict) or set(entry) != {"type", "params", "arrays"}:
+            _fail(f"layer {i}: entry must have exactly 'type', 'params', 'arrays'")
+        kind = entry["type"]
+        if not isinstance(kind, str):
+            _fail(f"layer {i}: type must be a string")
+        params = _check_params(kind, entry["params"])
+        expected = _expected_arrays(kind, params)
+        declared = entry["arrays"]
+        if not isinstance(declared, dict) or set(declared) != set(expected):
+            got = sorted(declared) if isinstance(declared, dict) else declared
+            _fail(f"layer {i} ({kind}): arrays {got} differ from the expected {sorted(expected)}")
+        got_arrays = {}
+        for name, (shape, dtypes) in expected.items():
+            meta = declared[name]
+            if not isinstance(meta, dict) or set(meta) != {"key", "shape", "dtype", "sha256"}:
+                _fail(f"layer {i} ({kind}): bad description of array {name!r}")
+            key = meta["key"]
+            if key != f"{i}.{name}":
+                _fail(f"layer {i} ({kind}): array {name!r} has unexpected key {key!r}")
+            if key not in arrays:
+                _fail(f"missing array {key!r}")
+            a = arrays[key]
+            used.add(key)
+            if a.dtype.hasobject:
+                _fail(f"array {key!r} holds Python objects")
+            if a.dtype.str != meta["dtype"] or a.dtype.name not in dtypes:
+                _fail(
+                    f"array {key!r} has dtype {a.dtype.name}; header says {meta['dtype']!r}, "
+                    f"allowed {list(dtypes)}"
+                )
+            if list(a.shape) != meta["shape"] or (shape is not None and a.shape != tuple(shape)):
+                want = meta["shape"] if shape is None else list(shape)
+                _fail(f"array {key!r} has shape {list(a.shape)}, expected {want}")
+            if _sha256(a) != meta["sha256"]:
+                _fail(f"array {key!r} fails its SHA-256 checksum (corrupt data)")
+            got_arrays[name] = a
+        if kind.startswith("Packed"):
+            p = Packed(
+                format=params["format"],
+                shape=params["shape"],
+                orig_shape=params["orig_shape"],
+                arrays={n: got_arrays[n] for n in FORMATS[params["format"]].ARRAYS},
+                granularity=params["granularity"],
+                group_size=params["group_size"],
+                alpha_pos=got_arrays["alpha_pos"],
+                alpha_neg=got_arrays.get("alpha_neg"),
+                offset=got_arrays.get("offset"),
+            )
+            try:
+                p.validate()
+                p.module.decode(p.arrays)  # refuses unused bit patterns
+                for s in (p.alpha_pos, p.alpha_neg):
+                    if s is not None and (not np.all(np.isfinite(s)) or np.any(s < 0)):
+                        raise ValueError("scales must be finite and >= 0")
+                if p.offset is not None and not np.all(np.isfinite(p.offset)):
+                    raise ValueError("offset must be finite")
+            except ValueError as e:
+                raise ValueError(f"refusing to load: layer {i} ({kind}): {e}") from e
+            got_arrays["packed"] = p
+        plan.append((kind, params, got_arrays))
+    extra = sorted(set(arrays) - used)
+    if extra:
+        _fail(f"unexpected extra arrays {extra}")
+
+    # pass 2: everything checked; build the layers
+    return Sequential(*(_build(kind, params, a) for kind, params, a in plan))
+
+
+def _build(kind, params, a):
+    if kind in ("PackedLinear", "PackedConv2d"):
+        bias = a.get("bias")
+        if kind == "PackedLinear":
+            return PackedLinear(a["packed"], bias, params["activations"])
+        return PackedConv2d(
+            a["packed"], params["stride"], params["padding"], bias, params["activations"]
+        )
+    if kind in ("Linear", "Conv2d"):
+        w = a["weight"]
+        if kind == "Linear":
+            layer = Linear(w.shape[1], w.shape[0], bias=params["has_bias"], dtype=w.dtype)
+        else:
+            layer = Conv2d(
+                w.shape[1],
+                w.shape[0],
+                w.shape[2:],
+                params["stride"],
+                params["padding"],
+                bias=params["has_bias"],
+                dtype=w.dtype,
+            )
+        layer.weight.data = w.copy()
+        if params["has_bias"]:
+            layer.bias.data = a["bias"].astype(w.dtype)
+        return layer.eval()
+    if kind in ("BatchNorm1d", "BatchNorm2d"):
+        cls = BatchNorm1d if kind == "BatchNorm1d" else BatchNorm2d
+        bn = cls(params["num_features"], eps=params["eps"], dtype=a["weight"].dtype)
+        bn.weight.data = a["weight"].copy()
+        bn.bias.data = a["bias"].copy()
+        bn.running_mean = a["running_mean"].copy()
+        bn.running_var = a["running_var"].copy()
+        return bn.eval()
+    if kind in ("MaxPool2d", "AvgPool2d"):
+        cls = MaxPool2d if kind == "MaxPool2d" else AvgPool2d
+        return cls(params["kernel_size"], params["stride"])
+    return {"ReLU": ReLU, "Flatten": Flatten}[kind]()
