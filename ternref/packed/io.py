@@ -45,7 +45,7 @@ from ternref.nn.layers import (
     Sequential,
 )
 from ternref.packed.layers import ACTIVATIONS, PackedConv2d, PackedLinear
-from ternref.packed.packed import FORMATS, Packed
+from ternref.packed.packed import FORMATS, Packed, pack, unpack
 
 FORMAT_NAME = "ternref-packed"
 VERSION = 1
@@ -54,7 +54,7 @@ _FLOAT_DTYPES = ("float32", "float64")
 
 
 def _sha256(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    return hashlib.sha256(np.array(a, order="C", copy=None).tobytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- describe layers
@@ -124,7 +124,7 @@ def save(path, model: Sequential) -> None:
         kind, params, arrs = _describe(layer)
         entry = {"type": kind, "params": params, "arrays": {}}
         for name, a in arrs.items():
-            a = np.ascontiguousarray(a)
+            a = np.array(a, order="C", copy=None)  # (ascontiguousarray would make 0-d 1-d)
             key = f"{i}.{name}"
             arrays[key] = a
             entry["arrays"][name] = {
@@ -370,12 +370,12 @@ def load(path) -> Sequential:
             )
             try:
                 p.validate()
-                p.module.decode(p.arrays)  # refuses unused bit patterns
-                for s in (p.alpha_pos, p.alpha_neg):
-                    if s is not None and (not np.all(np.isfinite(s)) or np.any(s < 0)):
-                        raise ValueError("scales must be finite and >= 0")
-                if p.offset is not None and not np.all(np.isfinite(p.offset)):
-                    raise ValueError("offset must be finite")
+                # decode (refuses unused bit patterns), build the Ternary (refuses negative or
+                # non-finite scales), and re-encode: the file must be the canonical packing,
+                # in particular code 0 in every padding position
+                again = pack(unpack(p), p.format)
+                if any(not np.array_equal(again.arrays[n], p.arrays[n]) for n in p.arrays):
+                    raise ValueError("packed codes are not canonical (non-zero padding)")
             except ValueError as e:
                 raise ValueError(f"refusing to load: layer {i} ({kind}): {e}") from e
             got_arrays["packed"] = p
