@@ -337,16 +337,23 @@ def dequant_row(codes, r, lut, out_row):
     length = out_row.shape[0]
     n_groups = lut.shape[1]
     seg = length // n_groups
+    crow = codes[r]  # a 0-based row view: lets LLVM vectorize the lane loop
     for b in range(length // BLOCK):
         g = b * BLOCK // seg
         v0 = lut[r, g, 0]
         v1 = lut[r, g, 1]
         v2 = lut[r, g, 2]
         base = b * BLOCK
-        for s in range(4):
-            for j in range(32):
-                q = np.int32((codes[r, b * 32 + j] >> (2 * s)) & 3)
-                out_row[base + 32 * s + j] = v0 if q == 0 else (v1 if q == 1 else v2)
+        for j in range(32):
+            q = crow[b * 32 + j]
+            q0 = np.int32(q & 3)
+            q1 = np.int32((q >> 2) & 3)
+            q2 = np.int32((q >> 4) & 3)
+            q3 = np.int32(q >> 6)
+            out_row[base + j] = v0 if q0 == 0 else (v1 if q0 == 1 else v2)
+            out_row[base + 32 + j] = v0 if q1 == 0 else (v1 if q1 == 1 else v2)
+            out_row[base + 64 + j] = v0 if q2 == 0 else (v1 if q2 == 1 else v2)
+            out_row[base + 96 + j] = v0 if q3 == 0 else (v1 if q3 == 1 else v2)
 
 
 @njit(parallel=True, cache=True)

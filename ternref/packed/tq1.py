@@ -322,18 +322,25 @@ def dequant_row(codes, r, lut, out_row):
     length = out_row.shape[0]
     n_groups = lut.shape[1]
     seg = length // n_groups
+    crow = codes[r]  # a 0-based row view: lets LLVM vectorize the lane loop
     for b in range(length // BLOCK):
         g = b * BLOCK // seg
         v0 = lut[r, g, 0]
         v1 = lut[r, g, 1]
         v2 = lut[r, g, 2]
         base = b * BLOCK
-        for k in range(5):
-            p = np.int32(3**k)
-            for j in range(32):
-                byte = np.int32(codes[r, b * 32 + j])
-                t = np.int32((np.int32((byte * p) & 255) * 3) >> 8)
-                out_row[base + 32 * k + j] = v0 if t == 0 else (v1 if t == 1 else v2)
+        for j in range(32):
+            byte = np.int32(crow[b * 32 + j])
+            t0 = np.int32((np.int32(byte & 255) * 3) >> 8)
+            t1 = np.int32((np.int32((byte * 3) & 255) * 3) >> 8)
+            t2 = np.int32((np.int32((byte * 9) & 255) * 3) >> 8)
+            t3 = np.int32((np.int32((byte * 27) & 255) * 3) >> 8)
+            t4 = np.int32((np.int32((byte * 81) & 255) * 3) >> 8)
+            out_row[base + j] = v0 if t0 == 0 else (v1 if t0 == 1 else v2)
+            out_row[base + 32 + j] = v0 if t1 == 0 else (v1 if t1 == 1 else v2)
+            out_row[base + 64 + j] = v0 if t2 == 0 else (v1 if t2 == 1 else v2)
+            out_row[base + 96 + j] = v0 if t3 == 0 else (v1 if t3 == 1 else v2)
+            out_row[base + 128 + j] = v0 if t4 == 0 else (v1 if t4 == 1 else v2)
 
 
 @njit(parallel=True, cache=True)
