@@ -64,6 +64,18 @@ def _add_train(sub):
         choices=["first_last", "first", "last", "none"],
         help="which weight layers stay in full precision (default: first_last)",
     )
+    p.add_argument(
+        "--save",
+        default=None,
+        metavar="PATH",
+        help="export the trained model to packed inference form and save it (.npz)",
+    )
+    p.add_argument(
+        "--format",
+        default="i2",
+        choices=["i2", "tq1", "bitplanes"],
+        help="packed format for --save (default: i2)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=_run_train)
@@ -179,6 +191,14 @@ def _run_train(args) -> int:
     if "sparsity" in last:
         result["sparsity"] = last["sparsity"]
         result["flip_ratio"] = last["flip_ratio"]
+    if args.save:
+        import os
+
+        from ternref import packed
+
+        inference = packed.export(model, format=args.format)
+        packed.save(args.save, inference)
+        result["saved"] = {"path": args.save, "bytes": os.path.getsize(args.save)}
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -187,6 +207,8 @@ def _run_train(args) -> int:
             f"{result['seconds_per_epoch']:.2f} s/epoch, {result['seconds_total']:.1f} s total)"
             + (f", ternary sparsity {last['sparsity']:.3f}" if "sparsity" in last else "")
         )
+        if args.save:
+            print(f"saved packed model to {args.save} ({result['saved']['bytes']} bytes)")
     return 0
 
 
@@ -306,6 +328,71 @@ def _run_compare(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ eval
+def _add_eval(sub):
+    from ternref.data import DATASETS
+
+    p = sub.add_parser(
+        "eval",
+        help="load a saved packed model and evaluate it on a dataset",
+        description="Load a packed model saved by `ternref train --save` and report its test "
+        "accuracy and inference time.",
+    )
+    p.add_argument("path", help="the .npz file written by `ternref train --save`")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import os
+    import time
+
+    from ternref import packed
+    from ternref.data import load_dataset
+    from ternref.train import evaluate
+
+    if not os.path.exists(args.path):
+        raise UserError(f"no such file: {args.path}")
+    model = packed.load(args.path)
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    start = time.perf_counter()
+    try:
+        result = evaluate(model, dataset.x_test, dataset.y_test)
+    except ValueError as exc:
+        raise UserError(
+            f"the model in {args.path} does not fit {dataset.name} "
+            f"(images {dataset.image_shape}): {exc}"
+        ) from None
+    seconds = time.perf_counter() - start
+    out = {
+        "path": args.path,
+        "dataset": dataset.name,
+        "test_accuracy": result["accuracy"],
+        "seconds": seconds,
+        "bytes": os.path.getsize(args.path),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"{args.path}: test accuracy {100 * out['test_accuracy']:.2f}% on {dataset.name} "
+            f"({len(dataset.y_test)} images in {seconds:.3f} s; file {out['bytes']} bytes)"
+        )
+    return 0
+
+
+# ------------------------------------------------------------------------------------ bench
+def _add_bench(sub):
+    # Listed for --help only: main() hands `ternref bench ...` to ternref.packed.bench.main.
+    sub.add_parser(
+        "bench",
+        help="benchmark the packed kernels against NumPy float32 (see `ternref bench --help`)",
+        add_help=False,
+    )
+
+
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -317,10 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_methods(sub)
     _add_compare(sub)
+    _add_eval(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # The kernel benchmark has its own options; hand them over untouched.
+        from ternref.packed.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

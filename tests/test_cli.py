@@ -124,3 +124,32 @@ def test_bad_method_arguments_are_one_line(args, fragment):
     assert out.returncode == 2
     assert out.stderr.startswith("ternref: error:") and fragment in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_train_save_then_eval_gives_the_same_accuracy(tmp_path):
+    path = tmp_path / "twn.npz"
+    out = run("train", "--method", "twn", "--epochs", "2", "--quiet", "--json", "--save", str(path))
+    assert out.returncode == 0, out.stderr
+    trained = json.loads(out.stdout)
+    assert trained["saved"]["bytes"] == path.stat().st_size
+    out = run("eval", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    evaluated = json.loads(out.stdout)
+    # The packed model predicts exactly like the trained one (float activations).
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
+
+
+def test_eval_refuses_a_corrupt_file_in_one_line(tmp_path):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(b"PK\x03\x04 this is not a model")
+    out = run("eval", str(path))
+    assert out.returncode == 2
+    assert out.stderr.startswith("ternref: error:") and "Traceback" not in out.stderr
+    out = run("eval", str(tmp_path / "missing.npz"))
+    assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_bench_runs_a_small_size():
+    out = run("bench", "--sizes", "64", "--batches", "1", "--reps", "7")
+    assert out.returncode == 0, out.stderr
+    assert "i2 float32" in out.stdout and "numpy W @ x" in out.stdout
