@@ -43,6 +43,12 @@ def test_parse_percent_splits_cells_and_strips_markdown_comments():
     ]
 
 
+def test_readme_lists_every_notebook():
+    readme = (ROOT / "tutorials" / "README.md").read_text(encoding="utf-8")
+    missing = [s.stem for s in SOURCES if f"({s.stem}.ipynb)" not in readme]
+    assert not missing, f"tutorials/README.md does not link {missing}"
+
+
 @pytest.mark.parametrize(
     "text",
     [
