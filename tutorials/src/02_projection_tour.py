@@ -108,8 +108,9 @@ print(
 # The least-squares family (`exact`, `lat` with `d = 1`, TWN's approximation, and ADMM's
 # projection, which solves the same problem) sits at the bottom of the one-scale range, just
 # above the two-scale EC2T and ProxQuant; absmean (BitNet), TRQ and TTQ's `0.05 max|w|`
-# threshold pay for cruder rules. Further down are projections whose error is 1 or more: they
-# do not adapt to the scale of `w` at all.
+# threshold pay for cruder rules. Further down: projections with an error of exactly 1 zeroed
+# every weight because they do not adapt to the scale of `w` at all, and the stochastic ones
+# (TernaryConnect, TernGrad) land above 1.
 
 # %%
 fixed_grid = []
