@@ -216,8 +216,9 @@ for fmt, p in packs.items():
 # ## Memory and speed
 #
 # Memory is exact arithmetic: bytes of codes plus the float32 scales. Speed is measured here,
-# on this machine, as the median of several runs (numbers vary between machines and runs; the
-# test suite never asserts on them). The first call of each kernel compiles it, so warm up
+# on this machine, over several runs: the median, and the fastest run, which is the one least
+# disturbed by other work on the machine (numbers vary between machines and runs; the test
+# suite never asserts on them). The first call of each kernel compiles it, so warm up
 # first.
 
 # %%
@@ -230,31 +231,34 @@ for fmt, p in packs.items():
     )
 
 
-def median_seconds(fn, repeats=15):
+def seconds(fn, repeats=15):
+    """(median, fastest) wall time of ``fn()`` over ``repeats`` runs, after one warm-up."""
     fn()  # warm-up (and JIT compilation)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(times)), float(np.min(times))
 
 
 w_dense = np.ascontiguousarray(w_hat)
 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 print(f"machine: {os.cpu_count()} logical CPUs, 1-minute load average {load:.1f}")
+print("packed / dense time, as median ratio (fastest-run ratio)")
 default_threads = numba.get_num_threads()
 for threads in sorted({default_threads, 1}, reverse=True):
     numba.set_num_threads(threads)
     for n in (1, 64):
         x = rng.standard_normal((n, K)).astype(np.float32)
-        t_dense = median_seconds(lambda x=x: x @ w_dense.T)
-        ratios = {
-            fmt: median_seconds(lambda x=x, p=p: linear(x, p)) / t_dense for fmt, p in packs.items()
-        }
+        med_d, best_d = seconds(lambda x=x: x @ w_dense.T)
+        cells = []
+        for fmt, p in packs.items():
+            med_p, best_p = seconds(lambda x=x, p=p: linear(x, p))
+            cells.append(f"{fmt} {med_p / med_d:.2f} ({best_p / best_d:.2f})")
         print(
-            f"numba threads {threads}, batch {n:3d}: dense BLAS {1e6 * t_dense:8.1f} us; "
-            "packed / dense time: " + ", ".join(f"{f} {r:.2f}" for f, r in ratios.items())
+            f"numba threads {threads}, batch {n:3d}: dense BLAS median {1e6 * med_d:7.1f} us; "
+            + ", ".join(cells)
         )
 numba.set_num_threads(default_threads)
 
