@@ -152,6 +152,15 @@ def test_approx_starts_from_previous_training_codes():
     np.testing.assert_array_equal(q.prev_codes, codes)
 
 
+def test_identity_ste_backward():
+    rng = np.random.default_rng(8)
+    q = LATQuantizer("approx", True)
+    w = rng.standard_normal((5, 7))
+    g = rng.standard_normal((5, 7))
+    q(w)
+    np.testing.assert_array_equal(q.backward(g), g)
+
+
 def test_adam_v_is_the_official_second_moment_accumulator():
     # official mnist.py: acc <- 0.999 acc + 0.001 g^2 with g = dloss/dWb (gradient at w_hat)
     rng = np.random.default_rng(5)
