@@ -42,6 +42,7 @@ import numpy as np
 from ternref import _validate
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer, register
 from ternref.nn.module import Module
+from ternref.packed.layers import expect_state_keys, register_inference_layer
 from ternref.projections import bitnet as bitnet_projection
 from ternref.projections.bitnet import bitnet_activation
 
@@ -61,12 +62,21 @@ class BitNetQuantizer(WeightQuantizer):
         return f"eps={self.eps}, granularity={self.granularity!r}"
 
 
+@register_inference_layer
 class BitNetActivation(Module):
     """8-bit absmax fake quantization of the activations, one scale per row; identity STE.
 
     Forward: ``x -> q / s`` with ``(q, s) = bitnet_activation(x)`` computed on ``x`` viewed as
     ``(N, -1)`` (per token for a Linear input, per example for a conv input). Output has ``x``'s
     shape and dtype. Backward: ``dL/dx := dL/dx_hat``.
+
+    Packed export (``ternref.packed``): a registered inference layer (state: ``eps``), kept as
+    a layer of its own in front of the packed layer rather than folded into the kernel's
+    ``activations="int8"``. The two quantizers are not the same function: this one computes
+    the scale in the input dtype with ``max(max|x|, eps)`` and rounds ``x * s``, the kernel
+    computes ``127 / max|x|`` in float64 (no eps; an all-zero row gets scale 0) and dequantizes
+    with ``max|x| / 127``, so a few codes near a rounding boundary can differ. Keeping the
+    layer makes the packed model reproduce the trained evaluation forward.
     """
 
     def __init__(self, eps: float = 1e-5):
@@ -86,6 +96,16 @@ class BitNetActivation(Module):
 
     def extra_repr(self):
         return f"bits=8, eps={self.eps}"
+
+    def export_state(self):
+        """``({"eps": eps}, {})`` for ``ternref.packed`` (see the class docstring)."""
+        return {"eps": float(self.eps)}, {}
+
+    @classmethod
+    def from_export_state(cls, params, arrays):
+        """Rebuild from :meth:`export_state` output (checked: exactly ``eps`` > 0)."""
+        expect_state_keys("BitNetActivation", params, arrays, ("eps",), ())
+        return cls(eps=_validate.real_number(params["eps"], "eps", low=0.0, low_open=True))
 
 
 @register

@@ -63,6 +63,7 @@ from ternref import _validate
 from ternref.methods import estimators
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer, quantized_layers, register
 from ternref.nn.module import Module
+from ternref.packed.layers import expect_state_keys, register_inference_layer
 from ternref.projections.gxnor import gxnor as gxnor_projection
 from ternref.projections.gxnor import gxnor_activation, gxnor_dst_update
 from ternref.train import Callback
@@ -92,8 +93,12 @@ class GXNORQuantizer(WeightQuantizer):
         return f"H={self.H}"
 
 
+@register_inference_layer
 class GXNORActivation(Module):
-    """phi(x) = sign(x) 1[|x| >= r]; backward = GXNOR's window 1/(2a) 1[r - a < |x| < r + a]."""
+    """phi(x) = sign(x) 1[|x| >= r]; backward = GXNOR's window 1/(2a) 1[r - a < |x| < r + a].
+
+    Packed export: a registered inference layer (``ternref.packed``), state ``r`` and ``a``.
+    """
 
     def __init__(self, r: float = 1.0, a: float = 0.5):
         super().__init__()
@@ -112,6 +117,18 @@ class GXNORActivation(Module):
 
     def extra_repr(self):
         return f"r={self.r}, a={self.a}"
+
+    def export_state(self):
+        """``({"r": r, "a": a}, {})`` for ``ternref.packed`` (``a`` only shapes the backward)."""
+        return {"r": float(self.r), "a": float(self.a)}, {}
+
+    @classmethod
+    def from_export_state(cls, params, arrays):
+        """Rebuild from :meth:`export_state` output (checked: exactly ``r``, ``a`` > 0)."""
+        expect_state_keys("GXNORActivation", params, arrays, ("r", "a"), ())
+        r = _validate.real_number(params["r"], "r", low=0.0, low_open=True)
+        a = _validate.real_number(params["a"], "a", low=0.0, low_open=True)
+        return cls(r=r, a=a)
 
 
 class DiscreteStateTransition(Callback):

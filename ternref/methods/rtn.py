@@ -57,6 +57,7 @@ import numpy as np
 from ternref import _validate
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer, register
 from ternref.nn.module import Module, Parameter
+from ternref.packed.layers import expect_state_keys, register_inference_layer
 from ternref.projections.rtn import rtn as rtn_projection
 from ternref.projections.rtn import rtn_codes
 from ternref.train import Callback
@@ -112,8 +113,14 @@ class RTNQuantizer(WeightQuantizer):
         return f"granularity={'tensor' if self.alpha.data.ndim == 0 else 'channel'}"
 
 
+@register_inference_layer
 class RTNActivation(Module):
-    """x -> alpha * t + beta with learnable per-layer ``alpha``, ``beta``; clipped STE for t."""
+    """x -> alpha * t + beta with learnable per-layer ``alpha``, ``beta``; clipped STE for t.
+
+    Packed export: a registered inference layer (``ternref.packed``): params ``delta``, arrays
+    ``alpha`` and ``beta`` (0-d, their trained dtype and values, so the rebuilt layer computes
+    the same levels).
+    """
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, delta: float = 0.5, dtype=np.float32):
         super().__init__()
@@ -142,6 +149,27 @@ class RTNActivation(Module):
 
     def extra_repr(self):
         return f"alpha={float(self.alpha.data):.4g}, beta={float(self.beta.data):.4g}"
+
+    def export_state(self):
+        """``({"delta": delta}, {"alpha": 0-d, "beta": 0-d})`` for ``ternref.packed``."""
+        return {"delta": float(self.delta)}, {
+            "alpha": np.array(self.alpha.data),
+            "beta": np.array(self.beta.data),
+        }
+
+    @classmethod
+    def from_export_state(cls, params, arrays):
+        """Rebuild from :meth:`export_state` output (checked: ``delta`` in [0, 1); ``alpha``,
+        ``beta`` finite 0-d float arrays of one dtype, ``alpha`` > 0)."""
+        expect_state_keys("RTNActivation", params, arrays, ("delta",), ("alpha", "beta"))
+        delta = _validate.real_number(params["delta"], "delta", low=0.0, high=1.0, high_open=True)
+        alpha = _validate.float_array(arrays["alpha"], "alpha", ndim=0)
+        beta = _validate.float_array(arrays["beta"], "beta", ndim=0)
+        if alpha.dtype != beta.dtype:
+            raise ValueError(f"alpha and beta must share a dtype, got {alpha.dtype}, {beta.dtype}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        return cls(alpha=alpha, beta=beta, delta=delta, dtype=alpha.dtype)
 
 
 class ClampAlpha(Callback):

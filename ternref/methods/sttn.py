@@ -70,6 +70,7 @@ from ternref import _validate
 from ternref.methods import estimators
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer, quantized_layers, register
 from ternref.nn.module import Module, Parameter
+from ternref.packed.layers import expect_state_keys, register_inference_layer
 from ternref.projections.sttn import sttn as sttn_projection
 from ternref.projections.sttn import sttn_activation
 from ternref.train import Callback
@@ -110,8 +111,12 @@ class STTNQuantizer(WeightQuantizer):
         return f"clip={self.clip}"
 
 
+@register_inference_layer
 class STTNActivation(Module):
-    """Ternary activation y in {-1, 0, +1} (thresholds -0.5 / +0.5); clipped STE 1[|x| <= 1]."""
+    """Ternary activation y in {-1, 0, +1} (thresholds -0.5 / +0.5); clipped STE 1[|x| <= 1].
+
+    Packed export: a registered inference layer (``ternref.packed``), state ``clip``.
+    """
 
     def __init__(self, clip: float = 1.0):
         super().__init__()
@@ -129,6 +134,16 @@ class STTNActivation(Module):
 
     def extra_repr(self):
         return f"clip={self.clip}"
+
+    def export_state(self):
+        """``({"clip": clip}, {})`` for ``ternref.packed`` (``clip`` only shapes the backward)."""
+        return {"clip": float(self.clip)}, {}
+
+    @classmethod
+    def from_export_state(cls, params, arrays):
+        """Rebuild from :meth:`export_state` output (checked: exactly ``clip`` > 0)."""
+        expect_state_keys("STTNActivation", params, arrays, ("clip",), ())
+        return cls(clip=_validate.real_number(params["clip"], "clip", low=0.0, low_open=True))
 
 
 class ClampKernels(Callback):

@@ -17,11 +17,25 @@ An uncompressed ``.npz`` (a zip of ``.npy`` files, written with ``allow_pickle=F
 
 * one array per entry of every layer's ``"arrays"``, stored under its ``key``.
 
+A packed layer with several weight terms (Ternary Residual Networks, ``y = sum_k x @ W_k.T +
+b``) has ``"n_terms": n`` in its params; term 0 uses the array names above, term ``k >= 1`` the
+same names prefixed ``"term{k}."`` (``"term1.codes"``, ``"term1.alpha_pos"``, ...). A file
+without ``n_terms`` (written before multi-term layers) has one term.
+
+Registered inference layers (the methods' activation quantizers, see
+:func:`ternref.packed.register_inference_layer`) are stored as
+``{"type": <registered name>, "params": <export_state params>, "arrays": {...}}`` with the same
+array descriptions. :func:`load` builds only registered types (it imports
+:mod:`ternref.methods` so that theirs are registered; nothing is imported by a name read from
+the file): the params must be JSON scalars, the arrays numeric, and the class's
+``from_export_state`` checks the exact keys and values.
+
 :func:`load` validates *everything* before building any layer and raises ``ValueError`` naming
 the problem: unreadable or truncated zip, bad CRC (flipped bytes), header that is not the JSON
-above, unknown format name or version, unknown layer type or parameter, missing or extra arrays,
-object arrays (pickles), shapes or dtypes different from the header, SHA-256 mismatch, packed
-arrays inconsistent with their declared geometry, or packed codes using unused bit patterns.
+above, unknown format name or version, unknown layer type (neither built in nor registered) or
+parameter, invalid registered-layer state, missing or extra arrays, object arrays (pickles),
+shapes or dtypes different from the header, SHA-256 mismatch, packed arrays inconsistent with
+their declared geometry, or packed codes using unused bit patterns.
 """
 
 from __future__ import annotations
@@ -44,13 +58,29 @@ from ternref.nn.layers import (
     ReLU,
     Sequential,
 )
-from ternref.packed.layers import ACTIVATIONS, PackedConv2d, PackedLinear
+from ternref.packed.layers import (
+    _BUILTIN_TYPES,
+    _INFERENCE_LAYERS,
+    ACTIVATIONS,
+    PackedConv2d,
+    PackedLinear,
+    _ensure_method_layers,
+    check_export_state,
+    inference_type_name,
+    rebuild_inference_layer,
+)
 from ternref.packed.packed import FORMATS, Packed, pack, unpack
 
 FORMAT_NAME = "ternref-packed"
 VERSION = 1
 HEADER_KEY = "__header__"
 _FLOAT_DTYPES = ("float32", "float64")
+_NUMERIC_DTYPES = (
+    "bool",
+    *(f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64)),
+    "float16",
+    *_FLOAT_DTYPES,
+)
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -65,6 +95,7 @@ def _describe(layer) -> tuple[str, dict, dict]:
     if isinstance(layer, (PackedLinear, PackedConv2d)):
         p = layer.packed
         params = {
+            "n_terms": len(layer.terms),
             "format": p.format,
             "shape": list(p.shape),
             "orig_shape": list(p.orig_shape),
@@ -78,12 +109,16 @@ def _describe(layer) -> tuple[str, dict, dict]:
         if isinstance(layer, PackedConv2d):
             params["stride"] = list(layer.stride)
             params["padding"] = list(layer.padding)
-        arrays = dict(p.arrays)
-        arrays["alpha_pos"] = p.alpha_pos
-        if p.alpha_neg is not None:
-            arrays["alpha_neg"] = p.alpha_neg
-        if p.offset is not None:
-            arrays["offset"] = p.offset
+        arrays = {}
+        for k, term in enumerate(layer.terms):
+            prefix = _term_prefix(k)
+            for name, a in term.arrays.items():
+                arrays[prefix + name] = a
+            arrays[prefix + "alpha_pos"] = term.alpha_pos
+            if term.alpha_neg is not None:
+                arrays[prefix + "alpha_neg"] = term.alpha_neg
+            if term.offset is not None:
+                arrays[prefix + "offset"] = term.offset
         if layer.bias is not None:
             arrays["bias"] = layer.bias
         return type(layer).__name__, params, arrays
@@ -112,7 +147,20 @@ def _describe(layer) -> tuple[str, dict, dict]:
         return type(layer).__name__, params, {}
     if isinstance(layer, (ReLU, Flatten)):
         return type(layer).__name__, {}, {}
-    raise TypeError(f"save: cannot store a layer of type {type(layer).__name__}")
+    name = inference_type_name(layer)
+    if name is not None:
+        params, arrays = check_export_state(*layer.export_state(), f"save: {name}.export_state")
+        return name, params, arrays
+    raise TypeError(
+        f"save: cannot store a layer of type {type(layer).__name__} (not a packed, copied or "
+        "registered inference layer; see ternref.packed.register_inference_layer)"
+    )
+
+
+def _term_prefix(k: int) -> str:
+    """Array-name prefix of weight term ``k`` of a packed layer (term 0: none, for version-1
+    files written before multi-term layers)."""
+    return "" if k == 0 else f"term{k}."
 
 
 def save(path, model: Sequential) -> None:
@@ -189,10 +237,17 @@ def _check_params(kind: str, params: dict) -> dict:
     spec["BatchNorm2d"] = spec["BatchNorm1d"]
     spec["AvgPool2d"] = spec["MaxPool2d"]
     if kind not in spec:
-        _fail(f"unknown layer type {kind!r}; known: {sorted(spec)}")
-    if set(params) != spec[kind]:
-        _fail(f"{kind}: parameters {sorted(params)} differ from the expected {sorted(spec[kind])}")
+        _fail(
+            f"unknown layer type {kind!r}; known: {sorted(spec)} and the registered inference "
+            f"layers {sorted(_INFERENCE_LAYERS)}"
+        )
     out = dict(params)
+    if kind.startswith("Packed"):
+        # files written before multi-term (residual) layers have no n_terms: one term
+        out.setdefault("n_terms", 1)
+        spec[kind] = spec[kind] | {"n_terms"}
+    if set(out) != spec[kind]:
+        _fail(f"{kind}: parameters {sorted(params)} differ from the expected {sorted(spec[kind])}")
     for key in ("has_bias", "symmetric", "has_offset"):
         if key in out and not isinstance(out[key], bool):
             _fail(f"{kind}: parameter {key!r} must be true or false, got {out[key]!r}")
@@ -224,6 +279,7 @@ def _check_params(kind: str, params: dict) -> dict:
             _fail("group_size must be given exactly for granularity 'group'")
         if out["group_size"] is not None:
             _check_int(out["group_size"], "group_size", 1)
+        _check_int(out["n_terms"], "n_terms", 1)
         if out["activations"] not in ACTIVATIONS:
             _fail(f"unknown activations {out['activations']!r}")
         want_dims = 2 if kind == "PackedLinear" else 4
@@ -236,13 +292,17 @@ def _expected_arrays(kind: str, p: dict) -> dict:
     """Array name -> (shape or None if checked later, allowed dtypes) for one layer."""
     if kind.startswith("Packed"):
         mod = FORMATS[p["format"]]
-        names = {n: (None, ("uint64",) if p["format"] == "bitplanes" else ("uint8",)) for n in
-                 mod.ARRAYS}  # fmt: skip
-        names["alpha_pos"] = (None, _FLOAT_DTYPES)
-        if not p["symmetric"]:
-            names["alpha_neg"] = (None, _FLOAT_DTYPES)
-        if p["has_offset"]:
-            names["offset"] = (None, _FLOAT_DTYPES)
+        code_dtypes = ("uint64",) if p["format"] == "bitplanes" else ("uint8",)
+        names = {}
+        for k in range(p["n_terms"]):
+            pre = _term_prefix(k)
+            for n in mod.ARRAYS:
+                names[pre + n] = (None, code_dtypes)
+            names[pre + "alpha_pos"] = (None, _FLOAT_DTYPES)
+            if not p["symmetric"]:
+                names[pre + "alpha_neg"] = (None, _FLOAT_DTYPES)
+            if p["has_offset"]:
+                names[pre + "offset"] = (None, _FLOAT_DTYPES)
         if p["has_bias"]:
             names["bias"] = ((p["shape"][0],), _FLOAT_DTYPES)
         return names
@@ -316,7 +376,10 @@ def load(path) -> Sequential:
     if not isinstance(header["layers"], list):
         _fail("'layers' must be a list")
 
-    # pass 1: check every layer description and every array; build nothing
+    _ensure_method_layers()  # the methods' activation quantizers register themselves
+
+    # pass 1: check every layer description and every array; build nothing but registered
+    # inference layers (from checked, plain data)
     plan = []
     used = set()
     for i, entry in enumerate(header["layers"]):
@@ -325,9 +388,16 @@ def load(path) -> Sequential:
         kind = entry["type"]
         if not isinstance(kind, str):
             _fail(f"layer {i}: type must be a string")
-        params = _check_params(kind, entry["params"])
-        expected = _expected_arrays(kind, params)
         declared = entry["arrays"]
+        registered = kind not in _BUILTIN_TYPES and kind in _INFERENCE_LAYERS
+        if registered:
+            params = entry["params"]
+            if not isinstance(params, dict) or not isinstance(declared, dict):
+                _fail(f"layer {i} ({kind}): params and arrays must be objects")
+            expected = {name: (None, _NUMERIC_DTYPES) for name in declared}
+        else:
+            params = _check_params(kind, entry["params"])
+            expected = _expected_arrays(kind, params)
         if not isinstance(declared, dict) or set(declared) != set(expected):
             got = sorted(declared) if isinstance(declared, dict) else declared
             _fail(f"layer {i} ({kind}): arrays {got} differ from the expected {sorted(expected)}")
@@ -356,29 +426,39 @@ def load(path) -> Sequential:
             if _sha256(a) != meta["sha256"]:
                 _fail(f"array {key!r} fails its SHA-256 checksum (corrupt data)")
             got_arrays[name] = a
-        if kind.startswith("Packed"):
-            p = Packed(
-                format=params["format"],
-                shape=params["shape"],
-                orig_shape=params["orig_shape"],
-                arrays={n: got_arrays[n] for n in FORMATS[params["format"]].ARRAYS},
-                granularity=params["granularity"],
-                group_size=params["group_size"],
-                alpha_pos=got_arrays["alpha_pos"],
-                alpha_neg=got_arrays.get("alpha_neg"),
-                offset=got_arrays.get("offset"),
-            )
+        if registered:
             try:
-                p.validate()
-                # decode (refuses unused bit patterns), build the Ternary (refuses negative or
-                # non-finite scales), and re-encode: the file must be the canonical packing,
-                # in particular code 0 in every padding position
-                again = pack(unpack(p), p.format)
-                if any(not np.array_equal(again.arrays[n], p.arrays[n]) for n in p.arrays):
-                    raise ValueError("packed codes are not canonical (non-zero padding)")
+                got_arrays = {"layer": rebuild_inference_layer(kind, params, got_arrays)}
             except ValueError as e:
                 raise ValueError(f"refusing to load: layer {i} ({kind}): {e}") from e
-            got_arrays["packed"] = p
+        elif kind.startswith("Packed"):
+            terms = []
+            for k in range(params["n_terms"]):
+                pre = _term_prefix(k)
+                p = Packed(
+                    format=params["format"],
+                    shape=params["shape"],
+                    orig_shape=params["orig_shape"],
+                    arrays={n: got_arrays[pre + n] for n in FORMATS[params["format"]].ARRAYS},
+                    granularity=params["granularity"],
+                    group_size=params["group_size"],
+                    alpha_pos=got_arrays[pre + "alpha_pos"],
+                    alpha_neg=got_arrays.get(pre + "alpha_neg"),
+                    offset=got_arrays.get(pre + "offset"),
+                )
+                try:
+                    p.validate()
+                    # decode (refuses unused bit patterns), build the Ternary (refuses negative
+                    # or non-finite scales), and re-encode: the file must be the canonical
+                    # packing, in particular code 0 in every padding position
+                    again = pack(unpack(p), p.format)
+                    if any(not np.array_equal(again.arrays[n], p.arrays[n]) for n in p.arrays):
+                        raise ValueError("packed codes are not canonical (non-zero padding)")
+                except ValueError as e:
+                    where = f"layer {i} ({kind})" + (f" term {k}" if k else "")
+                    raise ValueError(f"refusing to load: {where}: {e}") from e
+                terms.append(p)
+            got_arrays["packed"] = terms[0] if len(terms) == 1 else terms
         plan.append((kind, params, got_arrays))
     extra = sorted(set(arrays) - used)
     if extra:
@@ -389,6 +469,8 @@ def load(path) -> Sequential:
 
 
 def _build(kind, params, a):
+    if "layer" in a and kind not in _BUILTIN_TYPES:  # a registered layer, built in pass 1
+        return a["layer"]
     if kind in ("PackedLinear", "PackedConv2d"):
         bias = a.get("bias")
         if kind == "PackedLinear":

@@ -52,22 +52,67 @@ ACTIVATIONS = ("float32", "int8")
 
 
 class _PackedLayer(Module):
-    """Shared parts: the packed weight, the bias, the activation type, no backward."""
+    """Shared parts: the packed weight term(s), the bias, the activation type, no backward.
 
-    def __init__(self, packed: Packed, bias=None, activations: str = "float32"):
+    ``packed`` is one :class:`Packed` or a sequence of them (the *terms*, all of the same
+    geometry, format, granularity and symmetry), and the layer computes
+    ``y = sum_k x @ W_k.T + b`` (Ternary Residual Networks: ``W_hat = a1 T1 + a2 T2``). ``terms``
+    holds every term, ``packed`` the first one.
+    """
+
+    def __init__(self, packed, bias=None, activations: str = "float32"):
         super().__init__()
-        if not isinstance(packed, Packed):
-            raise TypeError(f"packed must be a ternref.packed.Packed, got {describe(packed)}")
-        self.packed = packed
+        terms = tuple(packed) if isinstance(packed, (list, tuple)) else (packed,)
+        if not terms:
+            raise ValueError("packed must be a Packed or a non-empty sequence of Packed terms")
+        for k, p in enumerate(terms):
+            if not isinstance(p, Packed):
+                raise TypeError(
+                    f"packed term {k} must be a ternref.packed.Packed, got {describe(p)}"
+                )
+        first = terms[0]
+        for k, p in enumerate(terms[1:], start=1):
+            same = (
+                p.format == first.format
+                and p.shape == first.shape
+                and p.orig_shape == first.orig_shape
+                and p.granularity == first.granularity
+                and p.group_size == first.group_size
+                and p.symmetric == first.symmetric
+                and (p.offset is None) == (first.offset is None)
+                and p.dtype == first.dtype
+            )
+            if not same:
+                raise ValueError(
+                    f"packed term {k} ({p!r}) differs from term 0 ({first!r}) in format, "
+                    "shape, granularity, symmetry, offset or scale dtype"
+                )
+        self.terms = terms
+        self.packed = first
         if bias is not None:
             bias = float_array(bias, "bias", ndim=1)
-            if bias.shape != (packed.shape[0],):
+            if bias.shape != (first.shape[0],):
                 raise ValueError(
-                    f"bias must have shape ({packed.shape[0]},), got shape {bias.shape}"
+                    f"bias must have shape ({first.shape[0]},), got shape {bias.shape}"
                 )
         self.bias = bias
         self.activations = one_of(activations, "activations", ACTIVATIONS)
         self.training = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every term's packed codes and scales (the bias not included)."""
+        return int(sum(p.nbytes for p in self.terms))
+
+    def _product(self, x2d):
+        """``sum_k x2d @ W_k.T`` (one packed product per term)."""
+        y = linear(x2d, self.terms[0], self.activations)
+        for p in self.terms[1:]:
+            y += linear(x2d, p, self.activations)
+        return y
+
+    def _terms_repr(self) -> str:
+        return f", terms={len(self.terms)}" if len(self.terms) > 1 else ""
 
     def backward(self, dy):
         raise NotImplementedError(
@@ -81,8 +126,9 @@ class PackedLinear(_PackedLayer):
 
     Parameters
     ----------
-    packed : Packed
-        Weight of shape ``(out_features, in_features)``.
+    packed : Packed or sequence of Packed
+        Weight of shape ``(out_features, in_features)``; several terms are summed
+        (``y = sum_k x @ W_k.T + b``).
     bias : ndarray (out_features,), optional
     activations : {"float32", "int8"}
         See :func:`ternref.packed.linear`.
@@ -90,14 +136,14 @@ class PackedLinear(_PackedLayer):
 
     def __init__(self, packed: Packed, bias=None, activations: str = "float32"):
         super().__init__(packed, bias, activations)
-        if len(packed.orig_shape) != 2:
-            raise ValueError(f"PackedLinear needs a 2-D weight, got shape {packed.orig_shape}")
-        self.out_features, self.in_features = packed.shape
+        if len(self.packed.orig_shape) != 2:
+            raise ValueError(f"PackedLinear needs a 2-D weight, got shape {self.packed.orig_shape}")
+        self.out_features, self.in_features = self.packed.shape
 
     def forward(self, x):
         """x (N, in) -> y (N, out), dtype of x."""
         x = float_array(x, "PackedLinear input", ndim=2)
-        y = linear(x, self.packed, self.activations)
+        y = self._product(x)
         if self.bias is not None:
             y += self.bias.astype(y.dtype, copy=False)
         return y
@@ -105,7 +151,7 @@ class PackedLinear(_PackedLayer):
     def __repr__(self) -> str:
         return (
             f"PackedLinear({self.in_features}, {self.out_features}, {self.packed.format}, "
-            f"bias={self.bias is not None}, activations={self.activations})"
+            f"bias={self.bias is not None}, activations={self.activations}{self._terms_repr()})"
         )
 
 
@@ -114,8 +160,8 @@ class PackedConv2d(_PackedLayer):
 
     Parameters
     ----------
-    packed : Packed
-        Weight of original shape ``(out, in, kh, kw)``.
+    packed : Packed or sequence of Packed
+        Weight of original shape ``(out, in, kh, kw)``; several terms are summed.
     stride, padding : int or (int, int)
     bias : ndarray (out,), optional
     activations : {"float32", "int8"}
@@ -124,9 +170,9 @@ class PackedConv2d(_PackedLayer):
 
     def __init__(self, packed: Packed, stride=1, padding=0, bias=None, activations="float32"):
         super().__init__(packed, bias, activations)
-        if len(packed.orig_shape) != 4:
-            raise ValueError(f"PackedConv2d needs a 4-D weight, got shape {packed.orig_shape}")
-        self.out_channels, self.in_channels, kh, kw = packed.orig_shape
+        if len(self.packed.orig_shape) != 4:
+            raise ValueError(f"PackedConv2d needs a 4-D weight, got shape {self.packed.orig_shape}")
+        self.out_channels, self.in_channels, kh, kw = self.packed.orig_shape
         self.kernel_size = (kh, kw)
         self.stride = pair(stride, "stride", low=1)
         self.padding = pair(padding, "padding", low=0)
@@ -141,7 +187,7 @@ class PackedConv2d(_PackedLayer):
         n, _, h, w = x.shape
         oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, self.padding)
         cols = im2col(x, self.kernel_size, self.stride, self.padding)  # (N*OH*OW, C*kh*kw)
-        y = linear(cols, self.packed, self.activations)  # (N*OH*OW, O)
+        y = self._product(cols)  # (N*OH*OW, O)
         if self.bias is not None:
             y += self.bias.astype(y.dtype, copy=False)
         return np.ascontiguousarray(y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2))
@@ -150,7 +196,8 @@ class PackedConv2d(_PackedLayer):
         return (
             f"PackedConv2d({self.in_channels}, {self.out_channels}, "
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"{self.packed.format}, bias={self.bias is not None}, activations={self.activations})"
+            f"{self.packed.format}, bias={self.bias is not None}, activations={self.activations}"
+            f"{self._terms_repr()})"
         )
 
 
@@ -205,7 +252,191 @@ def fold_batchnorm(t: Ternary, bias, bn) -> tuple[Ternary, np.ndarray]:
     return folded, new_bias
 
 
+# ------------------------------------------------------------------ registered inference layers
+
+_BUILTIN_TYPES = frozenset(
+    {
+        "PackedLinear",
+        "PackedConv2d",
+        "Linear",
+        "Conv2d",
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "MaxPool2d",
+        "AvgPool2d",
+        "ReLU",
+        "Flatten",
+    }
+)
+_INFERENCE_LAYERS: dict[str, type] = {}  # stable type name -> class
+_TYPE_NAMES: dict[type, str] = {}  # class -> stable type name
+_JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+def register_inference_layer(cls=None, *, name: str | None = None):
+    """Allow a layer class in packed models (:func:`export`, :func:`save`, :func:`load`).
+
+    The protocol (no pickle; :func:`load` only builds registered classes):
+
+    ``layer.export_state() -> (params, arrays)``
+        ``params``: dict of str -> JSON scalar (bool, int, float, str, None) holding the
+        layer's inference hyper-parameters; ``arrays``: dict of str -> numeric ndarray (its
+        inference tensors, e.g. learned scales). Everything the evaluation-mode forward needs.
+    ``cls.from_export_state(params, arrays) -> layer``
+        A classmethod that checks the keys and values (``ValueError``/``TypeError`` naming the
+        problem; it receives untrusted file contents) and builds a layer whose evaluation-mode
+        forward equals the original's.
+
+    Usable as ``@register_inference_layer`` or ``register_inference_layer(cls, name="...")``.
+
+    Parameters
+    ----------
+    cls : type
+        The layer class (a :class:`ternref.nn.module.Module` subclass).
+    name : str, optional
+        Stable type name written in files (default ``cls.__name__``); must not be a built-in
+        layer type and must not already name another class.
+
+    Returns
+    -------
+    type
+        ``cls`` (so the function works as a decorator).
+    """
+
+    def register(c):
+        if not (isinstance(c, type) and issubclass(c, Module)):
+            raise TypeError(f"register_inference_layer expects a Module subclass, got {c!r}")
+        for attr in ("export_state", "from_export_state"):
+            if not callable(getattr(c, attr, None)):
+                raise TypeError(f"{c.__name__} must define {attr} to be an inference layer")
+        n = c.__name__ if name is None else name
+        if not isinstance(n, str) or not n:
+            raise TypeError(f"name must be a non-empty str, got {describe(n)}")
+        if n in _BUILTIN_TYPES:
+            raise ValueError(f"{n!r} is a built-in packed layer type; choose another name")
+        old = _INFERENCE_LAYERS.get(n)
+        if old is not None and (old.__module__, old.__qualname__) != (
+            c.__module__,
+            c.__qualname__,
+        ):
+            raise ValueError(
+                f"inference layer type {n!r} is already registered for "
+                f"{old.__module__}.{old.__qualname__}"
+            )
+        _INFERENCE_LAYERS[n] = c
+        _TYPE_NAMES[c] = n
+        return c
+
+    return register if cls is None else register(cls)
+
+
+def inference_layer_types() -> dict[str, type]:
+    """Registered inference layer types: stable name -> class (after importing the methods)."""
+    _ensure_method_layers()
+    return dict(_INFERENCE_LAYERS)
+
+
+def _ensure_method_layers() -> None:
+    # The activation quantizers of ternref.methods register themselves when their modules are
+    # imported; importing here (not at module import) avoids a packed -> methods import cycle.
+    import ternref.methods  # noqa: F401
+
+
+def inference_type_name(layer) -> str | None:
+    """The registered type name of ``layer``'s exact class, or None."""
+    return _TYPE_NAMES.get(type(layer))
+
+
+def check_export_state(params, arrays, where: str = "export_state") -> tuple[dict, dict]:
+    """Check the generic shape of ``(params, arrays)``; return copies. Raises ValueError.
+
+    ``params`` must map str to JSON scalars (finite floats), ``arrays`` str to numeric
+    (bool, integer or floating) ndarrays without objects.
+    """
+    if not isinstance(params, dict) or not isinstance(arrays, dict):
+        raise ValueError(f"{where}: params and arrays must be dicts")
+    out_p = {}
+    for k, v in params.items():
+        if not isinstance(k, str):
+            raise ValueError(f"{where}: parameter names must be str, got {k!r}")
+        if not isinstance(v, _JSON_SCALARS):
+            raise ValueError(
+                f"{where}: parameter {k!r} must be a JSON scalar (bool, int, float, str, None), "
+                f"got {describe(v)}"
+            )
+        if isinstance(v, float) and not np.isfinite(v):
+            raise ValueError(f"{where}: parameter {k!r} must be finite, got {v!r}")
+        out_p[k] = v
+    out_a = {}
+    for k, a in arrays.items():
+        if not isinstance(k, str) or not k or "/" in k:
+            raise ValueError(f"{where}: array names must be non-empty str without '/', got {k!r}")
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+            raise ValueError(
+                f"{where}: array {k!r} must be a bool, integer or floating ndarray, "
+                f"got {describe(a)}"
+            )
+        out_a[k] = np.array(a, order="C", copy=True)
+    return out_p, out_a
+
+
+def expect_state_keys(type_name: str, params: dict, arrays: dict, param_names, array_names):
+    """Raise ValueError unless ``params``/``arrays`` have exactly the given keys (for
+    ``from_export_state`` implementations)."""
+    if set(params) != set(param_names):
+        raise ValueError(
+            f"{type_name}: parameters {sorted(params)} differ from the expected "
+            f"{sorted(param_names)}"
+        )
+    if set(arrays) != set(array_names):
+        raise ValueError(
+            f"{type_name}: arrays {sorted(arrays)} differ from the expected {sorted(array_names)}"
+        )
+
+
+def rebuild_inference_layer(type_name: str, params, arrays) -> Module:
+    """Build a registered layer from its state (checked); evaluation mode. Raises ValueError."""
+    cls = _INFERENCE_LAYERS.get(type_name)
+    if cls is None:
+        _ensure_method_layers()
+        cls = _INFERENCE_LAYERS.get(type_name)
+    if cls is None:
+        raise ValueError(
+            f"unknown layer type {type_name!r}; registered inference layers: "
+            f"{sorted(_INFERENCE_LAYERS)}"
+        )
+    params, arrays = check_export_state(params, arrays, f"{type_name} state")
+    try:
+        layer = cls.from_export_state(params, arrays)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{type_name}: invalid state: {e}") from e
+    if type(layer) is not cls:
+        raise ValueError(f"{cls.__name__}.from_export_state returned {describe(layer)}")
+    layer.eval()
+    return layer
+
+
+# ---------------------------------------------------------------------------------- export
+
 _COPIED = (ReLU, MaxPool2d, AvgPool2d, Flatten, Linear, Conv2d, BatchNorm1d, BatchNorm2d)
+
+
+def _ternary_terms(i: int, layer) -> tuple[Ternary, ...]:
+    """The inference terms of a quantized layer: ``(to_ternary(w),)``, or ``to_ternaries(w)``
+    for a quantizer holding a sum of ternary terms (Ternary Residual Networks)."""
+    q = layer.weight_quantizer
+    w = layer.weight.data
+    terms = q.to_ternaries(w) if hasattr(q, "to_ternaries") else (q.to_ternary(w),)
+    terms = tuple(terms)
+    if not terms:
+        raise ValueError(f"layer {i}: weight_quantizer.to_ternaries returned no term")
+    for t in terms:
+        if not isinstance(t, Ternary) or t.shape != w.shape:
+            raise ValueError(
+                f"layer {i}: weight_quantizer.to_ternary must return a Ternary of shape "
+                f"{w.shape}, got {t!r}"
+            )
+    return terms
 
 
 def export(model, format: str = "i2", activations: str = "float32") -> Sequential:
@@ -215,12 +446,20 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
     ----------
     model : Sequential
         ``Linear``/``Conv2d`` layers whose ``weight_quantizer`` is not None are packed from
-        ``weight_quantizer.to_ternary(layer.weight.data)``; full-precision layers, ReLU,
-        pooling and Flatten are copied; Dropout is dropped (identity in evaluation); an
-        eval-mode BatchNorm right after a packed layer is folded into it (see the module
-        docstring), any other BatchNorm is copied in evaluation mode.
+        ``weight_quantizer.to_ternary(layer.weight.data)`` (or, when the quantizer has
+        ``to_ternaries``, from every term of the sum, into one layer that adds the products);
+        full-precision layers, ReLU, pooling and Flatten are copied; Dropout is dropped
+        (identity in evaluation) and so is any layer with ``inference_identity = True`` (e.g.
+        knowledge distillation's hidden-state taps); layers registered with
+        :func:`register_inference_layer` (the methods' activation quantizers) are rebuilt from
+        their ``export_state()`` in evaluation mode; an eval-mode BatchNorm right after a
+        packed layer is folded into it (into every term; see the module docstring), any other
+        BatchNorm is copied in evaluation mode.
     format : {"i2", "tq1", "bitplanes"}
     activations : {"float32", "int8"}
+        What the packed layers compute with. A registered activation quantizer stays a layer
+        of its own in front of them (BitNet's 8-bit quantizer too: its rounding differs from the
+        kernel's int8 quantizer, see :mod:`ternref.methods.bitnet`).
 
     Returns
     -------
@@ -232,31 +471,34 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
     one_of(format, "format", FORMATS)
     one_of(activations, "activations", ACTIVATIONS)
     out: list[Module] = []
-    pending = None  # (kind, ternary, bias, hyper-parameters) of the last packed layer
+    pending = None  # (kind, ternary terms, bias, hyper-parameters) of the last packed layer
     for i, layer in enumerate(model.layers):
         if isinstance(layer, (BatchNorm1d, BatchNorm2d)) and pending is not None:
-            kind, t, bias, hyper = pending
-            t, bias = fold_batchnorm(t, bias, layer)
-            pending = (kind, t, bias, hyper)
+            kind, terms, bias, hyper = pending
+            folded = [fold_batchnorm(t, bias, layer) for t in terms]
+            pending = (kind, [t for t, _ in folded], folded[0][1], hyper)  # bias added once
             continue
         if pending is not None:
             out.append(_build(pending, format, activations))
             pending = None
         quantized = isinstance(layer, (Linear, Conv2d)) and layer.weight_quantizer is not None
         if quantized:
-            t = layer.weight_quantizer.to_ternary(layer.weight.data)
-            if not isinstance(t, Ternary) or t.shape != layer.weight.data.shape:
-                raise ValueError(
-                    f"layer {i}: weight_quantizer.to_ternary must return a Ternary of shape "
-                    f"{layer.weight.data.shape}, got {t!r}"
-                )
+            terms = _ternary_terms(i, layer)
             bias = None if layer.bias is None else layer.bias.data.astype(np.float64)
             if isinstance(layer, Linear):
-                pending = ("linear", t, bias, {})
+                pending = ("linear", list(terms), bias, {})
             else:
-                pending = ("conv", t, bias, {"stride": layer.stride, "padding": layer.padding})
-        elif isinstance(layer, Dropout):
+                hyper = {"stride": layer.stride, "padding": layer.padding}
+                pending = ("conv", list(terms), bias, hyper)
+        elif isinstance(layer, Dropout) or getattr(layer, "inference_identity", False) is True:
             continue
+        elif inference_type_name(layer) is not None:
+            name = inference_type_name(layer)
+            state = layer.export_state()
+            if not isinstance(state, tuple) or len(state) != 2:
+                raise TypeError(f"layer {i}: {name}.export_state must return (params, arrays)")
+            params, arrays = check_export_state(*state, f"layer {i} ({name}) export_state")
+            out.append(rebuild_inference_layer(name, params, arrays))
         elif isinstance(layer, _COPIED):
             copied = copy.deepcopy(layer)
             copied.eval()
@@ -265,7 +507,9 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
             raise TypeError(
                 f"layer {i}: export does not know how to convert {type(layer).__name__}; "
                 f"supported: quantized Linear/Conv2d, {', '.join(c.__name__ for c in _COPIED)}, "
-                "Dropout"
+                "Dropout, layers with inference_identity = True, registered inference layers "
+                f"({', '.join(sorted(_INFERENCE_LAYERS)) or 'none'}; "
+                "see register_inference_layer)"
             )
     if pending is not None:
         out.append(_build(pending, format, activations))
@@ -275,12 +519,24 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
 
 
 def _build(pending, format, activations) -> Module:
-    kind, t, bias, hyper = pending
-    p = pack(t, format)
+    kind, terms, bias, hyper = pending
+    p = [pack(t, format) for t in terms]
+    p = p[0] if len(p) == 1 else p
     b = None if bias is None else bias.astype(np.float32)
     if kind == "linear":
         return PackedLinear(p, b, activations)
     return PackedConv2d(p, hyper["stride"], hyper["padding"], b, activations)
 
 
-__all__ = ["PackedLinear", "PackedConv2d", "export", "fold_batchnorm"]
+__all__ = [
+    "PackedLinear",
+    "PackedConv2d",
+    "check_export_state",
+    "expect_state_keys",
+    "export",
+    "fold_batchnorm",
+    "inference_layer_types",
+    "inference_type_name",
+    "rebuild_inference_layer",
+    "register_inference_layer",
+]
