@@ -34,15 +34,17 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without
 # %% [markdown]
 # ## The idea: a threshold from the RMS
 #
-# Notebook 1 found that for Gaussian weights the optimal threshold is about `0.612` standard
-# deviations (and `0.767 mean|w|`). TWN's rule uses `mean|w|`; ours uses the root mean square
-# `sqrt(mean(w**2))` (the standard deviation of a zero-mean tensor, but, unlike `np.std`, it
-# does not subtract the mean, so the rule stays odd: `project(-w) == -project(w)`):
+# Notebook 1 found the optimal threshold of Gaussian weights as a fraction of `mean|w|`; the
+# same optimum can be written as a fraction of the standard deviation, and we take that
+# fraction, `0.612`, as our rule's constant. TWN's rule uses `mean|w|`; ours uses the root mean
+# square `sqrt(mean(w**2))` (the standard deviation of a zero-mean tensor, but, unlike
+# `np.std`, it does not subtract the mean, so the rule stays odd: `project(-w) == -project(w)`):
 #
 # $$\Delta = 0.612 \sqrt{\tfrac1n \textstyle\sum_i w_i^2}, \qquad
 # \alpha = \text{mean of } |w_i| \text{ over } |w_i| > \Delta .$$
 #
-# First check the constant instead of trusting it:
+# Check the constant instead of trusting it: the exact optimum on a large Gaussian sample,
+# as a fraction of the RMS, should come out close to our constant.
 
 # %%
 g = np.random.default_rng(0).standard_normal(1_000_000)
