@@ -4,13 +4,23 @@ Formats (each documented to the bit in its module): :mod:`~ternref.packed.i2` (2
 weight), :mod:`~ternref.packed.tq1` (base 3, 1.6 bits), :mod:`~ternref.packed.bitplanes` (two
 bit masks). :func:`pack` / :func:`unpack` convert a :class:`~ternref.ternary.Ternary` exactly;
 :func:`linear` computes ``x @ W_hat.T`` from the packed codes; :func:`export` turns a trained
-``Sequential`` into :class:`PackedLinear` / :class:`PackedConv2d` layers (BatchNorm folded);
-:func:`save` / :func:`load` write and read it as a checked ``.npz``.
+``Sequential`` into :class:`PackedLinear` / :class:`PackedConv2d` layers (BatchNorm folded;
+several ternary terms per layer for Ternary Residual Networks), keeping the activation
+quantizers that methods insert as registered inference layers
+(:func:`register_inference_layer`); :func:`save` / :func:`load` write and read it as a checked
+``.npz``.
 """
 
 from ternref.packed.io import load, save
 from ternref.packed.kernels import linear, quantize_activations
-from ternref.packed.layers import PackedConv2d, PackedLinear, export, fold_batchnorm
+from ternref.packed.layers import (
+    PackedConv2d,
+    PackedLinear,
+    export,
+    fold_batchnorm,
+    inference_layer_types,
+    register_inference_layer,
+)
 from ternref.packed.packed import FORMATS, Packed, pack, unpack
 
 __all__ = [
@@ -20,10 +30,12 @@ __all__ = [
     "PackedLinear",
     "export",
     "fold_batchnorm",
+    "inference_layer_types",
     "linear",
     "load",
     "pack",
     "quantize_activations",
+    "register_inference_layer",
     "save",
     "unpack",
 ]

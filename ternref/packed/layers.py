@@ -3,7 +3,19 @@
 ``PackedLinear`` computes ``y = x @ W_hat.T + b`` and ``PackedConv2d`` computes the convolution as
 ``im2col`` followed by the packed GEMM (columns in (C, kh, kw) order, which is the C-order
 flattening of the weight ``(out, in, kh, kw)`` that :func:`ternref.packed.pack` uses). Both have
-no backward: they exist to run a finished model from its packed codes.
+no backward: they exist to run a finished model from its packed codes. Either may hold several
+packed *terms* and add their products, ``y = sum_k x @ W_k.T + b``: Ternary Residual Networks
+(Kundu et al. 2017, arXiv:1707.04679) train ``W_hat = a1 T1 + a2 T2``, which no single ternary
+tensor represents; the quantizer's ``to_ternaries(w)`` gives the terms.
+
+Activation quantizers and other inference layers
+------------------------------------------------
+The W+A methods insert layers of their own (BitNet's int8 quantizer, GXNOR/STTN/RTN ternary
+activations). A class registered with :func:`register_inference_layer` exposes its evaluation
+forward's state as plain data (``export_state() -> (params, arrays)``) and rebuilds from it
+(``from_export_state``); :func:`export` copies such layers through that protocol and
+:mod:`ternref.packed.io` stores the same data, so a file never holds code or pickles. Layers
+marked ``inference_identity = True`` (knowledge distillation's hidden-state taps) are dropped.
 
 BatchNorm folding
 -----------------
