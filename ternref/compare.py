@@ -371,7 +371,7 @@ def compare(
         Called with the :class:`Comparison` after each finished row (the CLI writes files there,
         so an interrupt leaves the finished rows on disk).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ternref import methods as registry
     from ternref.data import load_dataset

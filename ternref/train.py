@@ -134,7 +134,7 @@ def fit(
     -------
     History
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ternref.nn.losses import CrossEntropyLoss
 

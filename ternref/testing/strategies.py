@@ -24,7 +24,7 @@ STYLES = ("continuous", "ties", "zeros", "sparse", "extreme")
 
 # Overall magnitudes a tensor is scaled by; the tiny and huge ones catch overflow/underflow and
 # eps clamps (BitNet's 1e-5 sits between).
-_MAGNITUDES = (1.0, 3.0, 1e-5, 1e-30, 1e30)
+_MAGNITUDES = (1.0, 3.0, 1e-3, 1e-5, 1e-8, 1e-30, 1e30)
 # Magnitudes for the "ties" style: simple binary fractions so thresholds such as 0.5 * mean or
 # 0.7 * mean can land exactly on one of them.
 _TIE_POOL = (1.0, 0.5, 2.0, 0.25, 0.75, 1.5, 3.0, 0.7, 0.35)
@@ -94,7 +94,8 @@ def weights(
             entries from {0, -0.0, +-1e-30, +-1, +-1e30} in one tensor.
     magnitudes : sequence of float
         Overall scales for ``"continuous"``, ``"ties"`` and ``"sparse"``
-        (default 1, 3, 1e-5, 1e-30, 1e30).
+        (default 1, 3, 1e-3, 1e-5, 1e-8, 1e-30, 1e30: the middle ones catch an
+        ``eps`` added to a threshold or a denominator).
 
     Returns
     -------
