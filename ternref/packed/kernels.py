@@ -24,6 +24,7 @@ activations, per token).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ternref._validate import describe, float_array, one_of
@@ -31,6 +32,8 @@ from ternref.packed._gemm import TILE_ROWS
 from ternref.packed.packed import Packed, pad_activations
 
 GEMM_MIN_BATCH = 8
+# Products with fewer multiply-adds than this (N * M * K) run the kernels on one thread.
+SERIAL_BELOW = 1 << 20
 """Batches at least this large go through the tiled GEMM kernel."""
 
 INT8_MAX = 127
@@ -106,11 +109,28 @@ def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba"
     x2d = x.reshape(1, k) if x.ndim == 1 else x
     n = x2d.shape[0]
     sc = p.kernel_scales()
+    y = np.empty((n, m), np.float32)
+    if backend == "numba" and n * m * k < SERIAL_BELOW:
+        # Small products: waking the thread pool costs more than the work (and much more on a
+        # busy machine), so run the same kernels on one thread.
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            _run_kernels(p, x2d, activations, backend, sc, y)
+        finally:
+            numba.set_num_threads(threads)
+    else:
+        _run_kernels(p, x2d, activations, backend, sc, y)
+    out = y if x.ndim == 2 else y[0]
+    return out.astype(x.dtype, copy=False)
+
+
+def _run_kernels(p: Packed, x2d, activations: str, backend: str, sc: dict, y) -> None:
+    """Dispatch to the GEMV/GEMM kernel (or its NumPy twin) for float32 or int8 activations."""
+    n = x2d.shape[0]
     g = p.n_groups
     has_offset = p.offset is not None
     asym = not p.symmetric
-    y = np.empty((n, m), np.float32)
-
     if activations == "float32":
         xp = pad_activations(np.ascontiguousarray(x2d, dtype=np.float32), p)
         if n >= GEMM_MIN_BATCH:
@@ -128,6 +148,3 @@ def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba"
         xsumq = _group_sums(xq, g, np.int64)
         fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
         fn(*_data(p), xq, xsumq, inv_s, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
-
-    out = y if x.ndim == 2 else y[0]
-    return out.astype(x.dtype, copy=False)
