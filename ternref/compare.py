@@ -326,10 +326,12 @@ def _packed_stats(model, dataset) -> dict:
     agreement = float(np.mean(packed_logits.argmax(1) == trained_logits.argmax(1)))
     n_weights = n_bits = 0
     for layer in loaded.modules():
-        p = getattr(layer, "packed", None)
-        if p is not None:
-            n_weights += math.prod(p.shape)
-            n_bits += 8 * p.nbytes
+        terms = getattr(layer, "terms", None)
+        if terms:
+            # Residual layers hold several packed terms over the same weights: count the
+            # weights once and the bytes of every term.
+            n_weights += math.prod(terms[0].shape)
+            n_bits += 8 * sum(t.nbytes for t in terms)
     float_bytes = sum(p.data.size * 4 for p in model.parameters())
     evaluate(loaded, dataset.x_test[:1], dataset.y_test[:1])  # a loaded model must evaluate
     return {
