@@ -61,7 +61,12 @@ class WeightQuantizer(Module):
         return dw_hat
 
     def to_ternary(self, w: np.ndarray) -> Ternary:
-        """The ternary form used for inference and export (deterministic)."""
+        """The ternary form used for inference and export (deterministic).
+
+        Stateful methods may return their stored ternary point rather than a projection of
+        ``w``: ADMM returns its feasible variable G, ProxQuant after freezing its frozen value.
+        The contract is only that ``to_ternary(w).dense()`` is what the eval-mode forward uses.
+        """
         was_training = self.training
         self.training = False
         try:
