@@ -22,24 +22,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, numpy {np.__version__}"
+    from ternref.compare import machine_description
+
+    return f"{machine_description()}, numpy {np.__version__}"
 
 
 def bench_digits_mlp() -> dict:
