@@ -502,20 +502,28 @@ def plot_accuracy_vs_size(result: Comparison, path: str) -> str:
         raise ValueError(
             "--plot needs matplotlib: pip install 'ternref[tutorials]' or pip install matplotlib"
         ) from exc
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for record in result.records():
-        if record["accuracy_mean"] is None or record["packed_bytes"] is None:
-            continue
-        x = record["packed_bytes"] / 1024
-        y = 100 * record["accuracy_mean"]
-        ax.errorbar(
-            x,
-            y,
-            yerr=100 * (record["accuracy_std"] or 0),
-            fmt="o",
-            color="black" if record["method"] == FULL_PRECISION else "tab:blue",
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    points = [
+        (r["packed_bytes"] / 1024, 100 * r["accuracy_mean"], 100 * (r["accuracy_std"] or 0), r)
+        for r in result.records()
+        if r["accuracy_mean"] is not None and r["packed_bytes"] is not None
+    ]
+    # Most ternary models have nearly the same size and accuracy, so labels next to the points
+    # would overlap: list them down the right-hand side in order of accuracy, with a thin line
+    # to each point.
+    points.sort(key=lambda p: -p[1])
+    for i, (x, y, err, record) in enumerate(points):
+        full = record["method"] == FULL_PRECISION
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=2, color="black" if full else "tab:blue")
+        ax.annotate(
+            f"{record['method']} {y:.2f}",
+            (x, y),
+            xytext=(1.02, 1 - (i + 0.5) / len(points)),
+            textcoords="axes fraction",
+            fontsize=8,
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "0.75", "lw": 0.5},
         )
-        ax.annotate(record["method"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
     s = result.settings
     ax.set_xscale("log")
     ax.set_xlabel("packed model size on disk (KiB, log scale)")
