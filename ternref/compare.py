@@ -307,6 +307,17 @@ def _run_one(method_name, dataset, args, seed, bar, teacher=None) -> dict:
     }
 
 
+# Inference runs in batches of this size: a whole test set at once would make im2col buffers
+# of several GB for LeNet-5 on 10,000 images.
+INFERENCE_BATCH = 1000
+
+
+def _forward_in_batches(model, x: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [model.forward(x[i : i + INFERENCE_BATCH]) for i in range(0, len(x), INFERENCE_BATCH)]
+    )
+
+
 def _packed_stats(model, dataset) -> dict:
     """Export ``model`` to the packed inference form, save it, time it, compare predictions."""
     from ternref import packed
@@ -318,11 +329,11 @@ def _packed_stats(model, dataset) -> dict:
         size = os.path.getsize(path)
         loaded = packed.load(path)
     model.eval()
-    loaded.forward(dataset.x_test)  # compile or load the kernels for this batch size first
+    _forward_in_batches(loaded, dataset.x_test[:INFERENCE_BATCH])  # compile/load the kernels
     start = time.perf_counter()
-    packed_logits = loaded.forward(dataset.x_test)
+    packed_logits = _forward_in_batches(loaded, dataset.x_test)
     seconds = time.perf_counter() - start
-    trained_logits = model.forward(dataset.x_test)
+    trained_logits = _forward_in_batches(model, dataset.x_test)
     agreement = float(np.mean(packed_logits.argmax(1) == trained_logits.argmax(1)))
     n_weights = n_bits = 0
     for layer in loaded.modules():
