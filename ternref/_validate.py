@@ -53,6 +53,14 @@ def float_array(
     return arr
 
 
+def float_tensor(x, name: str) -> np.ndarray:
+    """:func:`float_array` that also refuses 0-d input (a projection keeps its input's shape)."""
+    arr = float_array(x, name)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({arr!r})")
+    return arr
+
+
 def real_number(x, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """Return ``x`` as a Python float after checking it is a finite real number in a range.
 

@@ -58,18 +58,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._validate import float_array, real_number
+from ternref._validate import float_tensor, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
-
 
 #: Lower bound forced on the preliminary probability of the zero centroid (``spars_bound``).
 SPARS_BOUND = 0.5
@@ -119,7 +110,7 @@ def ec2t_pmf(w, w_p=None, w_n=None) -> np.ndarray:
     ----------
     Marban et al. (2020), arXiv:2004.01077; code ``get_pmf``.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     w_p, w_n = _centroids(w, w_p, w_n)
     codes = _nearest(w.astype(np.float64), w_p, w_n)
     n = codes.size
@@ -180,7 +171,7 @@ def ec2t(w, w_p=None, w_n=None, lam=0.0) -> Ternary:
     ----------
     Marban et al. (2020), arXiv:2004.01077; code ``apply_entropy_constraint``, ``quantize``.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     lam = real_number(lam, "lam", low=0.0)
     w_p, w_n = _centroids(w, w_p, w_n)
     x = w.astype(np.float64)
@@ -221,7 +212,7 @@ def ec2t_lambda_max(w, w_p=None, w_n=None) -> float:
     Marban et al. (2020), arXiv:2004.01077; code ``apply_entropy_constraint``
     (``Lambda_p_max``, ``Lambda_n_max``).
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     w_p, w_n = _centroids(w, w_p, w_n)
     i_n, i_0, i_p = _information(ec2t_pmf(w, w_p, w_n))
     x = w.astype(np.float64)

@@ -73,18 +73,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._validate import float_array, generator, integer, one_of, real_number
+from ternref._validate import float_array, float_tensor, generator, integer, one_of, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
-
 
 _MAX_BITS = 16
 
@@ -138,7 +129,7 @@ def gxnor_snap(w, n_bits: int = 1, H: float = 1.0) -> np.ndarray:
     ----------
     Deng et al. (2018), arXiv:1705.09283; code ``weight_tune`` (which rounds ties toward +H).
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     n_bits, H, L = _grid(n_bits, H)
     return (_snap_steps(w, H, L) * L).astype(w.dtype)
 
@@ -186,7 +177,7 @@ def gxnor(w, n_bits: int = 1, H: float = 1.0) -> Ternary:
     ----------
     Deng et al. (2018), arXiv:1705.09283.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     n_bits, H, L = _grid(n_bits, H)
     if n_bits != 1:
         raise ValueError(

@@ -51,18 +51,9 @@ import math
 
 import numpy as np
 
-from ternref._validate import float_array, real_number
+from ternref._validate import float_tensor, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
-
 
 #: Accumulated portions of quantized weights used in the paper's experiments [R].
 PAPER_PORTIONS = (0.5, 0.75, 0.875, 1.0)
@@ -133,7 +124,7 @@ def inq(w) -> Ternary:
     ----------
     Zhou et al. (2017), arXiv:1702.03044, section 2.1 (quantization rule) with b = 2.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     s = float(np.max(np.abs(w)))
     if s == 0.0:
         return Ternary(np.zeros(w.shape, dtype=np.int8), np.asarray(0.0, dtype=w.dtype))
@@ -177,7 +168,7 @@ def inq_partition(w, fraction, already_frozen=None) -> np.ndarray:
     ----------
     Zhou et al. (2017), arXiv:1702.03044, section 2.2 (weight partition).
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     fraction = real_number(fraction, "fraction", low=0.0, high=1.0)
     n = w.size
     if already_frozen is None:

@@ -44,17 +44,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._validate import describe, float_array, real_number
+from ternref._validate import describe, float_array, float_tensor, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
 
 
 def _scale_param(p, name, x, *, positive):
@@ -158,7 +150,7 @@ def rtn(w, alpha=1.0, beta=0.0, delta=0.5) -> Ternary:
     ----------
     Li et al. (2020), arXiv:1912.02057.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     a, gran_a = _scale_param(alpha, "alpha", w, positive=True)
     b, gran_b = _scale_param(beta, "beta", w, positive=False)
     if gran_a != gran_b:

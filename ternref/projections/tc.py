@@ -50,18 +50,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._validate import float_array, generator, integer
+from ternref._validate import float_array, float_tensor, generator, integer
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
-
 
 _PAPER = "Lin, Courbariaux, Memisevic, Bengio. Neural Networks with Few Multiplications (ICLR)"
 
@@ -98,7 +89,7 @@ def tc(w, rng) -> Ternary:
     ----------
     Lin, Courbariaux, Memisevic, Bengio (2016), arXiv:1510.03009, section 3.2.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     rng = generator(rng, "rng")
     w_c = np.clip(w, -1.0, 1.0)
     u = rng.random(w.shape)
@@ -147,7 +138,7 @@ def tc_deterministic(w) -> Ternary:
     ----------
     Lin, Courbariaux, Memisevic, Bengio (2016), arXiv:1510.03009.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     w_c = np.clip(w, -1.0, 1.0)
     codes = (np.sign(w_c) * (np.abs(w_c) > 0.5)).astype(np.int8)
     return Ternary(codes, np.asarray(1.0, dtype=w.dtype))

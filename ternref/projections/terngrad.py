@@ -46,18 +46,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._validate import float_array, generator, real_number
+from ternref._validate import float_tensor, generator, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
-
 
 #: The clipping factor c of the official code (gradients clipped to +-c*sigma).
 PAPER_CLIP = 2.5
@@ -82,7 +73,7 @@ def clip_by_stddev(g, c: float) -> np.ndarray:
     ----------
     Wen et al. (2017), arXiv:1705.07878, section on gradient clipping.
     """
-    g = _tensor(g, "g")
+    g = float_tensor(g, "g")
     c = real_number(c, "c", low=0.0, low_open=True)
     sigma = np.sqrt(np.mean(np.square(g - np.mean(g))))
     bound = g.dtype.type(c * sigma)
@@ -124,7 +115,7 @@ def terngrad(g, rng, *, clip=None) -> Ternary:
     ----------
     Wen et al. (2017), arXiv:1705.07878.
     """
-    g = _tensor(g, "g")
+    g = float_tensor(g, "g")
     rng = generator(rng, "rng")
     if clip is not None:
         g = clip_by_stddev(g, real_number(clip, "clip", low=0.0, low_open=True))

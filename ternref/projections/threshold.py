@@ -40,10 +40,7 @@ from ternref.ternary import Ternary
 
 def _weights(w, name: str = "w") -> np.ndarray:
     """Validate a weight tensor: floating point, finite, non-empty, at least one dimension."""
-    w = _validate.float_array(w, name)
-    if w.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({w!r})")
-    return w
+    return _validate.float_tensor(w, name)
 
 
 def _granularity(granularity, allowed=("tensor", "channel")) -> str:

@@ -47,17 +47,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._validate import float_array, real_number
+from ternref._validate import float_tensor, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
-
-
-def _tensor(x, name: str) -> np.ndarray:
-    """Validate a float tensor with at least one dimension (0-d arrays have no shape to keep)."""
-    x = float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array ({x!r})")
-    return x
 
 
 def _alpha(w, alpha):
@@ -90,7 +82,7 @@ def trq_parts(w, alpha=None):
     ----------
     Li et al. (2021), doi:10.1609/aaai.v35i10.17036.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     a = _alpha(w, alpha)
     s_stem = np.where(w >= 0, 1, -1).astype(np.int8)
     stem = a * s_stem
@@ -141,7 +133,7 @@ def trq(w, alpha=None) -> Ternary:
     ----------
     Li et al. (2021), doi:10.1609/aaai.v35i10.17036.
     """
-    w = _tensor(w, "w")
+    w = float_tensor(w, "w")
     stem, residual, a = trq_parts(w, alpha)
     if a > 0:
         codes = (np.sign(stem).astype(np.int16) + np.sign(residual)) // 2
