@@ -174,7 +174,7 @@ def fit(
                     f"lower the learning rate"
                 )
             batch_loss = loss.forward(logits, yb)
-            model.backward(loss.backward())
+            model.backward_params(loss.backward())  # the input images' gradient is not needed
             for cb in callbacks:
                 cb.after_backward(model, optimizer)
             optimizer.step()

@@ -32,6 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ternref._validate import describe, float_array
+from ternref.nn import _kernels
 
 __all__ = ["pair", "conv_output_shape", "im2col", "col2im"]
 
@@ -222,6 +223,18 @@ def col2im_t(cols_t: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> n
             f"col2im: cols must have shape {expected[::-1]} for x_shape {(n, c, h, w)}, "
             f"kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}; got {cols_t.shape[::-1]}"
         )
+    if cols_t.dtype in (np.float32, np.float64):  # the Numba kernel: same sums, ~2x faster
+        dx = np.zeros((n, c, h, w), dtype=cols_t.dtype)
+        _kernels.col2im_t_kernel(np.ascontiguousarray(cols_t), kh, kw, sh, sw, ph, pw, oh, ow, dx)
+        return dx
+    return _col2im_t_numpy(cols_t, (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow))
+
+
+def _col2im_t_numpy(cols_t, x_shape, kernel_size, stride, padding, out_shape) -> np.ndarray:
+    """The NumPy twin of :func:`ternref.nn._kernels.col2im_t_kernel` (arguments checked)."""
+    (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = (
+        x_shape, kernel_size, stride, padding, out_shape,
+    )  # fmt: skip
     d6 = cols_t.reshape(c, kh, kw, n, oh, ow)  # free view when cols_t is C-contiguous
     dxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols_t.dtype)
     for a in range(kh):

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from ternref._validate import describe, float_array, generator, integer, real_number
-from ternref.nn import init
+from ternref.nn import _kernels, init
 from ternref.nn.functional import col2im_t, conv_output_shape, im2col_t, pair
 from ternref.nn.module import Module, Parameter
 
@@ -193,12 +193,20 @@ class Linear(_QuantizableWeight):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy (N, out) -> dx (N, in); accumulates weight (through the quantizer) and bias grads."""
+        dy = self._param_grads(dy)
+        return np.matmul(dy, self._w_hat)
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        """The parameter gradients of :meth:`backward`, without the ``dy @ w_hat`` product."""
+        self._param_grads(dy)
+
+    def _param_grads(self, dy: np.ndarray) -> np.ndarray:
         x = _need_cache(self, self._x)
         dy = _check_dy(self, dy, (x.shape[0], self.out_features))
         self._accumulate_weight_grad(np.matmul(dy.T, x))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dy.sum(axis=0)
-        return np.matmul(dy, self._w_hat)
+        return dy
 
     def extra_repr(self) -> str:
         return (
@@ -273,18 +281,26 @@ class Conv2d(_QuantizableWeight):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); accumulates weight and bias grads."""
+        dy_t = self._param_grads(dy)
+        dcols_t = np.matmul(self._w_hat.reshape(self.out_channels, -1).T, dy_t)  # (K, M)
+        return col2im_t(dcols_t, self._x_shape, self.kernel_size, self.stride, self.padding)
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        """The parameter gradients of :meth:`backward`, without ``dcols`` and ``col2im``."""
+        self._param_grads(dy)
+
+    def _param_grads(self, dy: np.ndarray) -> np.ndarray:
+        """Accumulate dw and db; return ``dY`` re-laid out as (O, M)."""
         cols_t = _need_cache(self, self._cols_t)
         n, _, h, w = self._x_shape
         oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, self.padding)
         dy = _check_dy(self, dy, (n, self.out_channels, oh, ow))
         o = self.out_channels
         dy_t = dy.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # (O, M), one copy
-        w2 = self._w_hat.reshape(o, -1)
         self._accumulate_weight_grad(np.matmul(dy_t, cols_t.T).reshape(self._w_hat.shape))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dy_t.sum(axis=1)
-        dcols_t = np.matmul(w2.T, dy_t)  # (K, M)
-        return col2im_t(dcols_t, self._x_shape, self.kernel_size, self.stride, self.padding)
+        return dy_t
 
     def extra_repr(self) -> str:
         return (
@@ -302,13 +318,7 @@ class _Pool2d(Module):
 
     def _windows(self, shape):
         """Yield ``(t, slice)`` for each window offset (a, b): the strided view of that offset."""
-        n, c, h, w = shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, 0)
-        for a in range(kh):
-            for b in range(kw):
-                rows, cols = slice(a, a + sh * oh, sh), slice(b, b + sw * ow, sw)
-                yield a * kw + b, (slice(None), slice(None), rows, cols)
+        return _kernels.pool_windows(shape[2], shape[3], self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -336,44 +346,29 @@ class MaxPool2d(_Pool2d):
     then receives the sum of their gradients. A NaN in a window propagates to its output (as in
     PyTorch) and that window then routes no gradient.
 
-    The forward keeps a reference to ``x`` (no copy) for the backward: do not modify the input in
-    place between the two passes.
+    For float32/float64 input and 2x2 windows of stride 2, the forward records the routed offset
+    of each window and the backward scatters ``dy`` there (Numba kernels in
+    :mod:`ternref.nn._kernels`, proven equal to the NumPy twin of the walk above); other cases
+    run the twin, which keeps a reference to ``x`` (do not modify the input in place between the
+    two passes).
     """
 
     def __init__(self, kernel_size, stride=None):
         super().__init__(kernel_size, stride)
-        self._x = None
-        self._y = None
+        self._cache = None
+        self._y_shape = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _check_input(self, x, (None, None, None, None))
-        y = None
-        for _, sl in self._windows(x.shape):
-            y = x[sl].copy() if y is None else np.maximum(y, x[sl], out=y)
-        self._x, self._y = x, y  # x is kept by reference (no copy); the winner is found later
+        conv_output_shape(x.shape[2], x.shape[3], self.kernel_size, self.stride, 0)  # checks
+        y, self._cache = _kernels.maxpool2d_forward(x, self.kernel_size, self.stride)
+        self._y_shape = y.shape
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        y = _need_cache(self, self._y)
-        x = self._x
-        dy = _check_dy(self, dy, y.shape)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        disjoint = sh >= kh and sw >= kw  # each input element lies in at most one window
-        tiled = (sh, sw) == (kh, kw) and x.shape[2:] == (y.shape[2] * kh, y.shape[3] * kw)
-        dx = np.empty(x.shape, dy.dtype) if tiled else np.zeros(x.shape, dy.dtype)
-        free = None  # windows whose maximum has not been routed yet
-        for _, sl in self._windows(x.shape):  # offsets in row-major order
-            hit = x[sl] == y
-            if free is None:
-                free = ~hit
-            else:
-                hit &= free  # only the first maximum of a window receives dy
-                free &= ~hit
-            if disjoint:
-                np.multiply(dy, hit, out=dx[sl])
-            else:
-                dx[sl] += dy * hit
-        return dx
+        cache = _need_cache(self, self._cache)
+        dy = _check_dy(self, dy, self._y_shape)
+        return _kernels.maxpool2d_backward(dy, cache, self.kernel_size, self.stride)
 
 
 class AvgPool2d(_Pool2d):
@@ -558,19 +553,20 @@ class _BatchNorm(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
         c = self.num_features
-        bshape = (1, c) + (1,) * (x.ndim - 2)
-        m = x.size // c
+        x3 = x.reshape(x.shape[0], c, -1)  # (N, C, P): statistics over axes 0 and 2
+        m = x3.shape[0] * x3.shape[2]
         dt = x.dtype.type
+        gamma = self.weight.data.astype(x.dtype, copy=False)
+        beta = self.bias.data.astype(x.dtype, copy=False)
         if self.training:
             if m < 2:
                 raise ValueError(
                     f"{type(self).__name__} in training mode needs more than 1 value per "
                     f"channel to compute batch statistics, got input shape {x.shape}"
                 )
-            mu = x.mean(axis=(0, *range(2, x.ndim)))
-            xc = x - mu.reshape(bshape)
-            xc3 = xc.reshape(x.shape[0], c, -1)
-            var = np.einsum("ncp,ncp->c", xc3, xc3) / dt(m)  # biased (1/m), no temporary
+            # mu, biased var, y = gamma (x - mu) / sqrt(var + eps) + beta: one kernel (or its
+            # NumPy twin) in ternref.nn._kernels
+            y3, mu, var = _kernels.batchnorm_train_forward(x3, gamma, beta, self.eps)
             inv_std = 1.0 / np.sqrt(var + dt(self.eps))
             # running estimates: unbiased variance (m/(m-1)) as torch.nn.BatchNorm does
             mom = self.momentum
@@ -580,36 +576,33 @@ class _BatchNorm(Module):
             self.running_var += mom * var * (m / (m - 1))
             self.num_batches_tracked += 1
         else:
+            mu = self.running_mean.astype(x.dtype)
             inv_std = 1.0 / np.sqrt(self.running_var.astype(x.dtype) + dt(self.eps))
-            xc = x - self.running_mean.astype(x.dtype).reshape(bshape)
-        # y = gamma * xhat + beta = xc * (gamma * s) + beta; xhat = xc * s is never materialised
-        a = self.weight.data.astype(x.dtype, copy=False) * inv_std
-        y = np.multiply(xc, a.reshape(bshape))
-        y += self.bias.data.astype(x.dtype, copy=False).reshape(bshape)
-        self._cache = (xc, inv_std, a, m, self.training)
-        return y
+            # y = gamma * xhat + beta = x * (gamma s) + (beta - mu gamma s)
+            y3 = x3 * (gamma * inv_std)[None, :, None]
+            y3 += (beta - mu * gamma * inv_std)[None, :, None]
+        a = gamma * inv_std
+        # x is kept by reference (no copy): do not modify the input in place before backward
+        self._cache = (x3, x.shape, mu, inv_std, a, self.training)
+        return y3.reshape(x.shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        xc, inv_std, a, m, training = _need_cache(self, self._cache)
-        dy = _check_dy(self, dy, xc.shape)
-        c = self.num_features
-        bshape = (1, c) + (1,) * (dy.ndim - 2)
-        dy3 = dy.reshape(dy.shape[0], c, -1)
-        dbeta = dy3.sum(axis=(0, 2))
-        dgamma = np.einsum("ncp,ncp->c", dy3, xc.reshape(dy3.shape)) * inv_std  # sum(dy * xhat)
+        x3, x_shape, mu, inv_std, a, training = _need_cache(self, self._cache)
+        dy = _check_dy(self, dy, x_shape)
+        dy3 = dy.reshape(x3.shape)
+        if training:
+            # dx = gamma*s/m * (m*dy - dbeta - xhat*dgamma), the kernel (or twin) in _kernels
+            dx3, dgamma, dbeta = _kernels.batchnorm_train_backward(dy3, x3, mu, inv_std, a)
+        else:  # mu, var are constants: dx = dy * gamma * s
+            xc = x3 - mu[None, :, None]
+            dbeta = dy3.sum(axis=(0, 2))
+            dgamma = np.einsum("ncp,ncp->c", dy3, xc) * inv_std  # sum(dy * xhat)
+            dx3 = dy3 * a.astype(dy.dtype, copy=False)[None, :, None]
         if self.weight.requires_grad:
             self.weight.grad += dgamma
         if self.bias.requires_grad:
             self.bias.grad += dbeta
-        a = a.astype(dy.dtype, copy=False)  # gamma * s
-        if not training:
-            return dy * a.reshape(bshape)
-        # dx = gamma*s/m * (m*dy - dbeta - xhat*dgamma)
-        #    = a*dy - a*dbeta/m - xc * (a*s*dgamma/m)
-        dx = dy * a.reshape(bshape)
-        dx -= xc * (a * inv_std * dgamma / m).astype(dy.dtype, copy=False).reshape(bshape)
-        dx -= (a * dbeta / m).astype(dy.dtype, copy=False).reshape(bshape)
-        return dx
+        return dx3.reshape(dy.shape)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -681,6 +674,14 @@ class Sequential(Module):
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        """Backward through every layer, the first one without its ``dx``."""
+        if not self.layers:
+            return
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        self.layers[0].backward_params(dy)
 
     def append(self, layer: Module) -> Sequential:
         if not isinstance(layer, Module):

@@ -2,7 +2,8 @@
 
 There is no tape. A module's ``forward(x)`` computes its output and caches what its backward
 needs; ``backward(dy)`` takes dL/dy, returns dL/dx, and *adds* the gradients of its parameters
-to their ``.grad`` (so gradients of a parameter used twice accumulate, as in llm.c).
+to their ``.grad`` (so gradients of a parameter used twice accumulate, as in llm.c);
+``backward_params(dy)`` does the same without computing dL/dx (for a network's first layer).
 Call :meth:`Module.zero_grad` before each step.
 """
 
@@ -64,6 +65,17 @@ class Module:
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        """Accumulate the parameter gradients of :meth:`backward` without returning ``dx``.
+
+        For the first layer of a network, whose ``dx`` (the gradient of the input images) nobody
+        reads: :func:`ternref.train.fit` calls this instead of :meth:`backward`. The default runs
+        :meth:`backward` and drops its result; layers whose ``dx`` costs real work (``Linear``,
+        ``Conv2d``, ``Sequential``) override it to skip that work. The parameter gradients are
+        the same either way.
+        """
+        self.backward(dy)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)

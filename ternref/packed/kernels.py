@@ -10,8 +10,12 @@ Which kernel runs
     register-blocked loop (:mod:`ternref.packed._gemm`); the packed weight is never expanded
     whole. Its NumPy twin dequantizes the same tiles and uses ``X @ tile.T``.
 ``activations="int8"``
-    ``x`` is quantized per row, BitNet-style (:func:`quantize_activations`), and the format's
-    ``dot_i8`` kernel accumulates exact integer sums in int32 lanes (every batch size).
+    ``x`` is quantized per row, BitNet-style (:func:`quantize_activations`). ``N < GEMM_MIN_BATCH``:
+    the format's ``dot_i8`` kernel accumulates exact integer sums in int32 lanes straight from the
+    packed bytes. Larger batches: the format's ``gemm_i8`` kernel decodes ``TILE_ROWS`` rows into
+    signed int8 codes and forms the exact int32 group sums of the tile against every row of
+    ``x`` (:func:`ternref.packed._gemm.tile_dot_i8`). Both give the same integers, and the same
+    float64 epilogue makes them bit-identical.
 
 ``backend="numpy"`` runs the NumPy twins of the same algorithms (slow; for tests and readers).
 Computation is float32 whatever the scale dtype; the output has the dtype of ``x``.
@@ -77,6 +81,36 @@ def _gemm_f32_numpy(p: Packed, xp: np.ndarray, lut: np.ndarray, y: np.ndarray) -
         tile = buf[: r1 - r0]
         p.module.dequant_tile_numpy(*_data(p), r0, lut, tile)
         y[:, r0:r1] = xp @ tile.T
+
+
+def _gemm_i8_numpy(p: Packed, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
+    """NumPy twin of the formats' ``gemm_i8``: decode tiles of signed codes, exact int64 products
+    per group, then the epilogue of :func:`ternref.packed._gemm.i8_epilogue` on whole arrays."""
+    m, n_groups = sp.shape
+    seg = xq.shape[1] // n_groups
+    tile = np.empty((TILE_ROWS, xq.shape[1]), np.int8)
+    x64 = xq.astype(np.int64)
+    for r0 in range(0, m, TILE_ROWS):
+        r1 = min(m, r0 + TILE_ROWS)
+        acc = np.zeros((xq.shape[0], r1 - r0), np.float64)
+        sums = {}
+        for name, lut in (("d", code_lut), ("s", abs_lut)) if asym else (("d", code_lut),):
+            p.module.dequant_tile_numpy(*_data(p), r0, lut, tile[: r1 - r0])
+            sums[name] = [
+                x64[:, g * seg : (g + 1) * seg] @ tile[: r1 - r0, g * seg : (g + 1) * seg].T
+                for g in range(n_groups)
+            ]
+        for g in range(n_groups):
+            d = sums["d"][g]
+            if asym:
+                s = sums["s"][g]
+                pos, neg = (s + d) // 2, (s - d) // 2  # the +1 and -1 sides
+                acc += sp[r0:r1, g] * pos.astype(np.float64) - sn[r0:r1, g] * neg.astype(np.float64)
+            else:
+                acc += sp[r0:r1, g] * d.astype(np.float64)
+            if has_offset:
+                acc += so[r0:r1, g] * xsumq[:, g : g + 1].astype(np.float64)
+        y[:, r0:r1] = acc * inv_s[:, None]
 
 
 def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba") -> np.ndarray:
@@ -146,5 +180,12 @@ def _run_kernels(p: Packed, x2d, activations: str, backend: str, sc: dict, y) ->
         xq, inv_s = quantize_activations(x2d)
         xq = pad_activations(xq, p)
         xsumq = _group_sums(xq, g, np.int64)
-        fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
-        fn(*_data(p), xq, xsumq, inv_s, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
+        scales = (sc["sp"], sc["sn"], sc["so"])
+        if n >= GEMM_MIN_BATCH:
+            luts = (sc["code_lut"], sc["abs_lut"])
+            fn = p.module.gemm_i8 if backend == "numba" else _gemm_i8_numpy
+            args = (*_data(p),) if backend == "numba" else (p,)
+            fn(*args, xq, xsumq, inv_s, *scales, *luts, asym, has_offset, y)
+        else:
+            fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
+            fn(*_data(p), xq, xsumq, inv_s, *scales, asym, has_offset, y)

@@ -138,8 +138,9 @@ class Packed:
 
     # -- what the kernels read -------------------------------------------------------------------
     def kernel_scales(self) -> dict:
-        """Scales as float64 ``(M, G)`` arrays ``sp``, ``sn``, ``so`` and the float32 value table
-        ``lut`` ``(M, G, 3)`` of codes -1, 0, +1 (cached)."""
+        """Scales as float64 ``(M, G)`` arrays ``sp``, ``sn``, ``so``, the float32 value table
+        ``lut`` ``(M, G, 3)`` of codes -1, 0, +1, and the int8 tables ``code_lut`` (-1, 0, 1) and
+        ``abs_lut`` (1, 0, 1) that the int8 GEMM decodes with (cached)."""
         if "scales" not in self._cache:
             m = self.shape[0]
             g = self.n_groups
@@ -162,6 +163,13 @@ class Packed:
                 "sn": an.astype(np.float64),
                 "so": off.astype(np.float64),
                 "lut": np.ascontiguousarray(lut, dtype=np.float32),
+                # value tables of the int8 GEMM: the signed code and its magnitude
+                "code_lut": np.ascontiguousarray(
+                    np.broadcast_to(np.array([-1, 0, 1], np.int8), (m, g, 3))
+                ),
+                "abs_lut": np.ascontiguousarray(
+                    np.broadcast_to(np.array([1, 0, 1], np.int8), (m, g, 3))
+                ),
             }
         return self._cache["scales"]
 

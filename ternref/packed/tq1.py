@@ -54,7 +54,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ternref.packed._gemm import TILE_ROWS, tile_matmul
+from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
 
 BLOCK = 160
 """Weights per block (32 bytes of 5 trits); rows and scale groups are padded to this."""
@@ -363,6 +363,32 @@ def gemm_f32(codes, xp, lut, y):
         for i in range(nr):
             dequant_row(codes, r0 + i, lut, buf[i])
         tile_matmul(xp, buf, nr, y, r0)
+
+
+@njit(parallel=True, cache=True)
+def gemm_i8(codes, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
+    """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
+    (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with
+    ``_gemm.tile_dot_i8``, then scale them with ``_gemm.i8_epilogue``.
+    """
+    m = sp.shape[0]
+    n_x, length = xq.shape
+    n_groups = sp.shape[1]
+    seg = length // n_groups
+    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
+        r0 = t * TILE_ROWS
+        nr = min(TILE_ROWS, m - r0)
+        buf = np.empty((TILE_ROWS, length), np.int8)
+        d = np.empty((n_x, TILE_ROWS, n_groups), np.int32)
+        s = np.empty((n_x, TILE_ROWS, n_groups) if asym else (0, 0, 0), np.int32)
+        for i in range(nr):
+            dequant_row(codes, r0 + i, code_lut, buf[i])
+        tile_dot_i8(xq, buf, nr, seg, d)
+        if asym:
+            for i in range(nr):
+                dequant_row(codes, r0 + i, abs_lut, buf[i])
+            tile_dot_i8(xq, buf, nr, seg, s)
+        i8_epilogue(d, s, xsumq, inv_s, sp, sn, so, r0, nr, asym, has_offset, y)
 
 
 def dequant_tile_numpy(codes, r0, lut, out):

@@ -291,6 +291,47 @@ def test_gradients_accumulate_across_backward_calls():
     np.testing.assert_array_equal(lin.weight.grad, 0)
 
 
+def _conv_net(rng):
+    return Sequential(
+        Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64),
+        BatchNorm2d(3, dtype=np.float64),
+        ReLU(),
+        Flatten(),
+        Linear(3 * 5 * 5, 4, rng=rng, dtype=np.float64),
+    )
+
+
+def _mlp(rng):
+    return Sequential(
+        Linear(2 * 5 * 5, 7, rng=rng, dtype=np.float64),
+        BatchNorm1d(7, dtype=np.float64),
+        ReLU(),
+        Linear(7, 4, rng=rng, dtype=np.float64),
+    )
+
+
+def _pool_first(rng):  # no parameters in layer 0: the default backward_params runs backward
+    return Sequential(MaxPool2d(1), Flatten(), Sequential(_mlp(rng)))
+
+
+@pytest.mark.parametrize("build", [_conv_net, _mlp, _pool_first], ids=["conv", "mlp", "pool"])
+def test_backward_params_accumulates_exactly_the_gradients_of_backward(build):
+    rng = np.random.default_rng(0)
+    model = build(rng)
+    x = rng.standard_normal((6, 2 * 5 * 5) if build is _mlp else (6, 2, 5, 5))
+    dy = rng.standard_normal((6, 4))
+    model(x)
+    model.backward(dy)
+    full = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model(x)
+    assert model.backward_params(dy) is None
+    got = [p.grad for p in model.parameters()]
+    assert len(got) == len(full) > 0
+    for g, want in zip(got, full):
+        np.testing.assert_array_equal(g, want)
+
+
 def test_frozen_parameter_gets_no_gradient():
     rng = np.random.default_rng(0)
     lin = Linear(3, 2, rng=rng, dtype=np.float64)

@@ -1,0 +1,130 @@
+"""The training kernels of ternref.nn._kernels against their NumPy twins.
+
+MaxPool 2x2 and col2im: bit-identical (same comparisons, same order of additions). BatchNorm: the
+kernel sums in float64, the twin in the input dtype, so they agree within a float32 tolerance.
+The layers' gradients through the kernels are checked against finite differences in
+test_gradients.py (float64 runs the kernels).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ternref.nn import BatchNorm2d, MaxPool2d
+from ternref.nn import _kernels as K
+from ternref.nn.functional import _col2im_t_numpy, col2im_t, conv_output_shape
+
+from .test_functional import conv_geometry
+
+DTYPES = [np.float32, np.float64]
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _tied_values(rng, shape, dtype, nan_rate=0.0):
+    """Few distinct values so that windows often tie; optionally some NaN."""
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    if nan_rate:
+        x[rng.random(shape) < nan_rate] = np.nan
+    return x
+
+
+# ------------------------------------------------------------------------------ MaxPool2d
+
+
+@given(
+    st.integers(1, 3), st.integers(1, 3), st.integers(2, 9), st.integers(2, 9),
+    st.sampled_from(DTYPES), st.sampled_from([0.0, 0.1]), seeds,
+)  # fmt: skip
+def test_maxpool2x2_kernel_equals_twin_bit_for_bit(n, c, h, w, dtype, nan_rate, seed):
+    rng = np.random.default_rng(seed)
+    x = _tied_values(rng, (n, c, h, w), dtype, nan_rate)
+    y, cache = K.maxpool2d_forward(x, (2, 2), (2, 2))
+    assert cache[0] == "arg"  # the kernel ran
+    y_twin = K.maxpool2d_forward_numpy(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(y, y_twin)  # NaN in the same places (assert treats NaN == NaN)
+    assert y.dtype == y_twin.dtype
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = K.maxpool2d_backward(dy, cache, (2, 2), (2, 2))
+    dx_twin = K.maxpool2d_backward_numpy(x, y_twin, dy, (2, 2), (2, 2))
+    np.testing.assert_array_equal(dx, dx_twin)
+    # every finite window routes its gradient to exactly one element; NaN windows route none
+    oh, ow = y.shape[2:]
+    windows = dx[:, :, : 2 * oh, : 2 * ow].reshape(n, c, oh, 2, ow, 2)
+    routed = np.count_nonzero(windows, axis=(3, 5))
+    np.testing.assert_array_equal(routed, ~np.isnan(y) & (dy != 0))
+    assert not dx[:, :, 2 * oh :].any() and not dx[:, :, :, 2 * ow :].any()  # floor mode
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2x2_kernel_all_zero_input_routes_to_the_first_element(dtype):
+    x = np.zeros((1, 1, 4, 4), dtype)
+    layer = MaxPool2d(2)
+    y = layer(x)
+    np.testing.assert_array_equal(y, 0)
+    dx = layer.backward(np.ones_like(y))
+    np.testing.assert_array_equal(dx[0, 0], np.tile([[1, 0], [0, 0]], (2, 2)))
+
+
+def test_maxpool_other_windows_and_dtypes_run_the_twin():
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    assert K.maxpool2d_forward(x, (3, 3), (2, 2))[1][0] == "x"
+    assert K.maxpool2d_forward(x.astype(np.float16), (2, 2), (2, 2))[1][0] == "x"
+
+
+# ------------------------------------------------------------------------------ BatchNorm
+
+
+@given(
+    st.integers(1, 4), st.integers(1, 3), st.integers(1, 12), st.sampled_from(DTYPES),
+    st.booleans(), seeds,
+)  # fmt: skip
+def test_batchnorm_kernels_equal_twins(n, c, p, dtype, constant_channel, seed):
+    if n * p < 2:
+        n = 2
+    rng = np.random.default_rng(seed)
+    x3 = (rng.standard_normal((n, c, p)) * 3 + 1).astype(dtype)
+    if constant_channel:
+        x3[:, 0, :] = 1.5  # var = 0: must not give NaN
+    gamma = (rng.random(c) + 0.5).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    tol = {"rtol": 2e-5, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-11, "atol": 1e-11}
+    y, mu, var = K.batchnorm_train_forward(x3, gamma, beta, 1e-5)
+    y_t, mu_t, var_t = K.batchnorm_train_forward_numpy(x3, gamma, beta, 1e-5)
+    for got, want in ((y, y_t), (mu, mu_t), (var, var_t)):
+        assert got.dtype == want.dtype == dtype
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, **tol)
+    inv_std = 1.0 / np.sqrt(var + dtype(1e-5))
+    a = gamma * inv_std
+    dy = rng.standard_normal(x3.shape).astype(dtype)
+    got = K.batchnorm_train_backward(dy, x3, mu, inv_std, a)
+    want = K.batchnorm_train_backward_numpy(dy, x3, mu, inv_std, a)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == dtype
+        scale = max(1.0, float(np.abs(w).max()))
+        np.testing.assert_allclose(g / scale, w / scale, **tol)
+
+
+def test_batchnorm_layer_float16_runs_the_twin_and_matches_float32():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    y32 = BatchNorm2d(2)(x)
+    y16 = BatchNorm2d(2)(x.astype(np.float16))
+    assert y16.dtype == np.float16
+    np.testing.assert_allclose(y16, y32, atol=1e-2)
+
+
+# ------------------------------------------------------------------------------ col2im
+
+
+@given(conv_geometry(), st.sampled_from(DTYPES), seeds)
+def test_col2im_kernel_equals_twin_bit_for_bit(geom, dtype, seed):
+    shape, k, s, p = geom
+    oh, ow = conv_output_shape(shape[2], shape[3], k, s, p)
+    rows, cols = shape[1] * k[0] * k[1], shape[0] * oh * ow
+    cols_t = np.random.default_rng(seed).standard_normal((rows, cols)).astype(dtype)
+    got = col2im_t(cols_t, shape, k, s, p)  # float32/64: the kernel
+    want = _col2im_t_numpy(cols_t, shape, k, s, p, (oh, ow))
+    assert got.dtype == want.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
