@@ -49,8 +49,16 @@ def machine_info() -> dict:
     }
 
 
+# After a call, OpenBLAS's worker threads busy-wait for ~2^28 cycles (~0.1 s) before sleeping,
+# and an OpenMP pool spins briefly too. On a 2-core machine a kernel timed right after the other
+# library then gets one core instead of two.
+# Each measurement therefore starts after this pause, when the other pool is asleep.
+SETTLE_SECONDS = 0.3
+
+
 def _median_ms(fn, reps: int) -> tuple[float, float]:
     """(median, minimum) wall time in ms; the minimum is the least disturbed by other load."""
+    time.sleep(SETTLE_SECONDS)
     fn()  # warm-up (and JIT compile on first use)
     fn()
     times = []

@@ -6,6 +6,11 @@ The layers' gradients through the kernels are checked against finite differences
 test_gradients.py (float64 runs the kernels).
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -128,3 +133,37 @@ def test_col2im_kernel_equals_twin_bit_for_bit(geom, dtype, seed):
     want = _col2im_t_numpy(cols_t, shape, k, s, p, (oh, ow))
     assert got.dtype == want.dtype == dtype and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
+
+
+def test_kernels_run_as_plain_python_with_jit_disabled():
+    """NUMBA_DISABLE_JIT=1: the kernels execute line by line as Python and agree with the twins."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from ternref.nn import _kernels as K
+        from ternref.nn.functional import _col2im_t_numpy, col2im_t
+        assert not hasattr(K._maxpool2x2_forward_kernel, "py_func"), "jit was not disabled"
+        rng = np.random.default_rng(0)
+        x = rng.integers(-2, 3, (2, 3, 5, 6)).astype(np.float32)
+        y, cache = K.maxpool2d_forward(x, (2, 2), (2, 2))
+        assert np.array_equal(y, K.maxpool2d_forward_numpy(x, (2, 2), (2, 2)))
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        assert np.array_equal(K.maxpool2d_backward(dy, cache, (2, 2), (2, 2)),
+                              K.maxpool2d_backward_numpy(x, y, dy, (2, 2), (2, 2)))
+        x3 = rng.standard_normal((4, 3, 5))
+        g, b = rng.random(3) + 0.5, rng.standard_normal(3)
+        for got, want in zip(K.batchnorm_train_forward(x3, g, b, 1e-5),
+                             K.batchnorm_train_forward_numpy(x3, g, b, 1e-5)):
+            assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+        cols = rng.standard_normal((3 * 9, 2 * 4 * 5))
+        assert np.array_equal(col2im_t(cols, (2, 3, 5, 6), 3, 1, (1, 0)),
+                              _col2im_t_numpy(cols, (2, 3, 5, 6), (3, 3), (1, 1), (1, 0), (5, 4)))
+        print("ok")
+        """
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"

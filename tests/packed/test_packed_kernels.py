@@ -189,12 +189,13 @@ def test_kernels_run_as_plain_python_with_jit_disabled():
         codes = rng.integers(-1, 2, (3, 130)).astype(np.int8)
         t = Ternary(codes, rng.random((3, 2)).astype(np.float32), granularity="group",
                     group_size=100)
-        x = rng.standard_normal((2, 130)).astype(np.float32)
-        ref = x.astype(np.float64) @ t.dense().astype(np.float64).T
-        for fmt in FORMATS:
-            for act in ("float32", "int8"):
-                y = linear(x, pack(t, fmt), act)
-                assert np.allclose(y, ref, rtol=0.05, atol=0.05 * np.abs(ref).max()), (fmt, act)
+        for n in (2, 9):  # the GEMV kernels, then the tiled GEMM kernels
+            x = rng.standard_normal((n, 130)).astype(np.float32)
+            ref = x.astype(np.float64) @ t.dense().astype(np.float64).T
+            for fmt in FORMATS:
+                for act in ("float32", "int8"):
+                    y = linear(x, pack(t, fmt), act)
+                    assert np.allclose(y, ref, rtol=0.05, atol=0.05 * np.abs(ref).max()), (fmt, act)
         print("ok")
         """
     )
