@@ -278,6 +278,13 @@ def _add_compare(sub):
         default="first_last",
         choices=["first_last", "first", "last", "none"],
     )
+    p.add_argument(
+        "--start",
+        default="scratch",
+        choices=["scratch", "fp"],
+        help="methods start from the seeded initialisation (default) or from the trained "
+        "full-precision baseline, then train --epochs more (fine-tuning)",
+    )
     p.add_argument("--out", default=None, help="folder for compare.json/.csv/.md (and .png)")
     p.add_argument("--plot", action="store_true", help="also write compare.png (needs --out)")
     p.add_argument("--data-dir", default=None)
@@ -313,6 +320,7 @@ def _run_compare(args) -> int:
         seeds=args.seeds,
         first_seed=args.first_seed,
         keep_full_precision=args.keep_full_precision,
+        start=args.start,
         data_dir=args.data_dir,
         progress=not args.quiet,
         command=command,

@@ -12,6 +12,13 @@ the ones asked for) under one recipe and measures, for each:
 
 A method that raises or diverges gets a row saying what happened, and the run goes on; an
 interrupt (Ctrl-C) stops the run with the rows finished so far written.
+
+Where each method starts (``start``): ``"scratch"`` (default) builds every model from the same
+seeded initialisation, so all rows have the same budget. ``"fp"`` starts every method from the
+trained full-precision baseline of the same seed (its weights and BatchNorm statistics) and
+trains it for ``epochs`` more: the recipe of the papers that fine-tune a pretrained network (TTQ
+and ProxQuant on CIFAR, INQ, ADMM, EC2T). The table then states that the methods had the
+baseline's epochs on top of their own.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 from ternref import _validate
 
 FULL_PRECISION = "fp"
+STARTS = ("scratch", "fp")
 
 
 @dataclass
@@ -204,7 +212,8 @@ class Comparison:
             "",
             f"{s['epochs']} epochs, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']:g}, "
             f"{s['schedule']} schedule, seeds {s['seed_values']}, first and last weight layers "
-            f"in full precision ({s['keep_full_precision']}). Accuracy is the test accuracy after "
+            f"in full precision ({s['keep_full_precision']}). {_start_sentence(s)}"
+            f"Accuracy is the test accuracy after "
             f"the last epoch (mean ± std over seeds); gap is to the full-precision row; packed "
             f"size is the saved `.npz` inference file; bits/w counts codes and scales of the "
             f"ternary layers.",
@@ -222,6 +231,16 @@ class Comparison:
         if self.interrupted:
             lines += ["", "**Interrupted**: the rows above are the ones finished before the stop."]
         return "\n".join(lines) + "\n"
+
+
+def _start_sentence(settings: dict) -> str:
+    if settings.get("start", "scratch") == "fp":
+        return (
+            f"Every method starts from the trained full-precision baseline of its seed and trains "
+            f"{settings['epochs']} more epochs (fine-tuning, as the papers that start from a "
+            f"pretrained network). "
+        )
+    return "Every run starts from the same seeded initialisation. "
 
 
 def _fmt(value, fn) -> str:
@@ -262,8 +281,43 @@ def _versions() -> dict:
     }
 
 
-def _run_one(method_name, dataset, args, seed, bar, teacher=None) -> dict:
-    """Train one (method, seed); return accuracy, sparsity, timings and the trained model."""
+def copy_state(source, target) -> None:
+    """Copy the parameters and BatchNorm running statistics of ``source`` into ``target``.
+
+    Both must have the same architecture (the same module types in the same order, parameters of
+    the same shapes); the arrays are copied, never shared, so training ``target`` leaves
+    ``source`` as it was.
+    """
+    from ternref.nn.module import Parameter
+
+    src, dst = list(source.modules()), list(target.modules())
+    kinds = [type(m).__name__ for m in src], [type(m).__name__ for m in dst]
+    if kinds[0] != kinds[1]:
+        raise ValueError(
+            f"copy_state: the two models differ in architecture: {kinds[0]} vs {kinds[1]}"
+        )
+    for a, b in zip(src, dst):
+        for key, value in vars(a).items():
+            if isinstance(value, Parameter):
+                mine = getattr(b, key)
+                if mine.data.shape != value.data.shape:
+                    raise ValueError(
+                        f"copy_state: {type(a).__name__}.{key} has shape {value.data.shape} in "
+                        f"the source and {mine.data.shape} in the target"
+                    )
+                mine.data[...] = value.data
+            elif key in ("running_mean", "running_var"):
+                getattr(b, key)[...] = value
+            elif key == "num_batches_tracked":
+                setattr(b, key, value)
+
+
+def _run_one(method_name, dataset, args, seed, bar, teacher=None, start_from=None) -> dict:
+    """Train one (method, seed); return accuracy, sparsity, timings and the trained model.
+
+    ``start_from``: a trained model of the same architecture whose state the new model starts
+    from (before its layers are quantized), or ``None`` for the seeded initialisation.
+    """
     from ternref import methods
     from ternref.recipes import build_model, build_optimizer, build_schedule
     from ternref.train import Callback, fit
@@ -277,6 +331,8 @@ def _run_one(method_name, dataset, args, seed, bar, teacher=None) -> dict:
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
     )
     model = build_model(args["model"], dataset.image_shape, dataset.n_classes, init_rng)
+    if start_from is not None:
+        copy_state(start_from, model)
     callbacks, loss = [], None
     if method_name != FULL_PRECISION:
         extra = {"teacher": teacher} if methods.requires_teacher(method_name) else {}
@@ -362,6 +418,7 @@ def compare(
     seeds: int = 1,
     first_seed: int = 0,
     keep_full_precision: str = "first_last",
+    start: str = "scratch",
     data_dir=None,
     progress: bool = True,
     command: str | None = None,
@@ -379,6 +436,9 @@ def compare(
         Epochs per run (default: the recipe's).
     seeds : int
         Number of seeds; seeds ``first_seed .. first_seed + seeds - 1``.
+    start : {"scratch", "fp"}
+        Where each method starts: the seeded initialisation, or the trained full-precision
+        baseline of the same seed (then trained ``epochs`` more; see the module doc).
     on_row : callable, optional
         Called with the :class:`Comparison` after each finished row (the CLI writes files there,
         so an interrupt leaves the finished rows on disk).
@@ -393,6 +453,7 @@ def compare(
     r = recipe(model, dataset)
     epochs = r.epochs if epochs is None else _validate.integer(epochs, "epochs", low=1)
     seeds = _validate.integer(seeds, "seeds", low=1)
+    _validate.one_of(start, "start", STARTS)
     names = registry.names() if methods is None else list(methods)
     unknown = [m for m in names if m != FULL_PRECISION and m not in registry.names()]
     if unknown:
@@ -414,6 +475,7 @@ def compare(
         "seeds": seeds,
         "seed_values": seed_values,
         "keep_full_precision": keep_full_precision,
+        "start": start,
         "machine": machine_description(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **_versions(),
@@ -446,7 +508,11 @@ def compare(
             for seed in seed_values:
                 done_before = bar.n
                 try:
-                    run = _run_one(name, data, args, seed, bar, teachers.get(seed))
+                    fp_model = teachers.get(seed)
+                    if start == "fp" and name != FULL_PRECISION and fp_model is None:
+                        raise RuntimeError("the full-precision baseline of this seed failed")
+                    begin = fp_model if start == "fp" and name != FULL_PRECISION else None
+                    run = _run_one(name, data, args, seed, bar, fp_model, start_from=begin)
                 except KeyboardInterrupt:
                     raise
                 except FloatingPointError as exc:

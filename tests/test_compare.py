@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ternref import methods
-from ternref.compare import compare, write_outputs
+from ternref.compare import compare, copy_state, write_outputs
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer
 
 ROW_KEYS = {
@@ -45,6 +45,7 @@ SETTINGS_KEYS = {
     "seeds",
     "seed_values",
     "keep_full_precision",
+    "start",
     "machine",
     "date",
     "ternref",
@@ -178,3 +179,52 @@ def test_seeds_give_mean_and_std():
 def test_unknown_methods_are_refused_before_training():
     with pytest.raises(ValueError, match="unknown method"):
         compare("digits", "mlp", ["nope"], epochs=1, progress=False)
+
+
+def test_copy_state_copies_parameters_and_running_stats_without_sharing():
+    from ternref.nn.models import lenet5
+
+    rng = np.random.default_rng(0)
+    source, target = lenet5(rng=rng), lenet5(rng=rng)
+    source.train()(rng.standard_normal((4, 1, 28, 28)).astype(np.float32))  # moves BN stats
+    copy_state(source, target)
+    for a, b in zip(source.parameters(), target.parameters()):
+        assert np.array_equal(a.data, b.data) and not np.shares_memory(a.data, b.data)
+    pairs = zip(source.modules(), target.modules())
+    bn_pairs = [(a, b) for a, b in pairs if hasattr(a, "running_var")]
+    assert bn_pairs
+    for a, b in bn_pairs:
+        assert np.array_equal(a.running_mean, b.running_mean)
+        assert np.array_equal(a.running_var, b.running_var)
+        assert a.num_batches_tracked == b.num_batches_tracked == 1
+    target.parameters()[0].data += 1.0
+    assert not np.array_equal(source.parameters()[0].data, target.parameters()[0].data)
+
+
+def test_copy_state_refuses_a_different_architecture():
+    from ternref.nn.models import mlp
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="architecture"):
+        copy_state(mlp([4, 3, 2], rng=rng), mlp([4, 3, 3, 2], rng=rng))
+    with pytest.raises(ValueError, match="shape"):
+        copy_state(mlp([4, 3, 2], rng=rng), mlp([4, 5, 2], rng=rng))
+
+
+def test_start_from_the_full_precision_baseline(monkeypatch):
+    import ternref.compare as cmp
+
+    real, starts = cmp._run_one, {}
+
+    def spy(name, *args, **kwargs):
+        starts[name] = kwargs.get("start_from")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(cmp, "_run_one", spy)
+    result = compare("digits", "mlp", ["twn"], epochs=1, start="fp", progress=False)
+    assert starts["fp"] is None and starts["twn"] is not None  # the trained baseline
+    assert [r.status for r in result.rows] == ["ok", "ok"]
+    assert result.settings["start"] == "fp"
+    assert "starts from the trained full-precision baseline" in result.to_markdown()
+    with pytest.raises(ValueError, match="start"):
+        compare("digits", "mlp", ["twn"], epochs=1, start="pretrained", progress=False)
