@@ -265,7 +265,23 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
+    # what this process may actually use: a run pinned with taskset or limited by thread
+    # variables times differently from one that has the whole machine
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    if usable != os.cpu_count():
+        text += f", {usable} usable by this process"
+    limits = [
+        f"{k}={os.environ[k]}"
+        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+        if k in os.environ
+    ]
+    if limits:
+        text += ", " + " ".join(limits)
+    return text
 
 
 def _versions() -> dict:
