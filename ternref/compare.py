@@ -524,10 +524,11 @@ def compare(
             for seed in seed_values:
                 done_before = bar.n
                 try:
-                    fp_model = teachers.get(seed)
-                    if start == "fp" and name != FULL_PRECISION and fp_model is None:
+                    fp_model = teachers.get(seed)  # teacher of distillation, start of "fp"
+                    from_fp = start == "fp" and name != FULL_PRECISION
+                    if from_fp and fp_model is None:
                         raise RuntimeError("the full-precision baseline of this seed failed")
-                    begin = fp_model if start == "fp" and name != FULL_PRECISION else None
+                    begin = fp_model if from_fp else None
                     run = _run_one(name, data, args, seed, bar, fp_model, start_from=begin)
                 except KeyboardInterrupt:
                     raise

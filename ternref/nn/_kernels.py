@@ -44,7 +44,8 @@ __all__ = [
 # Only reassociation (and fused multiply-add): lets LLVM vectorise the per-channel sums, keeps
 # IEEE NaN/inf semantics (no 'nnan'/'ninf', so a NaN input still gives a NaN output).
 _REASSOC = {"reassoc", "contract"}
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+"""Input dtypes the kernels are compiled for; any other float dtype runs the NumPy twin."""
 
 
 def pool_windows(h: int, w: int, kernel_size, stride):
@@ -146,7 +147,7 @@ def maxpool2d_forward(x: np.ndarray, kernel_size, stride):
     Only the 2x2/stride-2 case, the one every model here uses, has a kernel: a general kh x kw
     loop with short inner loops measured slower than the twin's whole-array passes.
     """
-    if x.dtype in _KERNEL_DTYPES and tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2):
+    if x.dtype in KERNEL_DTYPES and tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2):
         # outputs allocated by NumPy, not inside the kernel: NumPy asks Linux for huge pages on
         # large arrays, which halves the page-fault cost of first touching 10+ MB
         n, c, h, w = x.shape
@@ -181,16 +182,17 @@ def maxpool2d_backward(dy: np.ndarray, cache, kernel_size, stride) -> np.ndarray
 
 
 def batchnorm_train_forward_numpy(x3: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps):
-    """``(y3, mu, var)`` for x3 of shape (N, C, P); mu, var per channel (biased variance)."""
+    """``(y3, mu, var, inv_std)`` for x3 of shape (N, C, P); per channel, biased variance and
+    ``inv_std = 1 / sqrt(var + eps)`` (the layer's backward needs it)."""
     dt = x3.dtype.type
     m = x3.shape[0] * x3.shape[2]
     mu = x3.mean(axis=(0, 2))
     xc = x3 - mu[None, :, None]
     var = np.einsum("ncp,ncp->c", xc, xc) / dt(m)  # no (N, C, P) temporary
-    a = gamma * (1.0 / np.sqrt(var + dt(eps)))
-    y3 = np.multiply(xc, a[None, :, None], out=xc)
+    inv_std = 1.0 / np.sqrt(var + dt(eps))
+    y3 = np.multiply(xc, (gamma * inv_std)[None, :, None], out=xc)
     y3 += beta[None, :, None]
-    return y3, mu, var
+    return y3, mu, var, inv_std
 
 
 def batchnorm_train_backward_numpy(dy3, x3, mu, inv_std, a):
@@ -276,26 +278,26 @@ def _batchnorm_dx_kernel(dy3, x3, mu, a, k1, k0, dx):
 
 
 def batchnorm_train_forward(x3: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps):
-    """``(y3, mu, var)`` as :func:`batchnorm_train_forward_numpy`; the kernel for float32/64.
-
-    ``mu`` and ``var`` come back in x3's dtype in both paths.
+    """``(y3, mu, var, inv_std)`` as :func:`batchnorm_train_forward_numpy`; the kernel for
+    float32/64. The statistics come back in x3's dtype in both paths.
     """
-    if x3.dtype not in _KERNEL_DTYPES:
+    if x3.dtype not in KERNEL_DTYPES:
         return batchnorm_train_forward_numpy(x3, gamma, beta, eps)
     x3 = np.ascontiguousarray(x3)
     mu64, var64 = _channel_mean_var_kernel(x3)
     dt = x3.dtype
     mu, var = mu64.astype(dt), var64.astype(dt)
-    a = gamma.astype(dt, copy=False) * (1.0 / np.sqrt(var + dt.type(eps)))
+    inv_std = 1.0 / np.sqrt(var + dt.type(eps))
+    a = gamma.astype(dt, copy=False) * inv_std
     shift = beta.astype(dt, copy=False) - mu * a  # y = a (x - mu) + beta = a x + (beta - a mu)
     y3 = np.empty_like(x3)  # NumPy's allocation: huge pages (see maxpool2d_forward)
     _channel_affine_kernel(x3, a, shift, y3)
-    return y3, mu, var
+    return y3, mu, var, inv_std
 
 
 def batchnorm_train_backward(dy3, x3, mu, inv_std, a):
     """``(dx3, dgamma, dbeta)`` as :func:`batchnorm_train_backward_numpy`; kernel for float32/64."""
-    if dy3.dtype not in _KERNEL_DTYPES or x3.dtype != dy3.dtype:
+    if dy3.dtype not in KERNEL_DTYPES or x3.dtype != dy3.dtype:
         return batchnorm_train_backward_numpy(dy3, x3, mu, inv_std, a)
     dy3, x3 = np.ascontiguousarray(dy3), np.ascontiguousarray(x3)
     dt = dy3.dtype

@@ -566,8 +566,7 @@ class _BatchNorm(Module):
                 )
             # mu, biased var, y = gamma (x - mu) / sqrt(var + eps) + beta: one kernel (or its
             # NumPy twin) in ternref.nn._kernels
-            y3, mu, var = _kernels.batchnorm_train_forward(x3, gamma, beta, self.eps)
-            inv_std = 1.0 / np.sqrt(var + dt(self.eps))
+            y3, mu, var, inv_std = _kernels.batchnorm_train_forward(x3, gamma, beta, self.eps)
             # running estimates: unbiased variance (m/(m-1)) as torch.nn.BatchNorm does
             mom = self.momentum
             self.running_mean *= 1.0 - mom
@@ -578,10 +577,11 @@ class _BatchNorm(Module):
         else:
             mu = self.running_mean.astype(x.dtype)
             inv_std = 1.0 / np.sqrt(self.running_var.astype(x.dtype) + dt(self.eps))
-            # y = gamma * xhat + beta = x * (gamma s) + (beta - mu gamma s)
-            y3 = x3 * (gamma * inv_std)[None, :, None]
-            y3 += (beta - mu * gamma * inv_std)[None, :, None]
         a = gamma * inv_std
+        if not self.training:
+            # y = gamma * xhat + beta = x * (gamma s) + (beta - mu gamma s)
+            y3 = x3 * a[None, :, None]
+            y3 += (beta - mu * a)[None, :, None]
         # x is kept by reference (no copy): do not modify the input in place before backward
         self._cache = (x3, x.shape, mu, inv_std, a, self.training)
         return y3.reshape(x.shape)

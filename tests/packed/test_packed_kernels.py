@@ -2,10 +2,7 @@
 activation types. Float results are checked against a float64 dense product with a bound derived
 from K; int8 results are checked for exact equality with an independent integer product."""
 
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -176,10 +173,9 @@ def test_linear_refuses_bad_arguments():
         linear(np.ones(4, np.float32), np.ones((3, 4)))
 
 
-def test_kernels_run_as_plain_python_with_jit_disabled():
+def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
     """NUMBA_DISABLE_JIT=1: the same kernels execute line by line as Python (debugger path)."""
-    script = textwrap.dedent(
-        """
+    script = """
         import numpy as np
         from ternref import Ternary
         from ternref.packed import FORMATS, linear, pack
@@ -198,13 +194,7 @@ def test_kernels_run_as_plain_python_with_jit_disabled():
                     assert np.allclose(y, ref, rtol=0.05, atol=0.05 * np.abs(ref).max()), (fmt, act)
         print("ok")
         """
-    )
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "ok"
+    run_without_jit(script)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
