@@ -459,9 +459,8 @@ def compare(
         Called with the :class:`Comparison` after each finished row (the CLI writes files there,
         so an interrupt leaves the finished rows on disk).
     """
-    from tqdm import tqdm
-
     from ternref import methods as registry
+    from ternref._progress import progress_bar, progress_line
     from ternref.data import load_dataset
     from ternref.recipes import recipe
 
@@ -507,13 +506,10 @@ def compare(
     }
     result = Comparison(rows=[], settings=settings)
     teachers = {}
-    bar = tqdm(
-        total=len(names) * seeds * epochs,
-        desc="compare",
-        unit="epoch",
-        disable=not progress,
-        file=sys.stderr,
+    bar = progress_bar(
+        enabled=progress, total=len(names) * seeds * epochs, desc="compare", unit="epoch"
     )
+    n_runs, runs_done = len(names) * seeds, 0
     try:
         for name in names:
             if name == FULL_PRECISION:
@@ -534,12 +530,15 @@ def compare(
                     raise
                 except FloatingPointError as exc:
                     row.status, row.error = "diverged", str(exc)
+                    outcome = f"diverged: {exc}"
                 except Exception as exc:  # noqa: BLE001 - reported in the row, run goes on
                     row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+                    outcome = f"failed: {row.error}"
                 else:
                     if name == FULL_PRECISION:
                         teachers[seed] = run["model"]  # distillation methods learn from it
                     row.accuracies.append(run["accuracy"])
+                    outcome = f"test accuracy {100 * run['accuracy']:.2f} %"
                     if run["sparsity"] is not None:
                         row.sparsities.append(run["sparsity"])
                     row.epoch_seconds.append(run["epoch_seconds"])
@@ -555,6 +554,12 @@ def compare(
                             row.packed_seconds = stats["seconds"]
                             row.packed_agreement = stats["agreement"]
                 bar.update(epochs - (bar.n - done_before))  # a failed run skips its epochs
+                runs_done += 1
+                progress_line(
+                    f"compare [{runs_done}/{n_runs}] {name} seed {seed}: {outcome}",
+                    enabled=progress,
+                    file=sys.stderr,
+                )
             result.rows.append(row)
             if on_row is not None:
                 on_row(result)

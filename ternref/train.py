@@ -128,14 +128,14 @@ def fit(
         reproducible unless asked otherwise.
     callbacks : sequence of Callback
     progress : bool
-        Show a tqdm progress bar per epoch (off in tests).
+        Show a live progress bar per epoch on a terminal, and one line per epoch (on a terminal
+        or a log); ``False`` prints nothing (see :mod:`ternref._progress`).
 
     Returns
     -------
     History
     """
-    from tqdm import tqdm
-
+    from ternref._progress import progress_bar, progress_line
     from ternref.nn.losses import CrossEntropyLoss
 
     epochs = _validate.integer(epochs, "epochs", low=1)
@@ -154,11 +154,11 @@ def fit(
         seen = correct = 0
         loss_sum = 0.0
         start = time.perf_counter()
-        bar = tqdm(
+        bar = progress_bar(
             batches(dataset.x_train, dataset.y_train, batch_size, rng=rng),
+            enabled=progress,
             total=n_batches,
             desc=f"epoch {epoch}/{epochs}",
-            disable=not progress,
             leave=False,
             unit="batch",
         )
@@ -183,7 +183,7 @@ def fit(
             seen += len(yb)
             loss_sum += batch_loss * len(yb)
             correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
-            if progress:
+            if not bar.disable:
                 bar.set_postfix(
                     loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False
                 )
@@ -201,12 +201,12 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_end(model, epoch, record)
         history.records.append(record)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch:>3}/{epochs}  loss {record['loss']:.4f}  "
-                f"train {record['train_acc']:.4f}  test {record['test_acc']:.4f}  "
-                f"({seconds:.1f} s)"
-            )
+        progress_line(
+            f"epoch {epoch:>3}/{epochs}  loss {record['loss']:.4f}  "
+            f"train {record['train_acc']:.4f}  test {record['test_acc']:.4f}  "
+            f"({seconds:.1f} s)",
+            enabled=progress,
+        )
         if schedule is not None:
             schedule.step()
     return history

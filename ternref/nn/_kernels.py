@@ -26,8 +26,9 @@ the kernel itself (measured: a 41 MB im2col output, 22 ms with a Numba allocatio
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from ternref._jit import njit
 
 __all__ = [
     "maxpool2d_forward",
@@ -96,7 +97,7 @@ def maxpool2d_backward_numpy(x: np.ndarray, y: np.ndarray, dy: np.ndarray, kerne
     return dx
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _maxpool2x2_forward_kernel(x, y, arg):
     """2x2 windows, stride 2 (floor mode): y and the routed offset (0..3, -1 for a NaN window)."""
     n, c, oh, ow = y.shape
@@ -123,7 +124,7 @@ def _maxpool2x2_forward_kernel(x, y, arg):
                     arg_row[s] = -1 if nan else where
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _maxpool2x2_backward_kernel(dy, arg, dx):
     """dx[.., 2r + k // 2, 2s + k % 2] = dy[.., r, s] for the routed offset k, 0 elsewhere."""
     n, c, oh, ow = dy.shape
@@ -208,7 +209,7 @@ def batchnorm_train_backward_numpy(dy3, x3, mu, inv_std, a):
     return dx3, dgamma, dbeta
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_REASSOC)
+@njit(nogil=True, fastmath=_REASSOC)
 def _channel_mean_var_kernel(x3):
     """Per-channel mean and biased variance, two passes, float64 accumulators."""
     n, c, p = x3.shape
@@ -231,7 +232,7 @@ def _channel_mean_var_kernel(x3):
     return mu, var
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _channel_affine_kernel(x3, scale, shift, y):
     """``y[n, c, p] = x[n, c, p] * scale[c] + shift[c]``."""
     n, c, p = x3.shape
@@ -243,7 +244,7 @@ def _channel_affine_kernel(x3, scale, shift, y):
                 y[i, j, k] = x3[i, j, k] * sc + sh
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_REASSOC)
+@njit(nogil=True, fastmath=_REASSOC)
 def _channel_grad_sums_kernel(dy3, x3, mu):
     """Per channel: ``sum(dy)`` and ``sum(dy * (x - mu))``, float64 accumulators."""
     n, c, p = dy3.shape
@@ -263,7 +264,7 @@ def _channel_grad_sums_kernel(dy3, x3, mu):
     return s_dy, s_dyxc
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _batchnorm_dx_kernel(dy3, x3, mu, a, k1, k0, dx):
     """``dx = a dy - (x - mu) k1 - k0`` per channel."""
     n, c, p = dy3.shape
@@ -317,7 +318,7 @@ def batchnorm_train_backward(dy3, x3, mu, inv_std, a):
 # ------------------------------------------------------------------------------ col2im
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def col2im_t_kernel(cols_t, kh, kw, sh, sw, ph, pw, oh, ow, dx):
     """``dx += col2im(cols_t.T)``: the twin is the strided-slice loop of
     :func:`ternref.nn.functional.col2im_t`.

@@ -21,13 +21,14 @@ pattern LLVM vectorizes by itself (measured: 4x4 register blocking gave nothing 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from ternref._jit import njit
 
 TILE_ROWS = 16
 """Weight rows dequantized per tile (16 x K float32: 256 KiB at K = 4096)."""
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@njit(fastmath={"reassoc", "contract"})
 def tile_matmul(xp, buf, nr, y, r0):
     """``y[:, r0:r0+nr] = xp @ buf[:nr].T`` with 4 x 4 register blocking."""
     n_x, length = xp.shape
@@ -79,7 +80,7 @@ def tile_matmul(xp, buf, nr, y, r0):
                             y[n0 + a, r0 + i0 + b] = res[a][b]
 
 
-@njit(cache=True)
+@njit
 def tile_dot_i8(xq, buf, nr, seg, out):
     """``out[n, i, g] = sum_{k in group g} xq[n, k] * buf[i, k]`` exactly, in int32.
 
@@ -99,7 +100,7 @@ def tile_dot_i8(xq, buf, nr, seg, out):
                 out[n, i, g] = acc
 
 
-@njit(cache=True)
+@njit
 def i8_epilogue(d, s, xsumq, inv_s, sp, sn, so, r0, nr, asym, has_offset, y):
     """``y[n, r0 + i]`` from the exact group sums of one tile (float64 arithmetic).
 

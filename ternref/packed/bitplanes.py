@@ -32,8 +32,9 @@ mixed-precision neural network inference on the edge. ACM TECS 21(5). doi:10.114
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ternref._jit import njit
 from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
 
 BLOCK = 64
@@ -66,7 +67,7 @@ def decode(arrays: dict) -> np.ndarray:
     return (p.astype(np.int8) - n.astype(np.int8)).reshape(m, words * 64)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot_f32(pos, neg, xp, xsum, sp, sn, so, asym, has_offset, y):
     """float32-lane dot products; arguments as :func:`ternref.packed.i2.dot_f32`."""
     m = pos.shape[0]
@@ -155,7 +156,7 @@ def dot_f32_numpy(pos, neg, xp, xsum, sp, sn, so, asym, has_offset, y):
         y[n] = yr
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot_i8(pos, neg, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
     """int32-lane dot products; arguments as :func:`ternref.packed.i2.dot_i8`."""
     m = pos.shape[0]
@@ -233,7 +234,7 @@ def dot_i8_numpy(pos, neg, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
         y[n] = yr * inv_s[n]
 
 
-@njit(cache=True)
+@njit
 def dequant_row(pos, neg, r, lut, out_row):
     """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
     values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
@@ -255,14 +256,14 @@ def dequant_row(pos, neg, r, lut, out_row):
             out_row[b * BLOCK + k] = v2 if p == 1 else (v0 if q == 1 else v1)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dequant_tile(pos, neg, r0, lut, out):
     """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
     for i in prange(out.shape[0]):
         dequant_row(pos, neg, r0 + i, lut, out[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm_f32(pos, neg, xp, lut, y):
     """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
     buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
@@ -277,7 +278,7 @@ def gemm_f32(pos, neg, xp, lut, y):
         tile_matmul(xp, buf, nr, y, r0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm_i8(pos, neg, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
     """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
     (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with

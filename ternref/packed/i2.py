@@ -34,7 +34,7 @@ For asymmetric scales it needs the two sides separately: ``[c = +1] = q >> 1`` a
 
 Kernels
 -------
-Each jitted kernel (``@njit(parallel=True, cache=True)``, parallel over output rows) has a NumPy
+Each jitted kernel (``@njit(parallel=True)``, parallel over output rows) has a NumPy
 twin ``*_numpy`` running the same algorithm on whole columns of rows: the same 32 float32
 accumulator lanes per row, filled block by block in the same order, summed lane 0 to lane 31,
 then the same float64 epilogue. Because Numba compiles without ``fastmath`` (no reassociation, no
@@ -51,8 +51,9 @@ bits. arXiv:2402.17764. (bitnet.cpp I2_S: Wang, J., et al. 2024, arXiv:2410.1614
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ternref._jit import njit
 from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
 
 BLOCK = 128
@@ -89,7 +90,7 @@ def decode(arrays: dict) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # float32 activations
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot_f32(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
     """``y[n, r] = sum_g (scaled code-dot of row r and x[n] over group g)``, float32 lanes.
 
@@ -228,7 +229,7 @@ def dot_f32_numpy(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
 # ---------------------------------------------------------------------------------------------
 # int8 activations: int32 lanes, exact integer sums, float64 epilogue
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot_i8(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
     """Integer twin of :func:`dot_f32`: ``xq`` int8 (N, L), int32 lanes, ``xsumq`` int64 (N, G).
 
@@ -330,7 +331,7 @@ def dot_i8_numpy(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
 # ---------------------------------------------------------------------------------------------
 # dequantized row tiles (for GEMM through BLAS)
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit
 def dequant_row(codes, r, lut, out_row):
     """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
     values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
@@ -356,14 +357,14 @@ def dequant_row(codes, r, lut, out_row):
             out_row[base + 96 + j] = v0 if q3 == 0 else (v1 if q3 == 1 else v2)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dequant_tile(codes, r0, lut, out):
     """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
     for i in prange(out.shape[0]):
         dequant_row(codes, r0 + i, lut, out[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm_f32(codes, xp, lut, y):
     """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
     buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
@@ -378,7 +379,7 @@ def gemm_f32(codes, xp, lut, y):
         tile_matmul(xp, buf, nr, y, r0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm_i8(codes, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
     """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
     (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with

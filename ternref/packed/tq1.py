@@ -52,8 +52,9 @@ https://github.com/ggml-org/llama.cpp/pull/8151; https://compilade.net/blog/tern
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ternref._jit import njit
 from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
 
 BLOCK = 160
@@ -92,7 +93,7 @@ def decode(arrays: dict) -> np.ndarray:
     return (t.astype(np.int8) - 1).reshape(m, nbytes * 5)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot_f32(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
     """float32-lane dot products; arguments as :func:`ternref.packed.i2.dot_f32`."""
     m = codes.shape[0]
@@ -219,7 +220,7 @@ def dot_f32_numpy(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
         y[n] = yr
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dot_i8(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
     """int32-lane dot products; arguments as :func:`ternref.packed.i2.dot_i8`."""
     m = codes.shape[0]
@@ -315,7 +316,7 @@ def dot_i8_numpy(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
         y[n] = yr * inv_s[n]
 
 
-@njit(cache=True)
+@njit
 def dequant_row(codes, r, lut, out_row):
     """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
     values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
@@ -343,14 +344,14 @@ def dequant_row(codes, r, lut, out_row):
             out_row[base + 128 + j] = v0 if t4 == 0 else (v1 if t4 == 1 else v2)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def dequant_tile(codes, r0, lut, out):
     """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
     for i in prange(out.shape[0]):
         dequant_row(codes, r0 + i, lut, out[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm_f32(codes, xp, lut, y):
     """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
     buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
@@ -365,7 +366,7 @@ def gemm_f32(codes, xp, lut, y):
         tile_matmul(xp, buf, nr, y, r0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def gemm_i8(codes, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
     """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
     (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with
