@@ -46,6 +46,16 @@ R_NESTED_NAMES = (
     "fe000002100000000100040009000000017900000402000001ff00000010000000010004000900000001620000"
     "00fe00000402000001ff0000001000000002000400090000000170000400090000000171000000fe"
 )
+# serialize(list(p = structure("x", class = "k"), q = structure("y", names = "a",
+#     class = "k2")), NULL, version = 3): symbols class (1) and names (2), then references to
+#     each (0x000001ff, 0x000002ff).
+R_TWO_SYMBOLS = (
+    "580a000000030004020200030500000000055554462d3800000213000000020000031000000001000400090000"
+    "00017800000402000000010004000900000005636c617373000000100000000100040009000000016b000000fe"
+    "0000031000000001000400090000000179000004020000000100040009000000056e616d657300000010000000"
+    "0100040009000000016100000402000001ff000000100000000100040009000000026b32000000fe0000040200"
+    "0002ff0000001000000002000400090000000170000400090000000171000000fe"
+)
 # serialize(c(TRUE, NA, FALSE), NULL, version = 3)
 R_LOGICAL = "580a000000030004020200030500000000055554462d380000000a00000003000000018000000000000000"
 # serialize(1:3, NULL, version = 3): an ALTREP compact integer sequence.
@@ -113,6 +123,7 @@ class RWriter:
         return self.header() + item
 
     def char(self, s, levels=None, raw=None):
+        """A string: ``s`` (None for NA), or the bytes ``raw`` flagged with ``levels``."""
         if s is None and raw is None:
             return self.i32(9, -1)
         data = raw if raw is not None else s.encode("utf-8")
@@ -214,6 +225,17 @@ def test_symbol_references_written_by_r():
     assert [v.attribute_strings("names") for v in obj.values] == [["a"], ["b"]]
 
 
+def test_two_symbols_and_their_references_written_by_r():
+    obj = unserialize(bytes.fromhex(R_TWO_SYMBOLS))
+    assert obj.attribute_strings("names") == ["p", "q"]
+    p, q = obj.values
+    assert list(p.attributes) == ["class"] and p.attribute_strings("class") == ["k"]
+    assert list(q.attributes) == ["names", "class"]
+    assert q.attribute_strings("names") == ["a"] and q.attribute_strings("class") == ["k2"]
+    with pytest.raises(ValueError, match="is an R k; only character vectors"):
+        as_text_object(p, "p")
+
+
 def test_logical_and_null_written_by_r():
     assert unserialize(bytes.fromhex(R_LOGICAL)) == RVector("logical", [True, None, False])
     assert unserialize(bytes.fromhex(R_CHARACTER_V3[:46] + "000000fe")) is None
@@ -221,12 +243,9 @@ def test_logical_and_null_written_by_r():
 
 def test_writer_reproduces_r_byte_for_byte():
     w = RWriter()
-    x = w.strsxp(["a", None, "\u00a35", None, ""])
-    x = x.replace(
-        RWriter.i32(9, -1), w.char("\u00e9", RWriter.LATIN1, "\u00e9".encode("latin-1")), 2
-    )
-    x = x.replace(w.char("\u00e9", RWriter.LATIN1, b"\xe9"), RWriter.i32(9, -1), 1)
-    assert w.serialize(x) == bytes.fromhex(R_CHARACTER_V3)
+    latin1_e = w.char(None, RWriter.LATIN1, "\u00e9".encode("latin-1"))
+    strings = [w.char("a"), w.char(None), w.char("\u00a35"), latin1_e, w.char("")]
+    assert w.serialize(w._vector(16, 5, b"".join(strings), None)) == bytes.fromhex(R_CHARACTER_V3)
     w = RWriter()
     assert w.serialize(w.data_frame({"a": ["x", "y"], "b": ["\u00a3", None]})) == bytes.fromhex(
         R_DATA_FRAME
