@@ -16,8 +16,8 @@ The lazy-load database
                      variables    named list; element x is integer c(offset, length): object x
                                   is bytes [offset, offset + length) of the .rdb file
                      references   named list of environments the objects share (must be empty)
-                     compressed   logical TRUE (zlib, R's default) or FALSE; 2 (bzip2) and
-                                  3 (xz) are refused
+                     compressed   TRUE or 1 (zlib, R's default), FALSE or 0 (none);
+                                  2 (bzip2) and 3 (xz) are refused
     <prefix>.rdb   the objects, one after another; each object's bytes are
                      if compressed: a 4-byte big-endian length of the serialization, then a
                                     zlib stream that inflates to exactly that many bytes
@@ -47,8 +47,10 @@ A serialization (format ``X``: XDR, that is big-endian binary; R's default)
            character  16  int32 n, then n string items
            list       19  int32 n, then n items
            pairlist    2  [attributes item] [tag item] value item, then the rest of the list
-                          (another pairlist node, or NULL); used here only for attributes
-           symbol      1  a string item (its name); appended to the reference table
+                          (another pairlist node, or NULL); read here only as the attributes
+                          of a vector: nodes with a symbol tag and a vector value
+           symbol      1  a string item (its name); appended to the reference table; read
+                          here only as a tag
            reference 255  index = flags >> 8 (if 0, an int32 follows), 1-based into the
                           table of symbols read so far
            vectors (logical, integer, character, list) are followed by their attributes
@@ -70,7 +72,7 @@ are all character vectors (returned as a dict, column name to list).
 
 References
 ----------
-R Core Team, "R Internals", sections 1.8 "Serialization Formats" and 1.17 "Lazy loading"
+R Core Team, "R Internals", sections "Serialization Formats" and "Lazy loading"
 (https://cran.r-project.org/doc/manuals/r-release/R-ints.html); R's ``src/main/serialize.c``
 (``ReadItem``, ``R_lazyLoadDBinsertValue``) and ``src/library/base/R/lazyload.R``. The layout
 above was checked against files written by R 4.2 (``serialize``, ``saveRDS``,
@@ -452,8 +454,8 @@ class LazyLoadDB:
         flag = compressed.values[0] if len(compressed.values) == 1 else None
         if compressed.type not in ("logical", "integer") or flag not in (0, 1):
             raise ValueError(
-                f"{where}: compression {flag!r} not supported (only zlib, R's default "
-                "compress = TRUE, and none; 2 is bzip2, 3 is xz)"
+                f"{where}: compressed = {compressed.values} is not supported (only TRUE or 1, "
+                "zlib, R's default, and FALSE or 0, none; 2 is bzip2, 3 is xz)"
             )
         names = variables.attribute_strings("names") or []
         if len(names) != len(variables.values):
@@ -492,11 +494,15 @@ class LazyLoadDB:
             data = inflater.decompress(blob[4:], expected + 1)
         except zlib.error as e:
             raise ValueError(f"{where}: corrupt zlib stream: {e}") from None
-        if not inflater.eof or inflater.unused_data or len(data) != expected:
+        if len(data) > expected:
             raise ValueError(
-                f"{where}: zlib stream inflates to {len(data)} bytes "
-                f"({'complete' if inflater.eof else 'incomplete'}), header says {expected}"
+                f"{where}: zlib stream inflates to more than the {expected} bytes "
+                "its header announces"
             )
+        if not inflater.eof or len(data) != expected:
+            raise ValueError(f"{where}: zlib stream is truncated ({len(data)} of {expected} bytes)")
+        if inflater.unused_data:
+            raise ValueError(f"{where}: {len(inflater.unused_data)} bytes after the zlib stream")
         return data
 
     def read_object(self, name: str):

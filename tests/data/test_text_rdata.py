@@ -277,7 +277,7 @@ def test_lazyload_db_written_by_r(tmp_path):
 def test_xz_lazyload_db_is_refused(tmp_path):
     (tmp_path / "db3.rdb").write_bytes(bytes.fromhex(R_DB3_RDB))
     (tmp_path / "db3.rdx").write_bytes(bytes.fromhex(R_DB3_RDX))
-    with pytest.raises(ValueError, match=r"db3.rdx: compression 3 not supported"):
+    with pytest.raises(ValueError, match=r"db3.rdx: compressed = \[3\] is not supported"):
         LazyLoadDB(tmp_path / "db3")
 
 
@@ -471,9 +471,12 @@ def test_database_corrupt_objects(tmp_path):
     rdb = tmp_path / "db.rdb"
     good = rdb.read_bytes()
     offset_b = keys["b"][0]
-    # The length header disagrees with the inflated stream.
+    # The length header disagrees with the inflated stream, one way or the other.
     rdb.write_bytes(good[:offset_b] + struct.pack(">I", len(GOOD) + 1) + good[offset_b + 4 :])
-    with pytest.raises(ValueError, match=r"object 'b': zlib stream inflates to \d+ bytes"):
+    with pytest.raises(ValueError, match=r"object 'b': zlib stream is truncated \(\d+ of \d+"):
+        LazyLoadDB(tmp_path / "db").read("b")
+    rdb.write_bytes(good[:offset_b] + struct.pack(">I", len(GOOD) - 1) + good[offset_b + 4 :])
+    with pytest.raises(ValueError, match=r"object 'b': zlib stream inflates to more than the"):
         LazyLoadDB(tmp_path / "db").read("b")
     # Garbage instead of the zlib stream.
     rdb.write_bytes(good[: offset_b + 4] + b"\x00" * (len(good) - offset_b - 4))
@@ -485,11 +488,22 @@ def test_database_corrupt_objects(tmp_path):
         LazyLoadDB(tmp_path / "db")
 
 
+def test_database_entry_longer_than_its_zlib_stream(tmp_path):
+    blob = struct.pack(">I", len(GOOD)) + zlib.compress(GOOD) + b"junk"
+    variables = {
+        "variables": lambda w: w.vecsxp([w.intsxp([0, len(blob)])], {"names": w.strsxp(["a"])})
+    }
+    write_lazyload_db(tmp_path / "db", {"a": GOOD}, index_extra=variables)
+    (tmp_path / "db.rdb").write_bytes(blob)
+    with pytest.raises(ValueError, match="object 'a': 4 bytes after the zlib stream"):
+        LazyLoadDB(tmp_path / "db").read("a")
+
+
 def test_database_malformed_index(tmp_path):
     cases = [
-        ({"compressed": lambda w: w.intsxp([3])}, "compression 3 not supported"),
-        ({"compressed": lambda w: w.intsxp([1, 1])}, "compression None not supported"),
-        ({"compressed": lambda w: w.strsxp(["yes"])}, "compression 'yes' not supported"),
+        ({"compressed": lambda w: w.intsxp([3])}, r"compressed = \[3\] is not supported"),
+        ({"compressed": lambda w: w.intsxp([1, 1])}, r"compressed = \[1, 1\] is not supported"),
+        ({"compressed": lambda w: w.strsxp(["yes"])}, r"compressed = \['yes'\] is not supported"),
         (
             {"references": lambda w: w.vecsxp([w.strsxp(["env"])])},
             "objects that share environments",
