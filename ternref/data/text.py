@@ -25,13 +25,14 @@ Tokens and splits
 -----------------
 Tokens are the text's UTF-8 bytes (vocabulary 256, no tokenizer to train or ship). The held-out
 split is the **last ``valid_fraction`` (default 10 %) of the bytes** of whatever text was loaded,
-the same rule for every source: with ``n`` bytes the cut is at ``n - round(valid_fraction * n)``,
-moved forward past any UTF-8 continuation bytes (``0b10xxxxxx``) so both splits decode as UTF-8.
-For the embedded novel that is bytes 616,291 onwards (68,477 bytes: the end of chapter 55 and
-chapters 56 to 61); for ``"austen"`` it is the last 402,503 bytes, *Persuasion* from its fifth
-chapter on. Training batches are windows
-lying wholly inside the training split, so no held-out byte is ever an input or a target of
-training. Nothing is random here: the split depends only on the text and ``valid_fraction``.
+the same rule for every source: with ``n`` bytes the cut is at ``n - round(valid_fraction * n)``
+(Python's ``round``, halves to even), moved forward past any UTF-8 continuation bytes
+(``0b10xxxxxx``) so that both splits decode as UTF-8. For the embedded novel the held-out split
+is bytes 616,291 onwards (68,477 bytes: the end of chapter 55 and chapters 56 to 61); for
+``"austen"`` it is the last 402,503 bytes, *Persuasion* from part-way through its chapter 5.
+Training batches are windows lying wholly inside the training split, so no held-out byte is ever
+an input or a target of training. Nothing is random here: the split depends only on the text and
+``valid_fraction``.
 
 References
 ----------
@@ -93,8 +94,9 @@ DEFAULT_VALID_FRACTION = 0.1
 def lines_to_text(lines: list, source: str) -> bytes:
     """UTF-8 bytes of an R character vector of lines, as ``writeLines`` writes them.
 
-    Raises ``ValueError`` naming ``source`` if a line is NA, the vector is empty, or a line
-    holds a newline itself (it would shift every later line).
+    Raises ``ValueError`` naming ``source`` if the vector is empty, a line is NA, or a line
+    holds a newline itself (then the vector is not one of lines: reading the text back line by
+    line would not give it).
     """
     if not lines:
         raise ValueError(f"{source}: the character vector is empty")
@@ -267,6 +269,10 @@ class TextCorpus:
     tokens: np.ndarray
     split: int
     vocab_size: int = VOCAB_SIZE
+
+    def __post_init__(self):
+        _tokens(self.tokens)
+        check.integer(self.split, "split", low=2, high=self.tokens.size - 2)
 
     @property
     def train(self) -> np.ndarray:

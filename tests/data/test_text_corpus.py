@@ -282,6 +282,15 @@ def test_sample_batch_is_reproducible_and_reaches_every_start():
     assert sorted(set(a[0][:, 0].tolist())) == list(range(16))
 
 
+def test_corpus_checks_its_fields():
+    with pytest.raises(ValueError, match="split must be <= 8, got 9"):
+        TextCorpus("x", np.arange(10, dtype=np.uint8), split=9)
+    with pytest.raises(ValueError, match="split must be >= 2, got 1"):
+        TextCorpus("x", np.arange(10, dtype=np.uint8), split=1)
+    with pytest.raises(TypeError, match="tokens must be a 1-D numpy array"):
+        TextCorpus("x", b"0123456789", split=5)
+
+
 def test_training_batches_never_touch_the_held_out_split():
     corpus = TextCorpus("positions", np.arange(200, dtype=np.uint8), split=150)
     x, y = corpus.sample_batch(2000, 10, np.random.default_rng(1))
