@@ -4,8 +4,11 @@
 - ``load_fashion_mnist`` / ``load_mnist``: the 28x28 data sets from their IDX files on disk.
 - ``load_dataset(name)``: the same, by name (``DATASETS``).
 - ``read_idx``: the IDX file reader; ``batches``: mini-batches for one epoch.
+- ``load_text``: byte tokens of *Pride and Prejudice* (embedded), of the six Jane Austen novels
+  (``TEXTS``, with Debian's ``r-cran-janeaustenr``) or of a UTF-8 file, with a held-out split;
+  ``sample_batch`` / ``sequential_batches``: language-model batches; ``bits_per_byte``.
 
-Every loader returns a ``Dataset`` with NCHW float32 images standardised by training-split
+Every image loader returns a ``Dataset`` with NCHW float32 images standardised by training-split
 statistics and int64 labels.
 """
 
@@ -16,6 +19,14 @@ from ternref.data.dataset import Dataset
 from ternref.data.digits import load_digits
 from ternref.data.idx import read_idx
 from ternref.data.mnist import load_fashion_mnist, load_mnist
+from ternref.data.text import (
+    TEXTS,
+    TextCorpus,
+    bits_per_byte,
+    load_text,
+    sample_batch,
+    sequential_batches,
+)
 
 #: Names accepted by ``load_dataset``.
 DATASETS = ("digits", "fashion-mnist", "mnist")
@@ -48,11 +59,17 @@ def load_dataset(name: str, data_dir=None, *, normalize: bool = True) -> Dataset
 
 __all__ = [
     "DATASETS",
+    "TEXTS",
     "Dataset",
+    "TextCorpus",
     "batches",
+    "bits_per_byte",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
+    "load_text",
     "read_idx",
+    "sample_batch",
+    "sequential_batches",
 ]
