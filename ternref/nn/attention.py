@@ -340,6 +340,10 @@ class MultiHeadAttention(Module):
 
     ``backward(dy, d_scores=None)``: ``d_scores`` is a gradient with respect to the returned
     scores (a distillation loss on them); it enters dS at the unmasked entries.
+
+    Without RoPE the key bias b_k gets an exactly zero gradient through the softmax: it adds
+    ``q_i . b_k`` to every score of row i, and a softmax is invariant to shifting its row
+    (BERT has the bias anyway; a loss on the raw scores does reach it).
     """
 
     def __init__(

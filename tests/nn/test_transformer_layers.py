@@ -243,6 +243,17 @@ def test_erf_kernel_equals_its_twin_and_math_erf():
     np.testing.assert_array_equal(erf(strided), want.reshape(2, -1)[:, ::2])
 
 
+def test_erf_kernel_runs_as_plain_python(run_without_jit):
+    run_without_jit("""
+        import math
+        import numpy as np
+        from ternref.nn.activations import erf
+        x = np.linspace(-4, 4, 17)
+        assert np.array_equal(erf(x), [math.erf(v) for v in x])
+        print("ok")
+    """)
+
+
 @FD
 @given(st.sampled_from(["gelu", "gelu_tanh", "silu"]), st.lists(st.integers(1, 4), min_size=1,
        max_size=3), seeds)  # fmt: skip

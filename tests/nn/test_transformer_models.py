@@ -210,7 +210,7 @@ def test_transformer_lm_input_checks():
 
 def tiny_bert(rng, dtype=F64, gelu="none"):
     model = BertEncoder(13, dim=6, n_layers=2, n_heads=3, ffn_dim=7, max_position=9,
-                        type_vocab_size=2, norm_eps=1e-5, gelu=gelu, rng=rng, dtype=dtype)  # fmt: skip
+                        norm_eps=1e-5, gelu=gelu, rng=rng, dtype=dtype)  # fmt: skip
     for p in model.parameters():
         p.data[...] = rng.standard_normal(p.shape) * 0.5 + (1.0 if p.data.ndim == 1 else 0.0)
     return model
@@ -228,8 +228,10 @@ def bert_grad_error(model, ids, types, mask, with_intermediates):
     rng = np.random.default_rng(11)
     out = model(ids, types, mask, output_hidden_states=True, output_attention_scores=True)
     dy = rng.standard_normal(out.last_hidden_state.shape)
-    dh = [rng.standard_normal(h.shape) for h in out.hidden_states] if with_intermediates else None
-    ds = [rng.standard_normal(s.shape) for s in out.attention_scores] if with_intermediates else None
+    dh = ds = None
+    if with_intermediates:
+        dh = [rng.standard_normal(h.shape) for h in out.hidden_states]
+        ds = [rng.standard_normal(s.shape) for s in out.attention_scores]
 
     def loss():
         o = model(ids, types, mask, output_hidden_states=True, output_attention_scores=True)
@@ -320,7 +322,8 @@ def test_bert_names_and_checks():
     hf = model.hf_tensors()
     assert len(hf) == 5 + 2 * 16 == len(model.parameters())
     assert {id(p) for p in hf.values()} == {id(p) for p in model.parameters()}
-    assert hf["encoder.layer.1.attention.self.query.weight"] is model.layers[1].attention.q_proj.weight
+    query = hf["encoder.layer.1.attention.self.query.weight"]
+    assert query is model.layers[1].attention.q_proj.weight
     assert hf["encoder.layer.0.intermediate.dense.weight"].shape == (20, 12)
     assert hf["embeddings.position_embeddings.weight"].shape == (6, 12)
     with pytest.raises(ValueError, match="max_position=6"):
