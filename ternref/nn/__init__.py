@@ -1,10 +1,15 @@
-"""The autograd-free network stack: modules, layers, losses, initialisers, models, gradient checks.
+"""The autograd-free network stack: modules, layers, losses, initialisers, models, gradient checks,
+and the transformer pieces (embeddings, norms, GELU/SiLU, attention, TransformerLM, BertEncoder).
 
 Every layer pairs a ``forward`` that caches what it needs with a hand-derived ``backward`` that
 returns dL/dx and accumulates parameter gradients (see :mod:`ternref.nn.module`).
 """
 
 from ternref.nn import functional, init
+from ternref.nn.activations import GELU, SiLU, erf
+from ternref.nn.attention import KVCache, MultiHeadAttention, RoPE
+from ternref.nn.bert import BertEncoder, BertLayer, BertOutput
+from ternref.nn.embedding import Embedding
 from ternref.nn.functional import col2im, conv_output_shape, im2col
 from ternref.nn.gradcheck import check_layer_gradients, numerical_gradient, rel_error
 from ternref.nn.init import (
@@ -31,12 +36,15 @@ from ternref.nn.layers import (
 from ternref.nn.losses import (
     CrossEntropyLoss,
     DistillationLoss,
+    LMCrossEntropyLoss,
     Loss,
     SquaredHingeLoss,
     accuracy,
 )
 from ternref.nn.models import lenet5, mlp, small_cnn
 from ternref.nn.module import Module, Parameter
+from ternref.nn.norms import LayerNorm, RMSNorm
+from ternref.nn.transformer import SwiGLU, TransformerBlock, TransformerLM, llama_ffn_dim
 
 __all__ = [
     "Module",
@@ -56,8 +64,25 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "Sequential",
+    "Embedding",
+    "LayerNorm",
+    "RMSNorm",
+    "GELU",
+    "SiLU",
+    "erf",
+    "SwiGLU",
+    "RoPE",
+    "KVCache",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "TransformerLM",
+    "llama_ffn_dim",
+    "BertLayer",
+    "BertEncoder",
+    "BertOutput",
     "Loss",
     "CrossEntropyLoss",
+    "LMCrossEntropyLoss",
     "SquaredHingeLoss",
     "DistillationLoss",
     "accuracy",

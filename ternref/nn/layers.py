@@ -168,6 +168,12 @@ class Linear(_QuantizableWeight):
         dL/dx_ni     = sum_k dy_nk w_ki        ->  dx = dy @ w_hat           (N, in)
         dL/dw_hat_ki = sum_n dy_nk x_ni        ->  dw_hat = dy.T @ x         (out, in)
         dL/db_k      = sum_n dy_nk             ->  db = dy.sum(0)            (out,)
+
+    Leading dimensions: x may be (..., in) with at least one leading axis (a transformer's
+    (B, T, in)); every leading index is one more row n, so the layer flattens x to
+    (N = prod(...), in), applies the formulas above, and restores the leading shape on y and dx
+    (the weight and bias gradients sum over all N rows). The flattening is a view for a
+    C-contiguous x, so the GEMM is one BLAS call however many leading axes there are.
     """
 
     def __init__(
@@ -180,33 +186,44 @@ class Linear(_QuantizableWeight):
         self._init_params((self.out_features, self.in_features), bias, rng, dtype)
         self.weight_quantizer = weight_quantizer
         self._x = None
+        self._lead = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x (N, in) -> y (N, out)."""
-        x = _check_input(self, x, (None, self.in_features))
+        """x (N, in) or (..., in) -> y (N, out) or (..., out)."""
+        x = float_array(x, "Linear input", finite=False)
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self!r}: expected input of shape (*, {self.in_features}) (* = one or more "
+                f"leading dimensions), got shape {x.shape}"
+            )
         w_hat = self._weight_hat(x.dtype)
-        y = np.matmul(x, w_hat.T)
+        x2 = x.reshape(-1, self.in_features)  # (N, in): a view for contiguous x
+        y = np.matmul(x2, w_hat.T)
         if self.bias is not None:
             y += self.bias.data.astype(x.dtype, copy=False)
-        self._x = x
-        return y
+        self._x = x2
+        self._lead = x.shape[:-1]
+        return y.reshape(*self._lead, self.out_features)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        """dy (N, out) -> dx (N, in); accumulates weight (through the quantizer) and bias grads."""
-        dy = self._param_grads(dy)
-        return np.matmul(dy, self._w_hat)
+        """dy (..., out) -> dx (..., in); accumulates weight (through the quantizer) and bias
+        grads."""
+        dy2 = self._param_grads(dy)
+        return np.matmul(dy2, self._w_hat).reshape(*self._lead, self.in_features)
 
     def backward_params(self, dy: np.ndarray) -> None:
         """The parameter gradients of :meth:`backward`, without the ``dy @ w_hat`` product."""
         self._param_grads(dy)
 
     def _param_grads(self, dy: np.ndarray) -> np.ndarray:
-        x = _need_cache(self, self._x)
-        dy = _check_dy(self, dy, (x.shape[0], self.out_features))
-        self._accumulate_weight_grad(np.matmul(dy.T, x))
+        """Accumulate dw and db; return ``dy`` flattened to (N, out)."""
+        x2 = _need_cache(self, self._x)
+        dy = _check_dy(self, dy, (*self._lead, self.out_features))
+        dy2 = dy.reshape(-1, self.out_features)
+        self._accumulate_weight_grad(np.matmul(dy2.T, x2))
         if self.bias is not None and self.bias.requires_grad:
-            self.bias.grad += dy.sum(axis=0)
-        return dy
+            self.bias.grad += dy2.sum(axis=0)
+        return dy2
 
     def extra_repr(self) -> str:
         return (

@@ -20,7 +20,14 @@ import numpy as np
 
 from ternref._validate import describe, float_array, one_of, real_number
 
-__all__ = ["Loss", "CrossEntropyLoss", "SquaredHingeLoss", "DistillationLoss", "accuracy"]
+__all__ = [
+    "Loss",
+    "CrossEntropyLoss",
+    "LMCrossEntropyLoss",
+    "SquaredHingeLoss",
+    "DistillationLoss",
+    "accuracy",
+]
 
 
 def _logits(logits, name: str = "logits") -> np.ndarray:
@@ -91,6 +98,82 @@ class CrossEntropyLoss(Loss):
         grad /= n
         self._grad = grad
         return float(loss)
+
+
+class LMCrossEntropyLoss(Loss):
+    """Causal language-model cross-entropy: mean over the non-ignored tokens of every sequence.
+
+    Parameters
+    ----------
+    ignore_index : int, default -100
+        Targets equal to it contribute neither loss nor gradient (padding; PyTorch's and Hugging
+        Face's default value).
+
+    Notes
+    -----
+    ``forward(logits, targets)``: logits z (B, T, V), targets t (B, T) int in [0, V) or
+    ``ignore_index``. The targets are already aligned with the logits: ``t[b, i]`` is the token
+    that follows position i, so a caller with token ids ``x`` (B, T + 1) passes
+    ``model(x[:, :-1])`` and ``x[:, 1:]`` (no shift happens inside, unlike Hugging Face's
+    ``LlamaForCausalLM``, which shifts its labels). With M the set of non-ignored positions::
+
+        L = (1/|M|) sum_{(b,i) in M} [logsumexp(z_bi) - z_bi,t_bi]
+
+    computed with the row maximum subtracted first (no overflow for large logits). Backward:
+    ``dL/dz_bi = (softmax(z_bi) - onehot(t_bi)) / |M|`` on M and 0 elsewhere. When every target
+    is ignored the loss is 0 with a zero gradient (PyTorch returns NaN there).
+
+    ``tokens`` (attribute) holds |M| of the last forward; ``loss * tokens / log(2)`` is the total
+    in bits (bits per byte for a byte-level vocabulary, dividing by the byte count).
+    """
+
+    def __init__(self, ignore_index: int = -100):
+        super().__init__()
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an integer, got {describe(ignore_index)}")
+        self.ignore_index = int(ignore_index)
+        self.tokens = 0
+
+    def forward(self, logits: np.ndarray, targets) -> float:
+        z = float_array(logits, "logits", ndim=3)
+        b, t, v = z.shape
+        targets = np.asarray(targets)
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise TypeError(f"targets must be integer token ids, got {describe(targets)}")
+        if targets.shape != (b, t):
+            raise ValueError(
+                f"targets must have shape (B, T) = ({b}, {t}) to match the logits, got "
+                f"{targets.shape}"
+            )
+        z2 = z.reshape(b * t, v)
+        tgt = targets.reshape(-1)
+        keep = tgt != self.ignore_index
+        if np.any(keep):
+            bad = tgt[keep]
+            if bad.min() < 0 or bad.max() >= v:
+                raise ValueError(
+                    f"targets must lie in [0, {v}) or equal ignore_index={self.ignore_index}, "
+                    f"got range [{bad.min()}, {bad.max()}]"
+                )
+        n = int(np.count_nonzero(keep))
+        self.tokens = n
+        rows = np.flatnonzero(keep)
+        cols = tgt[rows]
+        # softmax with the row max subtracted: exp never overflows
+        e = z2 - z2.max(axis=1, keepdims=True)
+        picked = e[rows, cols]  # z_t - max
+        np.exp(e, out=e)
+        total = e.sum(axis=1, keepdims=True)
+        loss = float(np.sum(np.log(total[rows, 0], dtype=np.float64) - picked)) / max(n, 1)
+        grad = e
+        grad *= 1 / (total * max(n, 1))  # softmax / |M|
+        grad[rows, cols] -= z.dtype.type(1 / max(n, 1))
+        grad[~keep] = 0
+        self._grad = grad.reshape(b, t, v)
+        return loss
+
+    def __repr__(self) -> str:
+        return f"LMCrossEntropyLoss(ignore_index={self.ignore_index})"
 
 
 class SquaredHingeLoss(Loss):
