@@ -214,8 +214,10 @@ class TensorReport:
     bits_per_weight : float
         Stored bits per logical element (padding and block scales included).
     max_rel_scale_error : float
-        Largest ``|fp16(s) - s| / s`` over the tensor's nonzero scales (TQ), or over its nonzero
-        elements (F16); 0 for F32.
+        Largest ``|fp16(s) - s| / s`` over the tensor's nonzero scales (TQ; at most 2**-11 for
+        scales in fp16's normal range, >= 2**-14, larger for smaller ones), or over its
+        elements of magnitude >= 2**-14 (F16, whose smaller elements have an absolute error
+        <= 2**-25); 0 for F32 (of float32 data).
     max_abs_error : float
         Largest ``|dequantized - exact|`` over its logical elements, with ``gguf.quants``'
         dequantizer on the bytes written.
@@ -470,8 +472,11 @@ class _Plan:
         stored = a.astype(np.float16 if ggml == "F16" else np.float32)
         exact = a.astype(np.float64)
         err = np.abs(stored.astype(np.float64) - exact)
-        nonzero = exact != 0
-        rel = float((err[nonzero] / np.abs(exact[nonzero])).max()) if np.any(nonzero) else 0.0
+        # relative error where fp16 has its full precision; below 2**-14 (subnormals) the
+        # absolute error (<= 2**-25) is the meaningful number, and max_abs_error covers it
+        floor = 2.0**-14 if ggml == "F16" else 0.0
+        normal = (np.abs(exact) >= floor) & (exact != 0)
+        rel = float((err[normal] / np.abs(exact[normal])).max()) if np.any(normal) else 0.0
         self.tensors.append((name, np.ascontiguousarray(stored), None))
         self.rows.append(
             TensorReport(
