@@ -14,29 +14,22 @@ methods' activation quantizers kept as layers, Dropout dropped) and writes one l
 other. ``general.architecture`` is ``"ternref"`` (llama.cpp cannot run such a file: it is a
 ternref model in a container every GGUF tool can list and dequantize). Tensors, for layer ``i``:
 
-======================================  ===========  ================================================
-tensor                                  type         what it is
-======================================  ===========  ================================================
-``layers.{i}.weight``                   TQ2_0/TQ1_0  a ternary weight as (M, L): rows = output
-                                                     channels, L = K = prod(shape[1:]) (a conv
-                                                     kernel flattened in (in, kh, kw) order, the
-                                                     im2col column order), or the padded length
-``layers.{i}.weight.term{k}``           TQ2_0/TQ1_0  term k >= 1 of a sum of ternary weights
-                                                     (Ternary Residual Networks)
-``....pos`` / ``....neg``               TQ2_0/TQ1_0  with ``split``: the +1 side (codes {0, 1}, scale
-                                                     alpha_pos) and the -1 side (codes {0, -1},
-                                                     scale alpha_neg) of an asymmetric ternary
-``....offset``                          TQ2_0/TQ1_0  with ``split``: RTN's offset beta as codes
-                                                     sign(beta) (constant in a scale group), scale
-                                                     abs(beta)
-``layers.{i}.weight``                   F32/F16      a full-precision Linear (out, in) or Conv2d
-                                                     (out, in, kh, kw) weight
-``layers.{i}.bias``                     F32          a bias (folded BatchNorm included)
-``layers.{i}.{weight, bias,             F32          an unfolded BatchNorm
-running_mean, running_var}``
-``layers.{i}.{name}``                   F32/I32/...  an array of a registered inference layer
-                                                     (e.g. RTN's activation alpha and beta)
-======================================  ===========  ================================================
+* ``layers.{i}.weight`` (TQ2_0 / TQ1_0): a ternary weight as the matrix ``(M, L)``: rows are
+  output channels, ``L = K = prod(shape[1:])`` (a conv kernel flattened in (in, kh, kw) order,
+  the im2col column order), or the padded length;
+* ``layers.{i}.weight.term{k}`` (TQ): term ``k >= 1`` of a sum of ternary weights (Ternary
+  Residual Networks);
+* ``<weight>.pos`` and ``<weight>.neg`` (TQ, with ``split``): the +1 side (codes {0, 1}, scale
+  alpha_pos) and the -1 side (codes {0, -1}, scale alpha_neg) of an asymmetric ternary;
+* ``<weight>.offset`` (TQ, with ``split``): RTN's offset beta as codes sign(beta) (constant in a
+  scale group) with scale abs(beta);
+* ``layers.{i}.weight`` (F32 / F16): a full-precision Linear ``(out, in)`` or Conv2d
+  ``(out, in, kh, kw)`` weight;
+* ``layers.{i}.bias`` (F32): a bias (a folded BatchNorm's included);
+* ``layers.{i}.weight``, ``.bias``, ``.running_mean``, ``.running_var`` (F32): an unfolded
+  BatchNorm;
+* ``layers.{i}.{name}`` (F32, I32, ...): an array of a registered inference layer (RTN's
+  activation alpha and beta).
 
 The weight of a layer is always the **sum of the dequantized tensors listed in its metadata**
 (drop the padding columns first): ``gguf.quants.dequantize`` of every part, added up, is the
@@ -268,7 +261,9 @@ class ExportReport:
                 f"{t.name:<28} {t.ggml_type:<6} {shape:<18} {t.bits_per_weight:>7.3f} "
                 f"{t.max_rel_scale_error:>13.2e}" + (f"  {t.note}" if t.note else "")
             )
-        lines.append(f"largest relative scale error (fp16 rounding): {self.max_rel_scale_error:.2e}")
+        lines.append(
+            f"largest relative scale error (fp16 rounding): {self.max_rel_scale_error:.2e}"
+        )
         lines.extend(f"converted: {c}" for c in self.conversions)
         return "\n".join(lines)
 
@@ -623,8 +618,14 @@ def save_gguf(
             n_packed += 1
             _plan_ternary_layer(plan, report, i, layer, quant, pad, split, dense, info)
         elif isinstance(layer, (Linear, Conv2d)):
-            _plan_float_layer(plan, i, type(layer).__name__, layer.weight.data,
-                              None if layer.bias is None else layer.bias.data, layer)  # fmt: skip
+            _plan_float_layer(
+                plan,
+                i,
+                type(layer).__name__,
+                layer.weight.data,
+                None if layer.bias is None else layer.bias.data,
+                layer,
+            )
         elif isinstance(layer, (BatchNorm1d, BatchNorm2d)):
             plan.put(key + "type", type(layer).__name__)
             plan.put(key + "num_features", int(layer.num_features))
@@ -918,9 +919,14 @@ def _float_array(t, meta: _Metadata, shape: tuple, dequantize: bool, dequantized
 
 
 def ternary_from_tensors(
-    tensors: dict, shape: tuple, granularity: str, group_size, padded: bool, symmetric: bool,
+    tensors: dict,
+    shape: tuple,
+    granularity: str,
+    group_size,
+    padded: bool,
+    symmetric: bool,
     has_offset: bool,
-) -> Ternary:  # fmt: skip
+) -> Ternary:
     """Inverse of :func:`ternary_tensors`: ``tensors`` maps part suffixes (``""``, ``".pos"``,
     ``".neg"``, ``".offset"``) to ``(ggml type name, uint8 bytes (M, ...))``. Raises ValueError
     for bytes or scales that do not follow the layout."""
@@ -1071,8 +1077,15 @@ def _build_float(kind, w, bias, conv=None):
     if kind in ("Linear", "PackedLinear"):
         layer = Linear(w.shape[1], w.shape[0], bias=has_bias, dtype=w.dtype)
     else:
-        layer = Conv2d(w.shape[1], w.shape[0], w.shape[2:], conv["stride"], conv["padding"],
-                       bias=has_bias, dtype=w.dtype)  # fmt: skip
+        layer = Conv2d(
+            w.shape[1],
+            w.shape[0],
+            w.shape[2:],
+            conv["stride"],
+            conv["padding"],
+            bias=has_bias,
+            dtype=w.dtype,
+        )
     layer.weight.data = w.copy()
     if has_bias:
         layer.bias.data = bias.astype(w.dtype)

@@ -293,7 +293,6 @@ class RowLayout:
         scale group (or across rows for ``"tensor"``), nonzero codes in the padding, or
         negative or non-finite scales.
         """
-        m = shape[0]
         d = d.astype(np.float32)
         groups = self.block_group()
         first = np.array([np.flatnonzero(groups == g)[0] for g in range(self.n_groups)])

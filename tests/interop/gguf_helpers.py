@@ -3,7 +3,7 @@ derived bound on logits, and a file rewriter built on gguf's own reader and writ
 
 import numpy as np
 
-from ternref import Ternary, methods, nn, optim, packed
+from ternref import Ternary, methods, nn, optim
 from ternref.packed import PackedConv2d, PackedLinear, pack, unpack
 from ternref.train import fit
 
@@ -21,8 +21,17 @@ def train(name, data, teacher=None, epochs=1, model=None):
         callbacks = methods.quantize_model(model, method)
         loss = method.loss()
     opt = optim.Adam(model.parameters(), lr=1e-3)
-    fit(model, data, opt, loss=loss, epochs=epochs, batch_size=64,
-        rng=np.random.default_rng(1), callbacks=callbacks, progress=False)  # fmt: skip
+    fit(
+        model,
+        data,
+        opt,
+        loss=loss,
+        epochs=epochs,
+        batch_size=64,
+        rng=np.random.default_rng(1),
+        callbacks=callbacks,
+        progress=False,
+    )
     return model.eval()
 
 
@@ -41,8 +50,14 @@ def fp16_scales(t: Ternary) -> Ternary:
     def r(a):
         return None if a is None else np.asarray(a).astype(np.float16).astype(t.dtype)
 
-    return Ternary(t.codes, r(t.alpha_pos), None if t.symmetric else r(t.alpha_neg),
-                   granularity=t.granularity, group_size=t.group_size, offset=r(t.offset))  # fmt: skip
+    return Ternary(
+        t.codes,
+        r(t.alpha_pos),
+        None if t.symmetric else r(t.alpha_neg),
+        granularity=t.granularity,
+        group_size=t.group_size,
+        offset=r(t.offset),
+    )
 
 
 def fp16_reference(inference):
@@ -55,8 +70,9 @@ def fp16_reference(inference):
             if isinstance(layer, PackedLinear):
                 layer = PackedLinear(terms, layer.bias, layer.activations)
             else:
-                layer = PackedConv2d(terms, layer.stride, layer.padding, layer.bias,
-                                     layer.activations)  # fmt: skip
+                layer = PackedConv2d(
+                    terms, layer.stride, layer.padding, layer.bias, layer.activations
+                )
         layers.append(layer)
     model = nn.Sequential(*layers)
     model.training = False

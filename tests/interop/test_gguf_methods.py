@@ -131,5 +131,7 @@ def test_method_file_dequantizes_to_w_hat_and_predicts_the_same(
     np.testing.assert_array_equal(got, fp16_reference(inference).forward(x))
     want = model.forward(x)
     bound = logit_bound(inference, x, report.max_rel_scale_error)
-    assert np.all(np.abs(got - want) <= bound), f"{name}: max excess {np.max(np.abs(got - want) - bound)}"
+    assert np.all(np.abs(got - want) <= bound), (
+        f"{name}: max excess {np.max(np.abs(got - want) - bound)}"
+    )
     assert np.array_equal(got.argmax(1), want.argmax(1)), f"{name}: argmax differs"

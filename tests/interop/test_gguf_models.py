@@ -229,8 +229,11 @@ def test_trained_packed_and_npz_models_write_the_same_tensors(tmp_path):
 
 def test_read_tensors_gives_each_tq_tensor_as_an_exact_ternary(tmp_path):
     rng = np.random.default_rng(8)
-    t = Ternary(rng.integers(-1, 2, (3, 512)).astype(np.int8), rng.uniform(0.1, 1, 3)
-                .astype(np.float32), granularity="channel")  # fmt: skip
+    t = Ternary(
+        rng.integers(-1, 2, (3, 512)).astype(np.int8),
+        rng.uniform(0.1, 1, 3).astype(np.float32),
+        granularity="channel",
+    )
     save_gguf(_packed_mlp(t, rng), tmp_path / "m.gguf", "tq1_0")
     tensors = read_tensors(tmp_path / "m.gguf")
     got = tensors["layers.1.weight"]
@@ -263,8 +266,9 @@ def test_save_gguf_checks_its_arguments(tmp_path):
     assert not (tmp_path / "m.gguf").exists()
     report = save_gguf(model, tmp_path / "m.gguf", method=methods.get("twn", factor=0.75))
     meta = read_metadata(tmp_path / "m.gguf")
-    assert meta["ternref.method"] == "twn" and '"factor": 0.75' in meta[
-        "ternref.method.hyperparameters"
-    ]
+    assert (
+        meta["ternref.method"] == "twn"
+        and '"factor": 0.75' in meta["ternref.method.hyperparameters"]
+    )
     assert "largest relative scale error" in report.to_text()
     assert report.to_dict()["tensors"][0]["name"] == "layers.1.weight"
