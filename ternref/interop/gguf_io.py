@@ -1,9 +1,10 @@
 """GGUF files of ternref models, written and read with llama.cpp's own ``gguf`` package.
 
-Needs the optional ``gguf`` package (MIT, NumPy-based): ``pip install "ternref[gguf]"`` or
-``pip install gguf``. The files are written by ``gguf.GGUFWriter`` and read by
-``gguf.GGUFReader``; nothing here parses or emits the GGUF container itself. What this module
-adds is the mapping: which ternref object becomes which GGUF tensor and which metadata says so.
+Needs the optional ``gguf`` package (MIT; pure Python on NumPy, it also pulls PyYAML, requests
+and tqdm): ``pip install "ternref[gguf]"`` or ``pip install gguf``. The files are written by
+``gguf.GGUFWriter`` and read by ``gguf.GGUFReader``; nothing here parses or emits the GGUF
+container itself. What this module adds is the mapping: which ternref object becomes which GGUF
+tensor, and which metadata says so.
 
 What a file holds
 -----------------
@@ -59,9 +60,13 @@ the writer), ``ternref.layer_count``, ``ternref.method`` and ``ternref.method.hy
 What maps exactly, and what does not
 ------------------------------------
 A TQ tensor is ``d * c`` with one fp16 ``d`` per 256 consecutive weights of a row
-(:mod:`ternref.interop.tq`). Exactly representable (the fp16 rounding of each scale, relative
-error <= 2**-11, is the only error; the :class:`ExportReport` returned by :func:`save_gguf`
-gives it per tensor, measured with ``gguf.quants.dequantize`` on the bytes written):
+(:mod:`ternref.interop.tq`), TQ2_0 in 2.0625 and TQ1_0 in 1.6875 bits per weight. Exactly
+representable, the fp16 rounding of each scale being the only error (relative error <= 2**-11
+for scales in fp16's normal range, >= 2**-14 = 6.1e-5; a smaller scale keeps an absolute error
+<= 2**-25, relatively more: RTN's smallest offsets on the digits MLP, 3e-5, lose up to 9e-4);
+the :class:`ExportReport` returned by :func:`save_gguf` gives the largest relative scale error
+of every tensor and its largest weight error, measured with ``gguf.quants.dequantize`` on the
+bytes written:
 
 * symmetric scales per tensor, per output row, or per group whose size is a multiple of 256,
   on rows whose length is a multiple of 256 (the digits MLP's 256-wide hidden layer);
@@ -76,13 +81,16 @@ reason, or converted on request:
   side, the -1 side, the offset as sign codes), two or three TQ tensors instead of one. Exact up
   to the fp16 scales; costs one tensor's bits per part. :func:`load_gguf` recombines the parts
   into the original asymmetric ternary.
-* rows whose length is not a multiple of 256 (LeNet-5's convolutions: 25 and 800; its 1600-wide
-  linear layer) and groups whose size is not (FGQ's 64): ``pad=True`` pads every scale segment
+* rows whose length is not a multiple of 256 (LeNet-5's convolutions: 25, kept full precision
+  by default, and 800; its 1600-wide linear layer; the digits CNN's 9, 144 and 128) and groups
+  whose size is not (FGQ's 64): ``pad=True`` pads every scale segment
   (the row, or each group) with code 0 to the next multiple of 256. Exact for the product (the
   padding multiplies nothing); the stored tensor is wider than the weight (``weight.padded``
   says so, the report gives the bits per weight it costs), and a reader drops the padding
   columns: segment ``g`` of a row starts at column ``g * seg``.
-* anything else, or anything still left (a scale outside fp16's range): ``dense=True`` stores
+* a scale outside fp16's range (> 65504, or nonzero and <= 2**-25, which rounds to 0) makes
+  no TQ tensor whatever ``pad`` and ``split`` say;
+* anything not written as ternary tensors with the options given: ``dense=True`` stores
   the layer's ``w_hat`` as a full-precision F32 (exact) or F16 (``float_type="f16"``, error
   reported) weight; it loads as a full-precision layer, and the file says it was ternary.
 
@@ -105,10 +113,14 @@ full-precision layer, with a warning naming the tensors.
 Other architectures
 -------------------
 The parts a transformer exporter needs are separate from the ``Sequential`` walk:
-:func:`ternary_tensors` turns one ternary weight into named TQ tensors (with their report rows)
-and :func:`ternary_from_tensors` reads them back. A ``TransformerLM`` export adds a mapping of its
+:func:`ternary_tensors` turns one ternary weight into named TQ tensors (with their report rows),
+:func:`ternary_from_tensors` reads them back, and :class:`_Metadata` / :class:`_Tensors` give
+checked access to a file's keys and tensors. A ``TransformerLM`` export adds a mapping of its
 layers to llama.cpp's tensor names (``token_embd``, ``blk.N.attn_q``, ...) and the ``llama.*``
-keys, and registers its reader in ``_READERS`` under its ``general.architecture``.
+keys, and registers its reader in ``_READERS`` under its ``general.architecture``. For a file
+llama.cpp itself runs, only the exact mapping is allowed (call :func:`ternary_tensors` with
+``pad=False, split=False``; llama.cpp knows neither padding nor split parts), and the
+non-ternary weights go F32/F16.
 
 References
 ----------
@@ -156,7 +168,7 @@ FLOAT_TYPES = ("f32", "f16")
 INSTALL_HINT = 'pip install "ternref[gguf]"  (or: pip install gguf)'
 
 _GGML_NAMES = {"tq2_0": "TQ2_0", "tq1_0": "TQ1_0", "f32": "F32", "f16": "F16"}
-_FLOAT_GGML = ("F32", "F16", "BF16", "F64")  # read as floats (exactly, to float32/float64)
+_FLOAT_NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 _ARRAY_DTYPES = {  # numpy dtype of a registered layer's array -> GGML tensor type
     "float32": "F32",
     "float64": "F64",
@@ -464,7 +476,7 @@ class _Plan:
         """Add a float tensor (2-D and up in ``float_type``, 1-D always F32)."""
         a = np.asarray(a)
         ggml = ggml or ("F16" if self.float_type == "f16" and a.ndim >= 2 else "F32")
-        stored = a.astype(np.float16 if ggml == "F16" else np.float32)
+        stored = a.astype(_FLOAT_NUMPY[ggml])
         exact = a.astype(np.float64)
         err = np.abs(stored.astype(np.float64) - exact)
         # relative error where fp16 has its full precision; below 2**-14 (subnormals) the
@@ -481,7 +493,7 @@ class _Plan:
                 ggml_type=ggml,
                 shape=tuple(int(s) for s in a.shape),
                 stored_shape=tuple(int(s) for s in a.shape),
-                bits_per_weight=16.0 if ggml == "F16" else 32.0,
+                bits_per_weight=8.0 * stored.itemsize,
                 max_rel_scale_error=rel,
                 max_abs_error=float(err.max()) if err.size else 0.0,
                 note=note,
@@ -630,9 +642,13 @@ def save_gguf(
             plan.put(key + "type", type(layer).__name__)
             plan.put(key + "num_features", int(layer.num_features))
             plan.put(key + "eps", float(layer.eps))
-            for arr in ("weight", "bias", "running_mean", "running_var"):
-                a = getattr(layer, arr)
-                a = a.data if hasattr(a, "data") and not isinstance(a, np.ndarray) else a
+            arrays = {
+                "weight": layer.weight.data,
+                "bias": layer.bias.data,
+                "running_mean": layer.running_mean,
+                "running_var": layer.running_var,
+            }
+            for arr, a in arrays.items():
                 plan.float_tensor(f"layers.{i}.{arr}", a, i, "batchnorm")
         elif isinstance(layer, (MaxPool2d, AvgPool2d)):
             plan.put(key + "type", type(layer).__name__)
@@ -766,12 +782,8 @@ def _plan_registered_layer(plan, i, layer):
         described[arr_name] = {"shape": list(a.shape), "dtype": a.dtype.name}
         ggml = _ARRAY_DTYPES[a.dtype.name]
         stored = a.reshape(-1)  # a GGUF tensor has at least one dimension; shape in "arrays"
-        if ggml in ("F32", "F64", "F16"):
+        if ggml in _FLOAT_NUMPY:
             plan.float_tensor(f"layers.{i}.{arr_name}", stored, i, "array", ggml=ggml)
-            # float_tensor casts to F32/F16; keep float64 arrays exact
-            if ggml == "F64":
-                name, _, raw = plan.tensors[-1]
-                plan.tensors[-1] = (name, stored.astype(np.float64), raw)
         else:
             plan.tensors.append((f"layers.{i}.{arr_name}", stored.astype(ggml.lower()), None))
     plan.put(key + "type", type_name)
@@ -780,10 +792,6 @@ def _plan_registered_layer(plan, i, layer):
 
 
 # ------------------------------------------------------------------------------------ reading
-
-
-class _Refuse(ValueError):
-    pass
 
 
 def _open(path):
@@ -824,7 +832,7 @@ class _Metadata:
         self.read: set[str] = set()
 
     def fail(self, msg):
-        raise _Refuse(f"refusing to load {self.where}: {msg}")
+        raise ValueError(f"refusing to load {self.where}: {msg}")
 
     def has(self, key) -> bool:
         return key in self.fields
@@ -984,67 +992,62 @@ def _read_ternary_layer(i, kind, meta, tensors, dequantize, dequantized, fmt):
     except ValueError as e:
         meta.fail(f"layer {i}: {e}")
 
+    # every part: (GGML type name, its data, its gguf type), shapes checked against the layout
     raw_terms, float_parts = [], False
     for k in range(n_terms):
         parts = {}
         for s in suffixes:
             t = tensors.take(_term_name(i, k) + s)
             kind_name = t.tensor_type.name
-            if kind_name in ("TQ1_0", "TQ2_0"):
-                if _numpy_shape(t) != (m, layout.length):
+            if _numpy_shape(t) != (m, layout.length):
+                meta.fail(
+                    f"tensor {t.name!r} has shape {list(_numpy_shape(t))}, its metadata says "
+                    f"{[m, layout.length]} (weight {list(shape)}" + (", padded)" if padded else ")")
+                )
+            if kind_name not in ("TQ1_0", "TQ2_0"):
+                if not dequantize:
                     meta.fail(
-                        f"tensor {t.name!r} has shape {list(_numpy_shape(t))}, its metadata "
-                        f"says {[m, layout.length]} (weight {list(shape)}"
-                        + (", padded)" if padded else ")")
+                        f"tensor {t.name!r} is {kind_name}, not a ternary type (TQ1_0/TQ2_0), "
+                        f"but layer {i} ({kind}) is ternary; refusing (pass dequantize=True to "
+                        "read it through gguf's dequantizer as a full-precision layer)"
                     )
-                parts[s] = (kind_name, np.array(t.data, dtype=np.uint8))
-            elif dequantize:
                 float_parts = True
                 dequantized.append(f"{t.name} ({kind_name})")
-                parts[s] = (kind_name, t)
-            else:
-                meta.fail(
-                    f"tensor {t.name!r} is {kind_name}, not a ternary type (TQ1_0/TQ2_0), but "
-                    f"layer {i} ({kind}) is ternary; refusing (pass dequantize=True to read it "
-                    "through gguf's dequantizer as a full-precision layer)"
-                )
+            parts[s] = (kind_name, np.array(t.data), t.tensor_type)
         raw_terms.append(parts)
     bias = None
     if has_bias:
         bias = _float_array(tensors.take(f"layers.{i}.bias"), meta, (m,), dequantize, dequantized)
 
     conv = {"stride": tuple(stride), "padding": tuple(padding)} if kind == "PackedConv2d" else None
-    if float_parts:  # some part is not ternary: w_hat = sum of every part, dequantized
+    if float_parts:  # some part is not ternary: w_hat = the sum of every part, dequantized
         gguf = require_gguf()
         w = np.zeros((m, k_len), np.float64)
         cols = layout.logical_columns()
         for parts in raw_terms:
-            for kind_name, t in parts.values():
-                if kind_name in ("TQ1_0", "TQ2_0"):
-                    data, qtype = t, gguf.GGMLQuantizationType[kind_name]
-                else:
-                    if _numpy_shape(t) != (m, layout.length):
-                        meta.fail(
-                            f"tensor {t.name!r} has shape {list(_numpy_shape(t))}, its metadata "
-                            f"says {[m, layout.length]}"
-                        )
-                    data, qtype = np.array(t.data), t.tensor_type
+            for _, data, qtype in parts.values():
                 w += gguf.quants.dequantize(data, qtype).reshape(m, layout.length)[:, cols]
         return _build_float(kind, w.astype(np.float32).reshape(shape), bias, conv)
 
     terms = []
     for k, parts in enumerate(raw_terms):
         try:
+            raw = {suffix: (kind_name, data) for suffix, (kind_name, data, _) in parts.items()}
             t = ternary_from_tensors(
-                parts, shape, granularity, group_size, padded, symmetric, has_offset
+                raw, shape, granularity, group_size, padded, symmetric, has_offset
             )
         except ValueError as e:
             meta.fail(f"tensor {_term_name(i, k)!r} (layer {i}): {e}")
         terms.append(pack(t, fmt))
     packed = terms[0] if len(terms) == 1 else terms
-    if kind == "PackedLinear":
-        return PackedLinear(packed, bias, activations)
-    return PackedConv2d(packed, conv["stride"], conv["padding"], bias, activations)
+    try:
+        if kind == "PackedLinear":
+            return PackedLinear(packed, bias, activations)
+        return PackedConv2d(packed, conv["stride"], conv["padding"], bias, activations)
+    except ValueError as e:
+        # e.g. the terms of a sum no longer share a symmetry: two split scales of one term
+        # that became equal in fp16 (ternref's packed layers need terms of one kind)
+        meta.fail(f"layer {i} ({kind}): {e}")
 
 
 def _read_float_layer(i, kind, meta, tensors, dequantize, dequantized):
@@ -1093,7 +1096,7 @@ def _build_float(kind, w, bias, conv=None):
 
 
 def _read_sequential(reader, meta: _Metadata, dequantize: bool, fmt: str) -> Sequential:
-    from ternref.packed.layers import _ensure_method_layers, inference_layer_types
+    from ternref.packed.layers import inference_layer_types
 
     version = meta.get("ternref.format_version", "int")
     if version != FORMAT_VERSION:
@@ -1103,8 +1106,7 @@ def _read_sequential(reader, meta: _Metadata, dequantize: bool, fmt: str) -> Seq
     meta.get("ternref.method.hyperparameters", "str", required=False)
     n_layers = meta.get("ternref.layer_count", "int")
     tensors = _Tensors(reader, meta)
-    _ensure_method_layers()
-    registered = inference_layer_types()
+    registered = inference_layer_types()  # imports the methods, which register their layers
     dequantized: list[str] = []
     layers = []
     for i in range(n_layers):
@@ -1237,10 +1239,7 @@ def load_gguf(path, *, dequantize: bool = False, format: str = "i2"):
             f"{what}: not a ternref model (ternref reads {sorted(_READERS)}); "
             "ternref.interop.read_tensors(path) reads any GGUF's tensors"
         )
-    try:
-        return _READERS[arch](reader, meta, dequantize, format)
-    finally:
-        del reader
+    return _READERS[arch](reader, meta, dequantize, format)
 
 
 def read_tensors(path, *, dequantize: bool = False) -> dict:
@@ -1273,16 +1272,16 @@ def read_tensors(path, *, dequantize: bool = False) -> dict:
         kind = t.tensor_type.name
         shape = _numpy_shape(t)
         if kind in ("TQ1_0", "TQ2_0"):
-            rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
-            raw = np.array(t.data, dtype=np.uint8).reshape(rows, -1)
+            # rows of ne0 weights; as a Ternary: axis 0 holds the rows' scales, groups of 256
+            full = shape if len(shape) > 1 else (1, *shape)
+            raw = np.array(t.data, dtype=np.uint8).reshape(math.prod(full[:-1]), -1)
             try:
                 codes, d = tq.decode(raw, kind.lower())
             except ValueError as e:
                 raise ValueError(f"tensor {t.name!r}: {e}") from e
-            lead = shape[0] if len(shape) > 1 else 1
             out[t.name] = Ternary(
-                codes.reshape((lead,) + tuple(shape[1:]) if len(shape) > 1 else (1, shape[0])),
-                d.astype(np.float32).reshape(lead, -1),
+                codes.reshape(full),
+                d.astype(np.float32).reshape(full[0], -1),
                 granularity="group",
                 group_size=tq.QK,
             )
