@@ -391,6 +391,89 @@ def _run_eval(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ export
+def _add_export(sub):
+    p = sub.add_parser(
+        "export",
+        help="write a saved packed model in another ecosystem's format (GGUF for llama.cpp)",
+        description="Convert a packed model saved by `ternref train --save` into a GGUF file "
+        "(needs the gguf package: pip install 'ternref[gguf]'). Every ternary layer becomes a "
+        "TQ2_0 or TQ1_0 tensor, full-precision layers F32 or F16; the metadata says what each "
+        "tensor is. Exact up to the fp16 rounding of each scale (the printed report gives it "
+        "per tensor) for symmetric scales per tensor, row, or group of a multiple of 256 on "
+        "rows of a multiple of 256; other layers are refused unless an option below converts "
+        "them. See ternref.interop.gguf_io.",
+    )
+    p.add_argument("path", help="the packed model (.npz) written by `ternref train --save`")
+    p.add_argument("out", help="the file to write (e.g. model.gguf)")
+    p.add_argument("--to", required=True, choices=["gguf"], help="the output format")
+    p.add_argument(
+        "--quant", default="tq2_0", choices=["tq2_0", "tq1_0"], help="ternary tensor type"
+    )
+    p.add_argument(
+        "--float-type",
+        default="f32",
+        choices=["f32", "f16"],
+        help="type of full-precision weights (1-D tensors stay F32)",
+    )
+    p.add_argument(
+        "--pad",
+        action="store_true",
+        help="pad rows and scale groups that are not multiples of 256 with zero codes (exact)",
+    )
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="write asymmetric scales and offsets as sums of symmetric ternary tensors "
+        "(exact up to the fp16 scales)",
+    )
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="store a ternary layer that still does not fit as a full-precision weight",
+    )
+    p.add_argument("--method", default=None, help="training method to record in the metadata")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    import os
+
+    from ternref import packed
+
+    if not os.path.exists(args.path):
+        raise UserError(f"no such file: {args.path}")
+    model = packed.load(args.path)
+    try:
+        from ternref.interop import save_gguf
+
+        report = save_gguf(
+            model,
+            args.out,
+            args.quant,
+            float_type=args.float_type,
+            pad=args.pad,
+            split=args.split,
+            dense=args.dense,
+            method=args.method,
+        )
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:
+        # the library names its options as keywords; on the command line they are flags
+        message = str(exc)
+        for flag in ("pad", "split", "dense"):
+            message = message.replace(f"{flag}=True", f"--{flag}")
+        raise UserError(message) from None
+    if args.json:
+        print(json.dumps({**report.to_dict(), "bytes": os.path.getsize(args.out)}, indent=2))
+    else:
+        print(report.to_text())
+        print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ bench
 def _add_bench(sub):
     # Listed for --help only: main() hands `ternref bench ...` to ternref.packed.bench.main.
@@ -413,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_methods(sub)
     _add_compare(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_bench(sub)
     return parser
 

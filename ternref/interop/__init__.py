@@ -1,0 +1,29 @@
+"""Other ecosystems' files: ternref models as GGUF (llama.cpp's format), and GGUF files read back.
+
+:func:`save_gguf` writes a trained or packed ternref ``Sequential`` with every ternary layer as a
+TQ2_0 or TQ1_0 tensor and metadata that says what each tensor is; :func:`load_gguf` rebuilds the
+model; :func:`read_tensors` reads any GGUF's tensors (ternary ones as exact
+:class:`~ternref.Ternary` objects). The block layouts are in :mod:`ternref.interop.tq`, the file
+mapping and what maps exactly in :mod:`ternref.interop.gguf_io`.
+
+Needs the optional ``gguf`` package: ``pip install "ternref[gguf]"`` (importing this package
+works without it; the functions raise ImportError saying so).
+"""
+
+from ternref.interop.gguf_io import (
+    ExportReport,
+    TensorReport,
+    load_gguf,
+    read_metadata,
+    read_tensors,
+    save_gguf,
+)
+
+__all__ = [
+    "ExportReport",
+    "TensorReport",
+    "load_gguf",
+    "read_metadata",
+    "read_tensors",
+    "save_gguf",
+]
