@@ -1,21 +1,39 @@
-"""The shared inner loops of the packed GEMM: a tile of decoded weight rows times ``X``.
+"""Shared pieces of the packed kernels: group epilogues and the tile products of the GEMM.
 
-Every format's ``gemm_f32`` kernel decodes ``TILE_ROWS`` rows of packed codes into a small
-float32 buffer (L2-sized, per thread) and calls :func:`tile_matmul`, so weights stay packed in
-memory and only one tile per thread is ever dequantized.
+Group epilogue
+--------------
+Every format decodes a code ``c`` in {-1, 0, +1} as ``q = c + 1`` (or, for ``bitplanes``, as
+the two bits ``[c = +1]``, ``[c = -1]``). For one output row ``r`` and one scale group ``g`` a
+GEMV kernel forms ``Q = sum q x`` and, when the scales are asymmetric, ``Z = sum [c = 0] x``;
+with ``X = sum x`` over the group::
 
-:func:`tile_matmul` is register-blocked 4 x 4 (four rows of ``X`` times four weight rows, sixteen
-scalar accumulators), and compiled with ``fastmath={"reassoc", "contract"}``: reassociation lets
-LLVM vectorize the reductions over ``k`` and contraction fuses multiply-adds. This is the one
-place ternref allows it; the summation order is then unspecified, exactly as in BLAS, which is
-what the NumPy twin (``X @ tile.T``) uses; the two agree within the K-derived float tolerance,
-not bit for bit.
+    D = sum c x   = Q - X                         (the signed sum)
+    S = sum |c| x = X - Z
+    P = sum_{c=+1} x = (S + D) / 2,   N = sum_{c=-1} x = (S - D) / 2
 
-With int8 activations the tile holds the *signed codes* (int8 -1/0/+1, and ``|c|`` for asymmetric
-scales) and :func:`tile_dot_i8` forms exact int32 dot products per scale group; :func:`i8_epilogue`
-applies the scales in float64. Integer sums are exact in any order, so kernel and twin agree bit
-for bit. A plain loop is enough here: ``acc += int32(x) * int32(c)`` over contiguous int8 rows is a
-pattern LLVM vectorizes by itself (measured: 4x4 register blocking gave nothing over it).
+and the group contributes ``alpha_pos D`` (symmetric) or ``alpha_pos P - alpha_neg N``
+(asymmetric), plus ``offset X`` when there is an offset (:func:`group_value`). With int8
+activations ``Q``, ``Z`` and ``X`` are exact integers and ``S + D = 2 P`` is even, so ``P`` and
+``N`` are exact too (:func:`group_value_int`).
+
+GEMM tiles
+----------
+A format's ``gemm_f32`` decodes :func:`tile_rows` weight rows at a time into a float32 buffer
+of their *values* (scales and offset applied) and calls :func:`tile_matmul_blocked`; ``gemm_i8``
+decodes rows into their signed codes (and ``|c|``) and calls :func:`tile_product_i8`. Only one
+tile per thread is ever decoded, so the weights stay packed in memory.
+
+:func:`tile_matmul` is register-blocked 4 x 4 (four rows of ``X`` times four weight rows,
+sixteen scalar accumulators) and compiled with ``fastmath={"reassoc", "contract"}``
+(:data:`REASSOC`): reassociation lets LLVM vectorize the reductions over ``k``, contraction fuses
+multiply-adds. The float GEMV kernels use the same flags. The summation order is then
+unspecified, exactly as in BLAS, which is what the NumPy twins use (``X @ tile.T``); kernel and
+twin agree within the K-derived float tolerance, not bit for bit.
+
+:func:`tile_product_i8` multiplies int8 activations by codes in float32, which is exact here
+(every partial sum is an integer below 2^24, :data:`EXACT_COLUMNS`), so the int8 paths agree
+with their twins bit for bit; the GEMV kernels (one row of activations) use integer
+instructions instead (``vpmaddwd`` / ``vpdpwssd``, see :func:`ternref.packed.i2.dot_i8`).
 """
 
 from __future__ import annotations
@@ -24,11 +42,77 @@ import numpy as np
 
 from ternref._jit import njit
 
-TILE_ROWS = 16
-"""Weight rows dequantized per tile (16 x K float32: 256 KiB at K = 4096)."""
+INT8_MAX = 127
+"""Activations are clipped to [-127, 127] (symmetric: negating a quantized x never overflows)."""
+
+REASSOC = {"reassoc", "contract"}
+"""The fastmath flags of the float kernels (vectorizable reductions, fused multiply-adds)."""
+
+TILE_BYTES = 1 << 17
+"""Target size of one decoded tile (128 KiB: fits the L2 cache beside a block of ``X``)."""
+
+MIN_TILE_ROWS = 4
+
+X_BLOCK = 64
+"""Rows of ``X`` multiplied by one tile at a time (a block stays in L1/L2 across the tile)."""
 
 
-@njit(fastmath={"reassoc", "contract"})
+@njit(nogil=True)
+def tile_rows(n_rows, bytes_per_row):
+    """Weight rows per decoded tile: as many as fit in :data:`TILE_BYTES`, a multiple of 4."""
+    rows = max(MIN_TILE_ROWS, (TILE_BYTES // max(bytes_per_row, 1)) // 4 * 4)
+    return min(rows, max(n_rows, 1))
+
+
+# ------------------------------------------------------------------------------ epilogues
+@njit(nogil=True)
+def group_value(q_sum, z_sum, x_sum, sc, r, g, asym, has_offset):
+    """Contribution of group ``g`` of row ``r`` from ``Q``, ``Z``, ``X`` (float64; module doc)."""
+    d = q_sum - x_sum
+    if asym:
+        s = x_sum - z_sum
+        value = sc[0, r, g] * (0.5 * (s + d)) - sc[1, r, g] * (0.5 * (s - d))
+    else:
+        value = sc[0, r, g] * d
+    if has_offset:
+        value += sc[2, r, g] * x_sum
+    return value
+
+
+@njit(nogil=True)
+def group_value_int(q_sum, z_sum, x_sum, sc, r, g, asym, has_offset):
+    """:func:`group_value` from exact integer sums (``P``, ``N`` formed in int64)."""
+    d = np.int64(q_sum) - x_sum
+    if asym:
+        s = x_sum - np.int64(z_sum)
+        value = sc[0, r, g] * np.float64((s + d) // 2) - sc[1, r, g] * np.float64((s - d) // 2)
+    else:
+        value = sc[0, r, g] * np.float64(d)
+    if has_offset:
+        value += sc[2, r, g] * np.float64(x_sum)
+    return value
+
+
+def group_value_numpy(q_sum, z_sum, x_sum, sc_rows, asym, has_offset):
+    """NumPy twin of :func:`group_value` / :func:`group_value_int` for a column of rows;
+    ``sc_rows`` is ``sc[:, rows, g]`` (3, R). Integer sums stay integers until the scales."""
+    d = q_sum - x_sum
+    if asym:
+        s = x_sum - z_sum
+        if np.issubdtype(np.asarray(d).dtype, np.integer):
+            pos, neg = (s + d) // 2, (s - d) // 2
+        else:
+            pos, neg = 0.5 * (s + d), 0.5 * (s - d)
+        value = sc_rows[0] * pos - sc_rows[1] * neg
+    else:
+        value = sc_rows[0] * d
+    if has_offset:
+        value = value + sc_rows[2] * np.float64(x_sum)
+    return value
+
+
+# ------------------------------------------------------------------------------ float tiles
+@njit(nogil=True, fastmath=REASSOC)
 def tile_matmul(xp, buf, nr, y, r0):
     """``y[:, r0:r0+nr] = xp @ buf[:nr].T`` with 4 x 4 register blocking."""
     n_x, length = xp.shape
@@ -80,48 +164,96 @@ def tile_matmul(xp, buf, nr, y, r0):
                             y[n0 + a, r0 + i0 + b] = res[a][b]
 
 
-@njit
-def tile_dot_i8(xq, buf, nr, seg, out):
-    """``out[n, i, g] = sum_{k in group g} xq[n, k] * buf[i, k]`` exactly, in int32.
+@njit(nogil=True)
+def tile_matmul_blocked(xp, buf, nr, y, r0, n0, n1):
+    """:func:`tile_matmul` for the rows ``n0 .. n1 - 1`` of ``xp``, :data:`X_BLOCK` at a time."""
+    for b0 in range(n0, n1, X_BLOCK):
+        b1 = min(n1, b0 + X_BLOCK)
+        tile_matmul(xp[b0:b1], buf, nr, y[b0:b1], r0)
 
-    ``xq`` int8 (N, L), ``buf`` int8 (>= nr, L), groups of ``seg`` consecutive columns. With
-    ``|xq| <= 127`` and ``|buf| <= 1`` no partial sum overflows int32 below K = 2^24.
+
+# ------------------------------------------------------------------------------ int8 tiles
+EXACT_COLUMNS = 1 << 17
+"""Columns summed in one float32 product of the int8 GEMM: with ``|x| <= 127`` and
+``|c| <= 1`` every partial sum is an integer below ``127 * 2^17 < 2^24``, so float32 holds it
+exactly whatever the order of the additions and the fused multiply-adds."""
+
+
+@njit(nogil=True)
+def tile_product_i8(xq, buf, abs_buf, nr, r0, n0, n1, xsum, inv_s, sc, asym, has_offset, y):
+    """``y[n, r0 + i]`` for ``n0 <= n < n1`` from int8 activations and a tile of signed codes.
+
+    ``xq`` float32 (N, L) holds the quantized activations (integers in [-127, 127]), ``buf``
+    float32 the codes -1, 0, +1 of the tile's rows (``abs_buf`` their magnitudes, when
+    asymmetric). ``D = sum c x`` and ``S = sum |c| x`` are formed by :func:`tile_matmul`, the
+    register-blocked float32 kernel, over at most :data:`EXACT_COLUMNS` columns at a time: the
+    sums are exact integers (so the result is bit-identical to the int64 NumPy twin), and the
+    4 x 4 blocking with 16 float32 lanes beats what LLVM makes of integer loops here (measured:
+    an int32 ``vpmaddwd`` reduction runs one accumulator per loop, at a third of the speed).
+    Then :func:`group_value_int` with ``Q = D + X``, ``Z = X - S``.
     """
-    n_x, length = xq.shape
-    for g in range(length // seg):
-        k0 = g * seg
-        for n in range(n_x):
-            xs = xq[n, k0 : k0 + seg]  # 0-based slices: what LLVM vectorizes
-            for i in range(nr):
-                ws = buf[i, k0 : k0 + seg]
-                acc = np.int32(0)
-                for k in range(seg):
-                    acc += np.int32(np.int32(xs[k]) * np.int32(ws[k]))
-                out[n, i, g] = acc
-
-
-@njit
-def i8_epilogue(d, s, xsumq, inv_s, sp, sn, so, r0, nr, asym, has_offset, y):
-    """``y[n, r0 + i]`` from the exact group sums of one tile (float64 arithmetic).
-
-    ``d = sum c xq`` and, when ``asym``, ``s = sum |c| xq``: then the +1 side is
-    ``P = (s + d) / 2`` and the -1 side ``N = (s - d) / 2`` (both exact integers), and a group
-    contributes ``sp P - sn N``; symmetric groups contribute ``sp d``; an offset adds
-    ``so sum(xq)``. The row total is rescaled by ``inv_s[n] = max|x| / 127``.
-    """
-    n_x = d.shape[0]
-    n_groups = d.shape[2]
-    for n in range(n_x):
-        for i in range(nr):
-            r = r0 + i
-            acc = 0.0
+    n_groups = sc.shape[2]
+    length = xq.shape[1]
+    seg = length // n_groups
+    rows = min(X_BLOCK, n1 - n0)
+    part = np.empty((rows, nr), np.float32)
+    d = np.empty((rows, nr, n_groups), np.int64)
+    s = np.empty((rows, nr, n_groups), np.int64)
+    whole = n_groups == 1 and length <= EXACT_COLUMNS  # one product over contiguous rows
+    for b0 in range(n0, n1, X_BLOCK):
+        b1 = min(n1, b0 + X_BLOCK)
+        nb = b1 - b0
+        d[:nb] = 0
+        s[:nb] = 0
+        for sign in range(2 if asym else 1):
+            tile = buf if sign == 0 else abs_buf
+            sums = d if sign == 0 else s
             for g in range(n_groups):
-                if asym:
-                    pos = (np.int64(s[n, i, g]) + d[n, i, g]) // 2
-                    neg = (np.int64(s[n, i, g]) - d[n, i, g]) // 2
-                    acc += sp[r, g] * np.float64(pos) - sn[r, g] * np.float64(neg)
-                else:
-                    acc += sp[r, g] * np.float64(d[n, i, g])
-                if has_offset:
-                    acc += so[r, g] * np.float64(xsumq[n, g])
-            y[n, r] = acc * inv_s[n]
+                for k0 in range(g * seg, (g + 1) * seg, EXACT_COLUMNS):
+                    if whole:
+                        tile_matmul(xq[b0:b1], tile, nr, part, 0)
+                    else:
+                        k1 = min((g + 1) * seg, k0 + EXACT_COLUMNS)
+                        tile_matmul(xq[b0:b1, k0:k1], tile[:, k0:k1], nr, part, 0)
+                    for n in range(nb):
+                        for i in range(nr):
+                            sums[n, i, g] += np.int64(part[n, i])
+        for n in range(b0, b1):
+            for i in range(nr):
+                acc = 0.0
+                for g in range(n_groups):
+                    x_sum = xsum[n, g]
+                    q_sum = d[n - b0, i, g] + x_sum
+                    z_sum = x_sum - s[n - b0, i, g] if asym else np.int64(0)
+                    acc += group_value_int(q_sum, z_sum, x_sum, sc, r0 + i, g, asym, has_offset)
+                y[n, r0 + i] = acc * inv_s[n]
+
+
+@njit(nogil=True, fastmath={"nnan", "ninf"})
+def row_absmax(row):
+    """``max |row|`` (float32; vectorized: the inputs are finite)."""
+    amax = np.float32(0.0)
+    for v in row:
+        amax = max(amax, abs(v))
+    return amax
+
+
+@njit(nogil=True)
+def quantize_rows(block, nq, seg, xsum, inv_s):
+    """Quantize rows ``0 .. nq-1`` of the float32 ``block`` in place, absmax per row, exactly as
+    :func:`ternref.packed.quantize_activations` (float32 arithmetic, half-to-even rounding); the
+    quantized values stay in float32 (exact integers); ``xsum`` (int64) gets their group sums
+    over segments of ``seg`` columns and ``inv_s`` (float64) ``max|x| / 127``."""
+    length = block.shape[1]
+    for q in range(nq):
+        row = block[q]
+        amax = row_absmax(row)
+        scale = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
+        inv_s[q] = np.float64(amax) / INT8_MAX
+        for l in range(length):
+            row[l] = min(max(np.rint(row[l] * scale), np.float32(-INT8_MAX)), np.float32(INT8_MAX))
+        for g in range(length // seg):
+            total = np.float32(0.0)  # a sum of at most 2^17 integers below 128: exact
+            for l in range(g * seg, (g + 1) * seg):
+                total += row[l]
+            xsum[q, g] = np.int64(total)

@@ -32,10 +32,20 @@ mixed-precision neural network inference on the edge. ACM TECS 21(5). doi:10.114
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from ternref._jit import njit
-from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
+from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
+from ternref.packed._gemm import (
+    REASSOC,
+    group_value,
+    group_value_int,
+    group_value_numpy,
+    quantize_rows,
+    tile_matmul,
+    tile_matmul_blocked,
+    tile_product_i8,
+    tile_rows,
+)
 
 BLOCK = 64
 ARRAYS = ("pos", "neg")
@@ -67,174 +77,178 @@ def decode(arrays: dict) -> np.ndarray:
     return (p.astype(np.int8) - n.astype(np.int8)).reshape(m, words * 64)
 
 
-@njit(parallel=True)
-def dot_f32(pos, neg, xp, xsum, sp, sn, so, asym, has_offset, y):
-    """float32-lane dot products; arguments as :func:`ternref.packed.i2.dot_f32`."""
-    m = pos.shape[0]
-    n_rows_x, length = xp.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
+# ---------------------------------------------------------------------------------------------
+# GEMV kernels: straight from the bit planes
+# ---------------------------------------------------------------------------------------------
+STREAMS = 1
+"""The activations stay in their padded order (bit ``l % 64`` of word ``l // 64`` is weight l)."""
+
+
+def stream_index(l):
+    """``(0, l)``: one stream, in column order."""
+    return 0 * l, l
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def dot_f32(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+    """``y[n, r]`` for rows ``r0 <= r < r1`` from the two planes, float32 activations
+    (``xs`` float32 (N, 1, L), other arguments as :func:`ternref.packed.i2.dot_f32`).
+
+    ``D = sum c x = sum ([pos] - [neg]) x`` is one reduction; the group epilogue of
+    :mod:`ternref.packed._gemm` takes ``Q = D + X``; ``zeros`` (:func:`zeros_f32`) holds
+    ``Z = sum [c = 0] x`` for asymmetric scales.
+    """
+    n_groups = sc.shape[2]
+    seg = pos.shape[1] // n_groups  # words per group
     one = np.uint64(1)
-    for r in prange(m):
-        acc = np.empty(64, np.float32)
-        acc_n = np.empty(64, np.float32)
-        for n in range(n_rows_x):
-            yr = 0.0
-            for g in range(n_groups):
-                for j in range(64):
-                    acc[j] = 0.0
-                    acc_n[j] = 0.0
-                # this group's packed words and activations as 0-based slices: with
-                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
-                pos_g = pos[r, g * seg // 64 : (g + 1) * seg // 64]
-                neg_g = neg[r, g * seg // 64 : (g + 1) * seg // 64]
-                x = xp[n, g * seg : (g + 1) * seg]
-                for b in range(seg // BLOCK):
-                    base = b * BLOCK
-                    wp = pos_g[b]
-                    wn = neg_g[b]
-                    if asym:
-                        for i in range(64):
-                            sh = np.uint64(i)
-                            acc[i] += np.float32(np.int32((wp >> sh) & one)) * x[base + i]
-                            acc_n[i] += np.float32(np.int32((wn >> sh) & one)) * x[base + i]
-                    else:
-                        for i in range(64):
-                            sh = np.uint64(i)
-                            c = np.int32((wp >> sh) & one) - np.int32((wn >> sh) & one)
-                            acc[i] += np.float32(c) * x[base + i]
-                s = np.float32(0.0)
-                s_n = np.float32(0.0)
-                for i in range(64):
-                    s += acc[i]
-                    s_n += acc_n[i]
-                if asym:
-                    yr += sp[r, g] * np.float64(s) - sn[r, g] * np.float64(s_n)
-                else:
-                    yr += sp[r, g] * np.float64(s)
-                if has_offset:
-                    yr += so[r, g] * xsum[n, g]
-            y[n, r] = yr
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
+        for g in range(n_groups):
+            w0 = g * seg
+            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
+            for r in range(r0, r1):
+                wp = pos[r, w0 : w0 + seg]
+                wn = neg[r, w0 : w0 + seg]
+                d_sum = np.float32(0.0)
+                for w in range(seg):
+                    p = wp[w]
+                    q = wn[w]
+                    for j in range(64):
+                        bit = np.uint64(j)
+                        d_sum += (np.float32((p >> bit) & one) - np.float32((q >> bit) & one)) * x[
+                            64 * w + j
+                        ]
+                x_sum = xsum[n, g]
+                z_sum = np.float64(zeros[n, r, g]) if asym else 0.0
+                total[r - r0] += group_value(
+                    np.float64(d_sum) + x_sum, z_sum, x_sum, sc, r, g, asym, has_offset
+                )
+        for r in range(r0, r1):
+            y[n, r] = total[r - r0]
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def zeros_f32(pos, neg, xs, r0, r1, zeros):
+    """``zeros[n, r, g] = sum_{c = 0} x``: the bits set in neither plane."""
+    n_groups = zeros.shape[2]
+    seg = pos.shape[1] // n_groups
+    one = np.uint64(1)
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            w0 = g * seg
+            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
+            for r in range(r0, r1):
+                z_sum = np.float32(0.0)
+                for w in range(seg):
+                    free = ~(pos[r, w0 + w] | neg[r, w0 + w])
+                    for j in range(64):
+                        z_sum += np.float32((free >> np.uint64(j)) & one) * x[64 * w + j]
+                zeros[n, r, g] = z_sum
+
+
+@njit(nogil=True)
+def dot_i8(pos, neg, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+    """:func:`dot_f32` for int8 activations (exact integer sums, float64 epilogue)."""
+    n_groups = sc.shape[2]
+    seg = pos.shape[1] // n_groups
+    one = np.uint64(1)
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
+        for g in range(n_groups):
+            w0 = g * seg
+            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
+            for r in range(r0, r1):
+                d_sum = np.int64(0)
+                for w in range(seg):
+                    p = pos[r, w0 + w]
+                    q = neg[r, w0 + w]
+                    acc = 0
+                    for j in range(64):
+                        bit = np.uint64(j)
+                        acc += (np.int32((p >> bit) & one) - np.int32((q >> bit) & one)) * np.int32(
+                            x[64 * w + j]
+                        )
+                    d_sum += np.int32(acc)
+                x_sum = xsum[n, g]
+                z_sum = np.int64(zeros[n, r, g]) if asym else np.int64(0)
+                total[r - r0] += group_value_int(
+                    d_sum + x_sum, z_sum, x_sum, sc, r, g, asym, has_offset
+                )
+        for r in range(r0, r1):
+            y[n, r] = total[r - r0] * inv_s[n]
+
+
+@njit(nogil=True)
+def zeros_i8(pos, neg, xs, r0, r1, zeros):
+    """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
+    n_groups = zeros.shape[2]
+    seg = pos.shape[1] // n_groups
+    one = np.uint64(1)
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            w0 = g * seg
+            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
+            for r in range(r0, r1):
+                z_sum = 0
+                for w in range(seg):
+                    free = ~(pos[r, w0 + w] | neg[r, w0 + w])
+                    acc = 0
+                    for j in range(64):
+                        acc += np.int32((free >> np.uint64(j)) & one) * np.int32(x[64 * w + j])
+                    z_sum += np.int32(acc)
+                zeros[n, r, g] = z_sum
 
 
 def _bits(words):
-    """(M,) uint64 words -> (M, 64) int32 bits, LSB first."""
-    return ((words[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).astype(np.int32)
+    """uint64 words (...) -> int32 bits (..., 64), LSB first."""
+    return ((words[..., None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).astype(np.int32)
 
 
-def dot_f32_numpy(pos, neg, xp, xsum, sp, sn, so, asym, has_offset, y):
+def dot_f32_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
     """NumPy twin of :func:`dot_f32`."""
-    m = pos.shape[0]
-    n_rows_x, length = xp.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for n in range(n_rows_x):
-        x = xp[n]
-        yr = np.zeros(m, np.float64)
+    _dot_numpy(pos, neg, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, r0, r1, y, None)
+
+
+def dot_i8_numpy(pos, neg, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+    """NumPy twin of :func:`dot_i8` (int64 arithmetic: the same exact sums)."""
+    _dot_numpy(pos, neg, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s)
+
+
+def zeros_f32_numpy(pos, neg, xs, r0, r1, zeros):
+    """NumPy twin of :func:`zeros_f32` (and, with integer ``xs``, of :func:`zeros_i8`)."""
+    n_groups = zeros.shape[2]
+    seg = pos.shape[1] // n_groups
+    wide = np.int64 if np.issubdtype(xs.dtype, np.integer) else np.float64
+    for n in range(xs.shape[0]):
         for g in range(n_groups):
-            acc = np.zeros((m, 64), np.float32)
-            acc_n = np.zeros((m, 64), np.float32)
-            for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
-                xs = x[b * BLOCK : b * BLOCK + BLOCK]
-                p, q = _bits(pos[:, b]), _bits(neg[:, b])
-                if asym:
-                    acc += p.astype(np.float32) * xs
-                    acc_n += q.astype(np.float32) * xs
-                else:
-                    acc += (p - q).astype(np.float32) * xs
-            s = np.zeros(m, np.float32)
-            s_n = np.zeros(m, np.float32)
-            for i in range(64):
-                s += acc[:, i]
-                s_n += acc_n[:, i]
-            if asym:
-                yr += sp[:, g] * s.astype(np.float64) - sn[:, g] * s_n.astype(np.float64)
-            else:
-                yr += sp[:, g] * s.astype(np.float64)
-            if has_offset:
-                yr += so[:, g] * xsum[n, g]
-        y[n] = yr
+            words = slice(g * seg, (g + 1) * seg)
+            x = xs[n, 0, 64 * g * seg : 64 * (g + 1) * seg].astype(wide)
+            free = _bits(~(pos[r0:r1, words] | neg[r0:r1, words])).reshape(r1 - r0, -1)
+            zeros[n, r0:r1, g] = free.astype(wide) @ x
 
 
-@njit(parallel=True)
-def dot_i8(pos, neg, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
-    """int32-lane dot products; arguments as :func:`ternref.packed.i2.dot_i8`."""
-    m = pos.shape[0]
-    n_rows_x, length = xq.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    one = np.uint64(1)
-    for r in prange(m):
-        acc = np.empty(64, np.int32)
-        acc_n = np.empty(64, np.int32)
-        for n in range(n_rows_x):
-            yr = 0.0
-            for g in range(n_groups):
-                for j in range(64):
-                    acc[j] = 0
-                    acc_n[j] = 0
-                # this group's packed words and activations as 0-based slices: with
-                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
-                pos_g = pos[r, g * seg // 64 : (g + 1) * seg // 64]
-                neg_g = neg[r, g * seg // 64 : (g + 1) * seg // 64]
-                x = xq[n, g * seg : (g + 1) * seg]
-                for b in range(seg // BLOCK):
-                    base = b * BLOCK
-                    wp = pos_g[b]
-                    wn = neg_g[b]
-                    for i in range(64):
-                        sh = np.uint64(i)
-                        xi = np.int32(x[base + i])
-                        if asym:
-                            acc[i] += np.int32(np.int32((wp >> sh) & one) * xi)
-                            acc_n[i] += np.int32(np.int32((wn >> sh) & one) * xi)
-                        else:
-                            c = np.int32((wp >> sh) & one) - np.int32((wn >> sh) & one)
-                            acc[i] += np.int32(c * xi)
-                s = np.int64(0)
-                s_n = np.int64(0)
-                for i in range(64):
-                    s += acc[i]
-                    s_n += acc_n[i]
-                if asym:
-                    yr += sp[r, g] * np.float64(s) - sn[r, g] * np.float64(s_n)
-                else:
-                    yr += sp[r, g] * np.float64(s)
-                if has_offset:
-                    yr += so[r, g] * np.float64(xsumq[n, g])
-            y[n, r] = yr * inv_s[n]
+zeros_i8_numpy = zeros_f32_numpy
 
 
-def dot_i8_numpy(pos, neg, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
-    """NumPy twin of :func:`dot_i8`."""
-    m = pos.shape[0]
-    n_rows_x, length = xq.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for n in range(n_rows_x):
-        x = xq[n].astype(np.int64)
-        yr = np.zeros(m, np.float64)
+def _dot_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
+    n_groups = sc.shape[2]
+    seg = pos.shape[1] // n_groups
+    for n in range(xs.shape[0]):
+        yr = np.zeros(r1 - r0, np.float64)
         for g in range(n_groups):
-            s = np.zeros(m, np.int64)
-            s_n = np.zeros(m, np.int64)
-            for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
-                xs = x[b * BLOCK : b * BLOCK + BLOCK]
-                p, q = _bits(pos[:, b]).astype(np.int64), _bits(neg[:, b]).astype(np.int64)
-                if asym:
-                    s += p @ xs
-                    s_n += q @ xs
-                else:
-                    s += (p - q) @ xs
-            if asym:
-                yr += sp[:, g] * s.astype(np.float64) - sn[:, g] * s_n.astype(np.float64)
-            else:
-                yr += sp[:, g] * s.astype(np.float64)
-            if has_offset:
-                yr += so[:, g] * np.float64(xsumq[n, g])
-        y[n] = yr * inv_s[n]
+            words = slice(g * seg, (g + 1) * seg)
+            x = xs[n, 0, 64 * g * seg : 64 * (g + 1) * seg]
+            signed = _bits(pos[r0:r1, words]) - _bits(neg[r0:r1, words])  # c in {-1, 0, 1}
+            d_sum = signed.reshape(r1 - r0, -1).astype(x.dtype) @ x
+            x_sum = xsum[n, g]
+            z_sum = zeros[n, r0:r1, g].astype(d_sum.dtype) if asym else 0
+            yr += group_value_numpy(d_sum + x_sum, z_sum, x_sum, sc[:, r0:r1, g], asym, has_offset)
+        y[n, r0:r1] = yr if inv_s is None else yr * inv_s[n]
 
 
-@njit
+@njit(nogil=True)
 def dequant_row(pos, neg, r, lut, out_row):
     """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
     values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
@@ -256,56 +270,113 @@ def dequant_row(pos, neg, r, lut, out_row):
             out_row[b * BLOCK + k] = v2 if p == 1 else (v0 if q == 1 else v1)
 
 
-@njit(parallel=True)
-def dequant_tile(pos, neg, r0, lut, out):
-    """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
-    for i in prange(out.shape[0]):
-        dequant_row(pos, neg, r0 + i, lut, out[i])
+@njit(nogil=True)
+def gemm_f32(pos, neg, xp, lut, r0, r1, n0, n1, y):
+    """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
+    rows = tile_rows(r1 - r0, xp.shape[1] * 4)
+    buf = np.empty((rows, xp.shape[1]), np.float32)
+    for t0 in range(r0, r1, rows):
+        nr = min(rows, r1 - t0)
+        for i in range(nr):
+            dequant_row(pos, neg, t0 + i, lut, buf[i])
+        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1)
 
 
-@njit(parallel=True)
-def gemm_f32(pos, neg, xp, lut, y):
-    """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
-    buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
+@njit(nogil=True)
+def gemm_i8(pos, neg, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0, r1, n0, n1, y):
+    """As :func:`ternref.packed.i2.gemm_i8`, with this format's :func:`dequant_row`."""
+    length = xq.shape[1]
+    rows = tile_rows(r1 - r0, length)
+    buf = np.empty((rows, length), np.float32)
+    abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    for t0 in range(r0, r1, rows):
+        nr = min(rows, r1 - t0)
+        for i in range(nr):
+            dequant_row(pos, neg, t0 + i, code_lut, buf[i])
+            if asym:
+                dequant_row(pos, neg, t0 + i, abs_lut, abs_buf[i])
+        tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
+
+
+@njit(nogil=True)
+def conv_f32(pos, neg, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
+    """Output positions ``p0 .. p1 - 1`` of the convolution (float32 activations), without an
+    im2col matrix: gather blocks of receptive fields, multiply them by decoded tiles of weight
+    rows (:func:`dequant_row`, :func:`~ternref.packed._gemm.tile_matmul`), store NCHW
+    (:mod:`ternref.packed._conv`)."""
+    length = src.shape[0]
     m = lut.shape[0]
-    length = xp.shape[1]
-    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        nr = min(TILE_ROWS, m - r0)
-        buf = np.empty((TILE_ROWS, length), np.float32)
-        for i in range(nr):
-            dequant_row(pos, neg, r0 + i, lut, buf[i])
-        tile_matmul(xp, buf, nr, y, r0)
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    block = np.empty((X_BLOCK, length), np.float32)
+    out = np.empty((X_BLOCK, m), np.float32)
+    if rows >= m:  # one tile holds every row: decode it once
+        for i in range(m):
+            dequant_row(pos, neg, i, lut, buf[i])
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        for t0 in range(0, m, rows):
+            nr = min(rows, m - t0)
+            if rows < m:
+                for i in range(nr):
+                    dequant_row(pos, neg, t0 + i, lut, buf[i])
+            tile_matmul(block[:nq], buf, nr, out, t0)
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
-@njit(parallel=True)
-def gemm_i8(pos, neg, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
-    """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
-    (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with
-    ``_gemm.tile_dot_i8``, then scale them with ``_gemm.i8_epilogue``.
-    """
-    m = sp.shape[0]
-    n_x, length = xq.shape
-    n_groups = sp.shape[1]
+@njit(nogil=True)
+def conv_i8(
+    pos,
+    neg,
+    sc,
+    code_lut,
+    abs_lut,
+    asym,
+    has_offset,
+    xflat,
+    src,
+    geo,
+    bias,
+    has_bias,
+    relu,
+    p0,
+    p1,
+    y,
+):
+    """:func:`conv_f32` with int8 activations: each receptive field is quantized on its own
+    (:func:`~ternref.packed._gemm.quantize_rows`), the tiles hold signed codes, and
+    :func:`~ternref.packed._gemm.tile_product_i8` forms the exact sums and the epilogue."""
+    length = src.shape[0]
+    m = sc.shape[1]
+    n_groups = sc.shape[2]
     seg = length // n_groups
-    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        nr = min(TILE_ROWS, m - r0)
-        buf = np.empty((TILE_ROWS, length), np.int8)
-        d = np.empty((n_x, TILE_ROWS, n_groups), np.int32)
-        s = np.empty((n_x, TILE_ROWS, n_groups) if asym else (0, 0, 0), np.int32)
-        for i in range(nr):
-            dequant_row(pos, neg, r0 + i, code_lut, buf[i])
-        tile_dot_i8(xq, buf, nr, seg, d)
-        if asym:
-            for i in range(nr):
-                dequant_row(pos, neg, r0 + i, abs_lut, buf[i])
-            tile_dot_i8(xq, buf, nr, seg, s)
-        i8_epilogue(d, s, xsumq, inv_s, sp, sn, so, r0, nr, asym, has_offset, y)
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    block = np.empty((X_BLOCK, length), np.float32)
+    xsum = np.empty((X_BLOCK, n_groups), np.int64)
+    inv_s = np.empty(X_BLOCK, np.float64)
+    out = np.empty((X_BLOCK, m), np.float32)
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        quantize_rows(block, nq, seg, xsum, inv_s)
+        for t0 in range(0, m, rows):
+            nr = min(rows, m - t0)
+            if rows < m or q0 == p0:
+                for i in range(nr):
+                    dequant_row(pos, neg, t0 + i, code_lut, buf[i])
+                    if asym:
+                        dequant_row(pos, neg, t0 + i, abs_lut, abs_buf[i])
+            tile_product_i8(
+                block[:nq], buf, abs_buf, nr, t0, 0, nq, xsum, inv_s, sc, asym, has_offset, out
+            )
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
 def dequant_tile_numpy(pos, neg, r0, lut, out):
-    """NumPy twin of :func:`dequant_tile`."""
+    """NumPy twin of :func:`dequant_row` for the rows ``r0 .. r0 + len(out) - 1``."""
     n_tile, length = out.shape
     n_groups = lut.shape[1]
     seg = length // n_groups

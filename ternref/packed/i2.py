@@ -51,10 +51,20 @@ bits. arXiv:2402.17764. (bitnet.cpp I2_S: Wang, J., et al. 2024, arXiv:2410.1614
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from ternref._jit import njit
-from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
+from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
+from ternref.packed._gemm import (
+    REASSOC,
+    group_value,
+    group_value_int,
+    group_value_numpy,
+    quantize_rows,
+    tile_matmul,
+    tile_matmul_blocked,
+    tile_product_i8,
+    tile_rows,
+)
 
 BLOCK = 128
 """Weights per block; rows and scale groups are padded to a multiple of this."""
@@ -88,253 +98,224 @@ def decode(arrays: dict) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# float32 activations
+# GEMV kernels (a few rows of x): straight from the packed bytes, on activation streams
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True)
-def dot_f32(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
-    """``y[n, r] = sum_g (scaled code-dot of row r and x[n] over group g)``, float32 lanes.
+STREAMS = 4
+"""Sub-blocks per block: byte ``t`` of a row holds one weight of each of the 4 streams."""
+
+
+def stream_index(l):
+    """``(s, t)`` of padded column ``l``: weight ``l`` is decoded from byte ``t`` at bits
+    ``2 s``, so activation ``x[l]`` goes to stream ``s``, position ``t``
+    (``t = 32 (l // 128) + l % 32``, ``s = (l % 128) // 32``)."""
+    return (l % BLOCK) // 32, 32 * (l // BLOCK) + l % 32
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+    """``y[n, r]`` for rows ``r0 <= r < r1`` from the packed bytes, float32 activations.
 
     Parameters
     ----------
     codes : uint8 (M, L/4)
-        Packed rows, ``L = G * seg`` with every scale group padded to ``seg`` (a multiple of 128).
-    xp : float32 (N, L)
-        Activations in the same padded layout (zeros in the padding).
+        Packed rows; every scale group padded to ``seg`` (a multiple of 128) weights.
+    xs : float32 (N, 4, L/4)
+        Activation streams: ``xs[n, s, t]`` multiplies the 2-bit field ``s`` of byte ``t``
+        (see :func:`stream_index`; zeros in the padding).
     xsum : float64 (N, G)
         ``sum(x)`` over each group (the ``- sum x`` of the i2 identity, and the offset term).
-    sp, sn, so : float64 (M, G)
-        ``alpha_pos``, ``alpha_neg`` and ``offset`` of row r, group g (``so`` all zero if none).
-    asym : bool
-        Accumulate the +1 and -1 sides separately (``alpha_pos != alpha_neg``).
-    has_offset : bool
+    sc : float64 (3, M, G)
+        ``alpha_pos``, ``alpha_neg`` and ``offset`` of row r, group g (offset all zero if none).
+    zeros : float32 (N, M, G)
+        For asymmetric scales, ``Z = sum [c = 0] x`` from :func:`zeros_f32`; ignored otherwise.
+    asym, has_offset : bool
+    r0, r1 : int
+        The rows this call computes.
     y : float32 (N, M)
-        Output, overwritten.
+        Output; columns ``r0 .. r1 - 1`` are overwritten.
+
+    Per byte ``b`` the four codes are ``q_s = (b >> 2 s) & 3`` (``q = c + 1``), and the group
+    sum is ``Q = sum q x``; then ``sum c x = Q - sum x`` and, with ``Z``, ``sum |c| x = sum x - Z``
+    (:func:`~ternref.packed._gemm.group_value`). ``Q`` is one reduction over contiguous streams,
+    which LLVM vectorizes (``fastmath`` allows the reassociation; the NumPy twin agrees within
+    float32 rounding, not bit for bit). Loops run over activation rows and groups outside, rows
+    inside, so each stream slice is made once; a second reduction in the same loop (``Z``) made
+    LLVM give up the vectorization, hence the separate :func:`zeros_f32`.
     """
-    m = codes.shape[0]
-    n_rows_x, length = xp.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for r in prange(m):
-        acc = np.empty(32, np.float32)
-        acc_n = np.empty(32, np.float32)
-        for n in range(n_rows_x):
-            yr = 0.0
-            for g in range(n_groups):
-                for j in range(32):
-                    acc[j] = 0.0
-                    acc_n[j] = 0.0
-                # this group's packed words and activations as 0-based slices: with
-                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
-                codes_g = codes[r, g * seg // 4 : (g + 1) * seg // 4]
-                x = xp[n, g * seg : (g + 1) * seg]
-                for b in range(seg // BLOCK):
-                    base = b * BLOCK
-                    if asym:
-                        for j in range(32):
-                            q = codes_g[b * 32 + j]
-                            q0 = np.int32(q & 3)
-                            q1 = np.int32((q >> 2) & 3)
-                            q2 = np.int32((q >> 4) & 3)
-                            q3 = np.int32(q >> 6)
-                            # [c = +1] = q >> 1, [c = -1] = (2 - q) >> 1
-                            acc[j] += (
-                                np.float32(q0 >> 1) * x[base + j]
-                                + np.float32(q1 >> 1) * x[base + 32 + j]
-                                + np.float32(q2 >> 1) * x[base + 64 + j]
-                                + np.float32(q3 >> 1) * x[base + 96 + j]
-                            )
-                            acc_n[j] += (
-                                np.float32((2 - q0) >> 1) * x[base + j]
-                                + np.float32((2 - q1) >> 1) * x[base + 32 + j]
-                                + np.float32((2 - q2) >> 1) * x[base + 64 + j]
-                                + np.float32((2 - q3) >> 1) * x[base + 96 + j]
-                            )
-                    else:
-                        for j in range(32):
-                            q = codes_g[b * 32 + j]
-                            # sum q*x over the 4 sub-blocks; one shift+mask per sub-block
-                            acc[j] += (
-                                np.float32(np.int32(q & 3)) * x[base + j]
-                                + np.float32(np.int32((q >> 2) & 3)) * x[base + 32 + j]
-                                + np.float32(np.int32((q >> 4) & 3)) * x[base + 64 + j]
-                                + np.float32(np.int32(q >> 6)) * x[base + 96 + j]
-                            )
-                s = np.float32(0.0)
-                s_n = np.float32(0.0)
-                for j in range(32):
-                    s += acc[j]
-                    s_n += acc_n[j]
-                if asym:
-                    yr += sp[r, g] * np.float64(s) - sn[r, g] * np.float64(s_n)
-                else:
-                    # sum c x = sum q x - sum x
-                    yr += sp[r, g] * (np.float64(s) - xsum[n, g])
-                if has_offset:
-                    yr += so[r, g] * xsum[n, g]
-            y[n, r] = yr
-
-
-def dot_f32_numpy(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
-    """NumPy twin of :func:`dot_f32`: the same lanes and order, vectorised over the rows."""
-    m = codes.shape[0]
-    n_rows_x, length = xp.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    f32 = np.float32
-    for n in range(n_rows_x):
-        x = xp[n]
-        yr = np.zeros(m, np.float64)
+    n_groups = sc.shape[2]
+    seg = codes.shape[1] // n_groups  # bytes per group
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
         for g in range(n_groups):
-            acc = np.zeros((m, 32), np.float32)
-            acc_n = np.zeros((m, 32), np.float32)
-            for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
-                base = b * BLOCK
-                q = codes[:, b * 32 : b * 32 + 32].astype(np.int32)  # (M, 32)
-                qs = [q & 3, (q >> 2) & 3, (q >> 4) & 3, q >> 6]  # sub-block s: weights 32s + j
-                xs = [x[base + 32 * s : base + 32 * s + 32] for s in range(4)]
-                if asym:
-                    acc += (
-                        (qs[0] >> 1).astype(f32) * xs[0]
-                        + (qs[1] >> 1).astype(f32) * xs[1]
-                        + (qs[2] >> 1).astype(f32) * xs[2]
-                        + (qs[3] >> 1).astype(f32) * xs[3]
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]  # 0-based slices: what LLVM vectorizes
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                q_sum = np.float32(0.0)
+                for t in range(seg):
+                    b = cr[t]
+                    q_sum += (
+                        np.float32(b & np.uint8(3)) * x0[t]
+                        + np.float32((b >> np.uint8(2)) & np.uint8(3)) * x1[t]
+                        + np.float32((b >> np.uint8(4)) & np.uint8(3)) * x2[t]
+                        + np.float32(b >> np.uint8(6)) * x3[t]
                     )
-                    acc_n += (
-                        ((2 - qs[0]) >> 1).astype(f32) * xs[0]
-                        + ((2 - qs[1]) >> 1).astype(f32) * xs[1]
-                        + ((2 - qs[2]) >> 1).astype(f32) * xs[2]
-                        + ((2 - qs[3]) >> 1).astype(f32) * xs[3]
-                    )
-                else:
-                    acc += (
-                        qs[0].astype(f32) * xs[0]
-                        + qs[1].astype(f32) * xs[1]
-                        + qs[2].astype(f32) * xs[2]
-                        + qs[3].astype(f32) * xs[3]
-                    )
-            s = np.zeros(m, np.float32)
-            s_n = np.zeros(m, np.float32)
-            for j in range(32):  # lane 0 .. 31, as the kernel
-                s += acc[:, j]
-                s_n += acc_n[:, j]
-            if asym:
-                yr += sp[:, g] * s.astype(np.float64) - sn[:, g] * s_n.astype(np.float64)
-            else:
-                yr += sp[:, g] * (s.astype(np.float64) - xsum[n, g])
-            if has_offset:
-                yr += so[:, g] * xsum[n, g]
-        y[n] = yr
+                z_sum = np.float64(zeros[n, r, g]) if asym else 0.0
+                total[r - r0] += group_value(
+                    np.float64(q_sum), z_sum, xsum[n, g], sc, r, g, asym, has_offset
+                )
+        for r in range(r0, r1):
+            y[n, r] = total[r - r0]
 
 
-# ---------------------------------------------------------------------------------------------
-# int8 activations: int32 lanes, exact integer sums, float64 epilogue
-# ---------------------------------------------------------------------------------------------
-@njit(parallel=True)
-def dot_i8(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
-    """Integer twin of :func:`dot_f32`: ``xq`` int8 (N, L), int32 lanes, ``xsumq`` int64 (N, G).
+@njit(nogil=True, fastmath=REASSOC)
+def zeros_f32(codes, xs, r0, r1, zeros):
+    """``zeros[n, r, g] = sum_{c = 0} x`` over group g of row r: the low bit of a 2-bit
+    field is ``[q = 1]`` (``q`` is 0, 1 or 2). Only asymmetric scales need it."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                z_sum = np.float32(0.0)
+                for t in range(seg):
+                    b = cr[t]
+                    z_sum += (
+                        np.float32(b & np.uint8(1)) * x0[t]
+                        + np.float32((b >> np.uint8(2)) & np.uint8(1)) * x1[t]
+                        + np.float32((b >> np.uint8(4)) & np.uint8(1)) * x2[t]
+                        + np.float32((b >> np.uint8(6)) & np.uint8(1)) * x3[t]
+                    )
+                zeros[n, r, g] = z_sum
 
-    Per group the integer sum ``D = sum q xq - sum xq`` (or ``P``, ``N`` when asymmetric) is
-    exact; ``y[n, r] = inv_s[n] * sum_g (sp D | sp P - sn N) + so sum xq``, in float64.
+
+@njit(nogil=True)
+def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+    """:func:`dot_f32` for int8 activations: exact integer sums, then the float64 epilogue.
+
+    ``xs`` int8 (N, 4, L/4), ``xsum`` int64 (N, G) and ``zeros`` int32 (:func:`zeros_i8`) as in
+    :func:`dot_f32`; ``inv_s`` float64 (N,) rescales row n (``x ~= xq * inv_s``). The reduction
+    ``sum int32(q) * int32(x)`` has operands of at most 2 and 8 bits, which LLVM turns into
+    ``vpmaddwd`` (``vpdpwssd`` where the CPU has AVX-512 VNNI or AVX-VNNI): multiply-adds of
+    16-bit pairs into 32-bit lanes. The sum is exact in int32 for rows shorter than 2^22
+    weights (``|q x| <= 254``; :func:`ternref.packed.pack` refuses longer rows); the truncation
+    ``np.int32(acc)`` after the loop is what lets LLVM use 32-bit lanes.
     """
-    m = codes.shape[0]
-    n_rows_x, length = xq.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for r in prange(m):
-        acc = np.empty(32, np.int32)
-        acc_n = np.empty(32, np.int32)
-        for n in range(n_rows_x):
-            yr = 0.0
-            for g in range(n_groups):
-                for j in range(32):
-                    acc[j] = 0
-                    acc_n[j] = 0
-                # this group's packed words and activations as 0-based slices: with
-                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
-                codes_g = codes[r, g * seg // 4 : (g + 1) * seg // 4]
-                x = xq[n, g * seg : (g + 1) * seg]
-                for b in range(seg // BLOCK):
-                    base = b * BLOCK
-                    if asym:
-                        for j in range(32):
-                            q = codes_g[b * 32 + j]
-                            q0 = np.int32(q & 3)
-                            q1 = np.int32((q >> 2) & 3)
-                            q2 = np.int32((q >> 4) & 3)
-                            q3 = np.int32(q >> 6)
-                            acc[j] += np.int32(
-                                (q0 >> 1) * np.int32(x[base + j])
-                                + (q1 >> 1) * np.int32(x[base + 32 + j])
-                                + (q2 >> 1) * np.int32(x[base + 64 + j])
-                                + (q3 >> 1) * np.int32(x[base + 96 + j])
-                            )
-                            acc_n[j] += np.int32(
-                                ((2 - q0) >> 1) * np.int32(x[base + j])
-                                + ((2 - q1) >> 1) * np.int32(x[base + 32 + j])
-                                + ((2 - q2) >> 1) * np.int32(x[base + 64 + j])
-                                + ((2 - q3) >> 1) * np.int32(x[base + 96 + j])
-                            )
-                    else:
-                        for j in range(32):
-                            q = codes_g[b * 32 + j]
-                            acc[j] += np.int32(
-                                np.int32(q & 3) * np.int32(x[base + j])
-                                + np.int32((q >> 2) & 3) * np.int32(x[base + 32 + j])
-                                + np.int32((q >> 4) & 3) * np.int32(x[base + 64 + j])
-                                + np.int32(q >> 6) * np.int32(x[base + 96 + j])
-                            )
-                s = np.int64(0)
-                s_n = np.int64(0)
-                for j in range(32):
-                    s += acc[j]
-                    s_n += acc_n[j]
-                if asym:
-                    yr += sp[r, g] * np.float64(s) - sn[r, g] * np.float64(s_n)
-                else:
-                    yr += sp[r, g] * np.float64(s - xsumq[n, g])
-                if has_offset:
-                    yr += so[r, g] * np.float64(xsumq[n, g])
-            y[n, r] = yr * inv_s[n]
-
-
-def dot_i8_numpy(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
-    """NumPy twin of :func:`dot_i8` (int64 arithmetic; the sums are exact either way)."""
-    m = codes.shape[0]
-    n_rows_x, length = xq.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for n in range(n_rows_x):
-        x = xq[n].astype(np.int64)
-        yr = np.zeros(m, np.float64)
+    n_groups = sc.shape[2]
+    seg = codes.shape[1] // n_groups
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
         for g in range(n_groups):
-            s = np.zeros(m, np.int64)
-            s_n = np.zeros(m, np.int64)
-            for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
-                base = b * BLOCK
-                q = codes[:, b * 32 : b * 32 + 32].astype(np.int64)
-                for sub, qsub in enumerate((q & 3, (q >> 2) & 3, (q >> 4) & 3, q >> 6)):
-                    xs = x[base + 32 * sub : base + 32 * sub + 32]
-                    if asym:
-                        s += (qsub >> 1) @ xs
-                        s_n += ((2 - qsub) >> 1) @ xs
-                    else:
-                        s += qsub @ xs
-            if asym:
-                yr += sp[:, g] * s.astype(np.float64) - sn[:, g] * s_n.astype(np.float64)
-            else:
-                yr += sp[:, g] * (s - xsumq[n, g]).astype(np.float64)
-            if has_offset:
-                yr += so[:, g] * np.float64(xsumq[n, g])
-        y[n] = yr * inv_s[n]
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                acc = 0
+                for t in range(seg):
+                    b = cr[t]
+                    acc += np.int32(b & np.uint8(3)) * np.int32(x0[t])
+                    acc += np.int32((b >> np.uint8(2)) & np.uint8(3)) * np.int32(x1[t])
+                    acc += np.int32((b >> np.uint8(4)) & np.uint8(3)) * np.int32(x2[t])
+                    acc += np.int32(b >> np.uint8(6)) * np.int32(x3[t])
+                z_sum = zeros[n, r, g] if asym else np.int32(0)
+                total[r - r0] += group_value_int(
+                    np.int32(acc), z_sum, xsum[n, g], sc, r, g, asym, has_offset
+                )
+        for r in range(r0, r1):
+            y[n, r] = total[r - r0] * inv_s[n]
+
+
+@njit(nogil=True)
+def zeros_i8(codes, xs, r0, r1, zeros):
+    """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                acc = 0
+                for t in range(seg):
+                    b = cr[t]
+                    acc += np.int32(b & np.uint8(1)) * np.int32(x0[t])
+                    acc += np.int32((b >> np.uint8(2)) & np.uint8(1)) * np.int32(x1[t])
+                    acc += np.int32((b >> np.uint8(4)) & np.uint8(1)) * np.int32(x2[t])
+                    acc += np.int32((b >> np.uint8(6)) & np.uint8(1)) * np.int32(x3[t])
+                zeros[n, r, g] = acc
+
+
+def _fields(codes_rows, sub, mask):
+    """``(codes >> 2 sub) & mask`` as int64: the 2-bit field ``sub`` of every byte."""
+    return (codes_rows.astype(np.int64) >> (2 * sub)) & mask
+
+
+def dot_f32_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+    """NumPy twin of :func:`dot_f32`: the same streams and sums, vectorised over the rows."""
+    _dot_numpy(codes, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, r0, r1, y, None)
+
+
+def dot_i8_numpy(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+    """NumPy twin of :func:`dot_i8` (int64 arithmetic: the same exact sums)."""
+    _dot_numpy(codes, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s)
+
+
+def zeros_f32_numpy(codes, xs, r0, r1, zeros):
+    """NumPy twin of :func:`zeros_f32` (and, with integer ``xs``, of :func:`zeros_i8`)."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    wide = np.int64 if np.issubdtype(xs.dtype, np.integer) else np.float64
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            part = codes[r0:r1, g * seg : (g + 1) * seg]
+            x = xs[n, :, g * seg : (g + 1) * seg].astype(wide)
+            zeros[n, r0:r1, g] = sum(_fields(part, s, 1) @ x[s] for s in range(STREAMS))
+
+
+zeros_i8_numpy = zeros_f32_numpy
+
+
+def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
+    n_groups = sc.shape[2]
+    seg = codes.shape[1] // n_groups
+    rows = codes[r0:r1]
+    for n in range(xs.shape[0]):
+        yr = np.zeros(r1 - r0, np.float64)
+        for g in range(n_groups):
+            part = rows[:, g * seg : (g + 1) * seg]
+            x = xs[n, :, g * seg : (g + 1) * seg]  # (4, seg)
+            q_sum = sum(_fields(part, s, 3) @ x[s] for s in range(STREAMS))
+            z_sum = zeros[n, r0:r1, g].astype(q_sum.dtype) if asym else 0
+            yr += group_value_numpy(q_sum, z_sum, xsum[n, g], sc[:, r0:r1, g], asym, has_offset)
+        y[n, r0:r1] = yr if inv_s is None else yr * inv_s[n]
 
 
 # ---------------------------------------------------------------------------------------------
-# dequantized row tiles (for GEMM through BLAS)
+# GEMM kernels (many rows of x): decode a tile of rows, then a register-blocked product
 # ---------------------------------------------------------------------------------------------
-@njit
+@njit(nogil=True)
 def dequant_row(codes, r, lut, out_row):
-    """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
-    values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
+    """Write row ``r`` as values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the values of
+    codes -1, 0, +1 (float32 ``offset - alpha_neg``, ``offset``, ``offset + alpha_pos`` for the
+    float GEMM; int8 ``-1, 0, 1`` or ``1, 0, 1`` for the int8 GEMM)."""
     length = out_row.shape[0]
     n_groups = lut.shape[1]
     seg = length // n_groups
@@ -357,56 +338,102 @@ def dequant_row(codes, r, lut, out_row):
             out_row[base + 96 + j] = v0 if q3 == 0 else (v1 if q3 == 1 else v2)
 
 
-@njit(parallel=True)
-def dequant_tile(codes, r0, lut, out):
-    """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
-    for i in prange(out.shape[0]):
-        dequant_row(codes, r0 + i, lut, out[i])
+@njit(nogil=True)
+def gemm_f32(codes, xp, lut, r0, r1, n0, n1, y):
+    """``y[n0:n1, r0:r1] = xp[n0:n1] @ W_hat[r0:r1].T`` (float32): decode tiles of rows into a
+    float32 buffer (:func:`dequant_row`), multiply (:func:`~ternref.packed._gemm.tile_matmul`)."""
+    rows = tile_rows(r1 - r0, xp.shape[1] * 4)
+    buf = np.empty((rows, xp.shape[1]), np.float32)
+    for t0 in range(r0, r1, rows):
+        nr = min(rows, r1 - t0)
+        for i in range(nr):
+            dequant_row(codes, t0 + i, lut, buf[i])
+        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1)
 
 
-@njit(parallel=True)
-def gemm_f32(codes, xp, lut, y):
-    """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
-    buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
+@njit(nogil=True)
+def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0, r1, n0, n1, y):
+    """:func:`dot_i8` for many rows of ``xq`` (the quantized activations as float32 integers,
+    (N, L), padded layout): decode tiles of rows into their codes (``code_lut``; and ``|c|``
+    with ``abs_lut`` when asymmetric), then :func:`~ternref.packed._gemm.tile_product_i8`
+    (exact group sums, float64 epilogue)."""
+    length = xq.shape[1]
+    rows = tile_rows(r1 - r0, length)
+    buf = np.empty((rows, length), np.float32)
+    abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    for t0 in range(r0, r1, rows):
+        nr = min(rows, r1 - t0)
+        for i in range(nr):
+            dequant_row(codes, t0 + i, code_lut, buf[i])
+            if asym:
+                dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
+        tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
+
+
+@njit(nogil=True)
+def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
+    """Output positions ``p0 .. p1 - 1`` of the convolution (float32 activations), without an
+    im2col matrix: gather blocks of receptive fields, multiply them by decoded tiles of weight
+    rows (:func:`dequant_row`, :func:`~ternref.packed._gemm.tile_matmul`), store NCHW
+    (:mod:`ternref.packed._conv`)."""
+    length = src.shape[0]
     m = lut.shape[0]
-    length = xp.shape[1]
-    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        nr = min(TILE_ROWS, m - r0)
-        buf = np.empty((TILE_ROWS, length), np.float32)
-        for i in range(nr):
-            dequant_row(codes, r0 + i, lut, buf[i])
-        tile_matmul(xp, buf, nr, y, r0)
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    block = np.empty((X_BLOCK, length), np.float32)
+    out = np.empty((X_BLOCK, m), np.float32)
+    if rows >= m:  # one tile holds every row: decode it once
+        for i in range(m):
+            dequant_row(codes, i, lut, buf[i])
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        for t0 in range(0, m, rows):
+            nr = min(rows, m - t0)
+            if rows < m:
+                for i in range(nr):
+                    dequant_row(codes, t0 + i, lut, buf[i])
+            tile_matmul(block[:nq], buf, nr, out, t0)
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
-@njit(parallel=True)
-def gemm_i8(codes, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
-    """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
-    (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with
-    ``_gemm.tile_dot_i8``, then scale them with ``_gemm.i8_epilogue``.
-    """
-    m = sp.shape[0]
-    n_x, length = xq.shape
-    n_groups = sp.shape[1]
+@njit(nogil=True)
+def conv_i8(
+    codes, sc, code_lut, abs_lut, asym, has_offset, xflat, src, geo, bias, has_bias, relu, p0, p1, y
+):
+    """:func:`conv_f32` with int8 activations: each receptive field is quantized on its own
+    (:func:`~ternref.packed._gemm.quantize_rows`), the tiles hold signed codes, and
+    :func:`~ternref.packed._gemm.tile_product_i8` forms the exact sums and the epilogue."""
+    length = src.shape[0]
+    m = sc.shape[1]
+    n_groups = sc.shape[2]
     seg = length // n_groups
-    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        nr = min(TILE_ROWS, m - r0)
-        buf = np.empty((TILE_ROWS, length), np.int8)
-        d = np.empty((n_x, TILE_ROWS, n_groups), np.int32)
-        s = np.empty((n_x, TILE_ROWS, n_groups) if asym else (0, 0, 0), np.int32)
-        for i in range(nr):
-            dequant_row(codes, r0 + i, code_lut, buf[i])
-        tile_dot_i8(xq, buf, nr, seg, d)
-        if asym:
-            for i in range(nr):
-                dequant_row(codes, r0 + i, abs_lut, buf[i])
-            tile_dot_i8(xq, buf, nr, seg, s)
-        i8_epilogue(d, s, xsumq, inv_s, sp, sn, so, r0, nr, asym, has_offset, y)
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    block = np.empty((X_BLOCK, length), np.float32)
+    xsum = np.empty((X_BLOCK, n_groups), np.int64)
+    inv_s = np.empty(X_BLOCK, np.float64)
+    out = np.empty((X_BLOCK, m), np.float32)
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        quantize_rows(block, nq, seg, xsum, inv_s)
+        for t0 in range(0, m, rows):
+            nr = min(rows, m - t0)
+            if rows < m or q0 == p0:
+                for i in range(nr):
+                    dequant_row(codes, t0 + i, code_lut, buf[i])
+                    if asym:
+                        dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
+            tile_product_i8(
+                block[:nq], buf, abs_buf, nr, t0, 0, nq, xsum, inv_s, sc, asym, has_offset, out
+            )
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
 def dequant_tile_numpy(codes, r0, lut, out):
-    """NumPy twin of :func:`dequant_tile`."""
+    """NumPy twin of :func:`dequant_row` for the rows ``r0 .. r0 + len(out) - 1``."""
     n_tile, length = out.shape
     n_groups = lut.shape[1]
     seg = length // n_groups

@@ -64,6 +64,7 @@ from ternref.packed.layers import (
     ACTIVATIONS,
     PackedConv2d,
     PackedLinear,
+    PackedSequential,
     _ensure_method_layers,
     check_export_state,
     inference_type_name,
@@ -465,7 +466,7 @@ def load(path) -> Sequential:
         _fail(f"unexpected extra arrays {extra}")
 
     # pass 2: everything checked; build the layers
-    return Sequential(*(_build(kind, params, a) for kind, params, a in plan))
+    return PackedSequential(*(_build(kind, params, a) for kind, params, a in plan))
 
 
 def _build(kind, params, a):

@@ -2,23 +2,29 @@
 
 Which kernel runs
 -----------------
-``activations="float32"``
-    ``N < GEMM_MIN_BATCH`` rows of ``x``: the format's ``dot_f32`` kernel (float32 lanes, one
-    output row per ``prange`` iteration, the scale applied once per group in float64).
-    Larger batches: the format's ``gemm_f32`` kernel; each thread dequantizes a tile of
-    ``TILE_ROWS`` weight rows into a float32 buffer and multiplies it by ``x`` with a
-    register-blocked loop (:mod:`ternref.packed._gemm`); the packed weight is never expanded
-    whole. Its NumPy twin dequantizes the same tiles and uses ``X @ tile.T``.
-``activations="int8"``
-    ``x`` is quantized per row, BitNet-style (:func:`quantize_activations`). ``N < GEMM_MIN_BATCH``:
-    the format's ``dot_i8`` kernel accumulates exact integer sums in int32 lanes straight from the
-    packed bytes. Larger batches: the format's ``gemm_i8`` kernel decodes ``TILE_ROWS`` rows into
-    signed int8 codes and forms the exact int32 group sums of the tile against every row of
-    ``x`` (:func:`ternref.packed._gemm.tile_dot_i8`). Both give the same integers, and the same
-    float64 epilogue makes them bit-identical.
+Fewer than ``GEMM_MIN_BATCH`` rows of ``x``: the format's GEMV kernel (``dot_f32`` / ``dot_i8``)
+reads the packed bytes directly. The activations are first laid out as *streams*
+(:func:`prepare_streams`): weight ``l`` of a row is decoded from byte ``t`` of the row, field
+``s``, so ``x[l]`` is written to ``xs[s, t]``; then one byte of codes meets its activations at
+the same position ``t`` of every stream, and the inner loop is a single reduction over
+contiguous arrays, which LLVM vectorizes (with ``vpmaddwd`` / ``vpdpwssd`` for int8).
 
-``backend="numpy"`` runs the NumPy twins of the same algorithms (slow; for tests and readers).
-Computation is float32 whatever the scale dtype; the output has the dtype of ``x``.
+More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile of weight rows
+at a time (values for float32 activations, signed codes for int8) and multiplies it with a
+register-blocked product (:mod:`ternref.packed._gemm`). The packed weight is never expanded
+whole; nothing decoded is kept between calls.
+
+``activations="int8"`` quantizes each row of ``x`` to int8, absmax per row, BitNet-style
+(:func:`quantize_activations`; the kernels do the same inside :func:`prepare_streams` /
+:func:`prepare_rows`); the integer sums are exact and the scales are applied in float64, so the
+int8 kernels and their NumPy twins agree bit for bit. The float32 kernels reassociate their
+sums (as BLAS does) and agree with the twins within float32 rounding.
+
+Threads: the work is cut into chunks of output rows (GEMV, and GEMM with many weight rows) or of
+activation rows (GEMM with few weight rows) and run by :mod:`ternref.packed._threads`, which
+does not fight NumPy's BLAS threads. ``backend="numpy"`` runs the NumPy twins of the same
+algorithms, serially (slow; for tests and readers). Computation is float32 whatever the scale
+dtype; the output has the dtype of ``x``.
 
 References
 ----------
@@ -28,26 +34,24 @@ activations, per token).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from ternref._jit import njit
 from ternref._validate import describe, float_array, one_of
-from ternref.packed._gemm import TILE_ROWS
-from ternref.packed.packed import Packed, pad_activations
+from ternref.packed import _threads
+from ternref.packed._gemm import INT8_MAX, X_BLOCK, group_value_numpy
+from ternref.packed.packed import Packed
 
 GEMM_MIN_BATCH = 8
-# Products with fewer multiply-adds than this (N * M * K) run the kernels on one thread.
-SERIAL_BELOW = 1 << 20
-"""Batches at least this large go through the tiled GEMM kernel."""
-
-INT8_MAX = 127
-"""Activations are clipped to [-127, 127] (symmetric: negating a quantized x never overflows)."""
+"""Batches at least this large go through the tiled GEMM kernels."""
 
 
 def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Absmax int8 quantization per row of ``x``: ``xq = clip(rint(x * 127 / max|x|), -127, 127)``.
+    """Absmax int8 quantization per row: ``xq = clip(rint(x * (127 / max|x|)), -127, 127)``.
 
-    Rounding is half to even (``np.rint``). An all-zero row gets ``xq = 0`` and scale 0.
+    In float32, as BitNet b1.58's released code computes it (``s = 127 / max|x|`` rounded to
+    float32, the product rounded to float32, then rounding half to even, ``np.rint``). An all-zero
+    row gets ``xq = 0`` and scale 0.
 
     Returns
     -------
@@ -55,62 +59,124 @@ def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv_s : float64 ndarray (N,)
         ``max|x| / 127``, so that ``x ~= xq * inv_s``.
     """
-    x64 = x2d.astype(np.float64)
-    amax = np.max(np.abs(x64), axis=1)
-    s = np.divide(INT8_MAX, amax, out=np.zeros_like(amax), where=amax > 0)
-    xq = np.clip(np.rint(x64 * s[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return xq, amax / INT8_MAX
+    x32 = np.asarray(x2d, dtype=np.float32)
+    amax = np.max(np.abs(x32), axis=1)
+    s = np.divide(np.float32(INT8_MAX), amax, out=np.zeros_like(amax), where=amax > 0)
+    xq = np.clip(np.rint(x32 * s[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return xq, amax.astype(np.float64) / INT8_MAX
 
 
-def _group_sums(xp: np.ndarray, n_groups: int, dtype) -> np.ndarray:
-    """``sum(x)`` over each padded segment: (N, G)."""
-    n = xp.shape[0]
-    return xp.reshape(n, n_groups, -1).sum(axis=2, dtype=dtype)
+# ------------------------------------------------------------------------ activation layouts
+def _layout(p: Packed) -> dict:
+    """Where each logical column ``k`` of ``x`` goes (cached on ``p``).
+
+    ``plain[k]``: its column in the padded layout (:func:`ternref.packed.packed.pad_activations`);
+    ``stream[k]``: its flat index ``s * T + t`` in the GEMV streams (``T`` bytes per row);
+    ``group[k]``: its scale group.
+    """
+    if "layout" not in p._cache:
+        m, k = p.shape
+        cols = np.arange(k)
+        if p.n_groups == 1:
+            group, plain = np.zeros(k, np.int64), cols
+        else:
+            group = cols // p.group_size
+            plain = group * p.segment + cols % p.group_size
+        mod = p.module
+        s, t = mod.stream_index(plain)
+        per_stream = p.padded_length // mod.STREAMS
+        p._cache["layout"] = {
+            "plain": np.ascontiguousarray(plain, dtype=np.int64),
+            "stream": np.ascontiguousarray(s * per_stream + t, dtype=np.int64),
+            "group": np.ascontiguousarray(group, dtype=np.int64),
+        }
+    return p._cache["layout"]
 
 
+@njit(nogil=True)
+def _scatter_f32(x2d, dest, group, out, xsum):
+    """``out[n, dest[k]] = x[n, k]`` (float32; ``out`` zero elsewhere) and the group sums."""
+    out[:] = 0
+    xsum[:] = 0
+    for n in range(x2d.shape[0]):
+        for k in range(x2d.shape[1]):
+            v = np.float32(x2d[n, k])
+            out[n, dest[k]] = v
+            xsum[n, group[k]] += np.float64(v)
+
+
+@njit(nogil=True)
+def _scatter_i8(x2d, dest, group, out, xsum, inv_s):
+    """:func:`quantize_activations` per row, scattered like :func:`_scatter_f32` (``out`` int8,
+    or float32 holding the same integers; exact int64 group sums; ``inv_s = max|x| / 127``)."""
+    out[:] = 0
+    xsum[:] = 0
+    for n in range(x2d.shape[0]):
+        amax = np.float32(0.0)
+        for k in range(x2d.shape[1]):
+            amax = max(amax, abs(np.float32(x2d[n, k])))
+        s = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
+        inv_s[n] = np.float64(amax) / INT8_MAX
+        for k in range(x2d.shape[1]):
+            q = min(max(np.rint(np.float32(x2d[n, k]) * s), np.float32(-INT8_MAX)), INT8_MAX)
+            out[n, dest[k]] = q
+            xsum[n, group[k]] += np.int64(q)
+
+
+def _scatter_numpy(x2d, dest, group, n_groups, width, int8: bool, dtype=None):
+    """NumPy twin of :func:`_scatter_f32` / :func:`_scatter_i8`."""
+    n = x2d.shape[0]
+    if int8:
+        values, inv_s = quantize_activations(x2d)
+        sums = values.astype(np.int64)
+        values = values.astype(dtype or np.int8)
+    else:
+        values, inv_s = x2d.astype(np.float32), None
+        sums = values.astype(np.float64)
+    out = np.zeros((n, width), values.dtype)
+    out[:, dest] = values
+    xsum = np.zeros((n, n_groups), sums.dtype)
+    for g in range(n_groups):
+        xsum[:, g] = sums[:, group == g].sum(axis=1)
+    return out, xsum, inv_s
+
+
+def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
+    lay = _layout(p)
+    n, g, width = x2d.shape[0], p.n_groups, p.padded_length
+    # the GEMV kernels read int8 streams; the GEMM reads the same integers as float32
+    qtype = np.int8 if key == "stream" else np.float32
+    if backend == "numpy":
+        return _scatter_numpy(x2d, lay[key], lay["group"], g, width, int8, qtype)
+    if int8:
+        out = np.empty((n, width), qtype)
+        xsum = np.empty((n, g), np.int64)
+        inv_s = np.empty(n, np.float64)
+        _scatter_i8(x2d, lay[key], lay["group"], out, xsum, inv_s)
+        return out, xsum, inv_s
+    out = np.empty((n, width), np.float32)
+    xsum = np.empty((n, g), np.float64)
+    _scatter_f32(x2d, lay[key], lay["group"], out, xsum)
+    return out, xsum, None
+
+
+def prepare_streams(p: Packed, x2d, int8: bool, backend: str = "numba"):
+    """The GEMV kernels' input: ``xs`` (N, STREAMS, L / STREAMS), group sums (N, G), and (int8)
+    the per-row scale ``inv_s`` (N,)."""
+    out, xsum, inv_s = _prepare(p, x2d, int8, "stream", backend)
+    mod = p.module
+    return out.reshape(out.shape[0], mod.STREAMS, -1), xsum, inv_s
+
+
+def prepare_rows(p: Packed, x2d, int8: bool, backend: str = "numba"):
+    """The GEMM kernels' input: ``x`` in the padded layout (N, L) float32 (with int8 activations
+    the quantized integers), group sums, ``inv_s``."""
+    return _prepare(p, x2d, int8, "plain", backend)
+
+
+# ------------------------------------------------------------------------------ the product
 def _data(p: Packed) -> tuple:
     return tuple(p.arrays[name] for name in p.module.ARRAYS)
-
-
-def _gemm_f32_numpy(p: Packed, xp: np.ndarray, lut: np.ndarray, y: np.ndarray) -> None:
-    """NumPy twin of the formats' ``gemm_f32``: dequantize ``TILE_ROWS`` rows, then BLAS."""
-    m = p.shape[0]
-    buf = np.empty((TILE_ROWS, p.padded_length), np.float32)
-    for r0 in range(0, m, TILE_ROWS):
-        r1 = min(m, r0 + TILE_ROWS)
-        tile = buf[: r1 - r0]
-        p.module.dequant_tile_numpy(*_data(p), r0, lut, tile)
-        y[:, r0:r1] = xp @ tile.T
-
-
-def _gemm_i8_numpy(p: Packed, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
-    """NumPy twin of the formats' ``gemm_i8``: decode tiles of signed codes, exact int64 products
-    per group, then the epilogue of :func:`ternref.packed._gemm.i8_epilogue` on whole arrays."""
-    m, n_groups = sp.shape
-    seg = xq.shape[1] // n_groups
-    tile = np.empty((TILE_ROWS, xq.shape[1]), np.int8)
-    x64 = xq.astype(np.int64)
-    for r0 in range(0, m, TILE_ROWS):
-        r1 = min(m, r0 + TILE_ROWS)
-        acc = np.zeros((xq.shape[0], r1 - r0), np.float64)
-        sums = {}
-        for name, lut in (("d", code_lut), ("s", abs_lut)) if asym else (("d", code_lut),):
-            p.module.dequant_tile_numpy(*_data(p), r0, lut, tile[: r1 - r0])
-            sums[name] = [
-                x64[:, g * seg : (g + 1) * seg] @ tile[: r1 - r0, g * seg : (g + 1) * seg].T
-                for g in range(n_groups)
-            ]
-        for g in range(n_groups):
-            d = sums["d"][g]
-            if asym:
-                s = sums["s"][g]
-                pos, neg = (s + d) // 2, (s - d) // 2  # the +1 and -1 sides
-                acc += sp[r0:r1, g] * pos.astype(np.float64) - sn[r0:r1, g] * neg.astype(np.float64)
-            else:
-                acc += sp[r0:r1, g] * d.astype(np.float64)
-            if has_offset:
-                acc += so[r0:r1, g] * xsumq[:, g : g + 1].astype(np.float64)
-        y[:, r0:r1] = acc * inv_s[:, None]
 
 
 def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba") -> np.ndarray:
@@ -135,57 +201,190 @@ def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba"
     x = float_array(x, "x", ndim=(1, 2))
     one_of(activations, "activations", ("float32", "int8"))
     one_of(backend, "backend", ("numba", "numpy"))
-    m, k = p.shape
+    k = p.shape[1]
     if x.shape[-1] != k:
         raise ValueError(
             f"x must have {k} features (the K of the packed weight {p.shape}), got shape {x.shape}"
         )
     x2d = x.reshape(1, k) if x.ndim == 1 else x
-    n = x2d.shape[0]
-    sc = p.kernel_scales()
-    y = np.empty((n, m), np.float32)
-    if backend == "numba" and n * m * k < SERIAL_BELOW:
-        # Small products: waking the thread pool costs more than the work (and much more on a
-        # busy machine), so run the same kernels on one thread.
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            _run_kernels(p, x2d, activations, backend, sc, y)
-        finally:
-            numba.set_num_threads(threads)
-    else:
-        _run_kernels(p, x2d, activations, backend, sc, y)
+    y = product(p, x2d, activations == "int8", backend)
     out = y if x.ndim == 2 else y[0]
     return out.astype(x.dtype, copy=False)
 
 
-def _run_kernels(p: Packed, x2d, activations: str, backend: str, sc: dict, y) -> None:
-    """Dispatch to the GEMV/GEMM kernel (or its NumPy twin) for float32 or int8 activations."""
+def product(p: Packed, x2d: np.ndarray, int8: bool, backend: str = "numba", y=None) -> np.ndarray:
+    """``x2d @ W_hat.T`` as float32 (N, M), without argument checks (the layers' fast path).
+
+    ``x2d`` must be a 2-D float array with ``p.shape[1]`` columns; ``y``, if given, a float32
+    (N, M) array to write into.
+    """
     n = x2d.shape[0]
-    g = p.n_groups
-    has_offset = p.offset is not None
+    m = p.shape[0]
+    if y is None:
+        y = np.empty((n, m), np.float32)
+    sc = p.kernel_scales()
     asym = not p.symmetric
-    if activations == "float32":
-        xp = pad_activations(np.ascontiguousarray(x2d, dtype=np.float32), p)
-        if n >= GEMM_MIN_BATCH:
-            if backend == "numba":
-                p.module.gemm_f32(*_data(p), xp, sc["lut"], y)
-            else:
-                _gemm_f32_numpy(p, xp, sc["lut"], y)
+    has_offset = p.offset is not None
+    mod = p.module
+    data = _data(p)
+    if n < GEMM_MIN_BATCH:
+        xs, xsum, inv_s = prepare_streams(p, x2d, int8, backend)
+        twin = "_numpy" if backend == "numpy" else ""
+        chunks = [(0, m)] if twin else _threads.plan(m, n * p.padded_length)
+        kind = "i8" if int8 else "f32"
+        zeros = np.zeros(
+            (n, m, p.n_groups) if asym else (0, 0, 0), np.int32 if int8 else np.float32
+        )
+        if asym:  # Z = sum [c = 0] x, a pass of its own (see i2.dot_f32)
+            _threads.run(getattr(mod, f"zeros_{kind}{twin}"), (*data, xs), chunks, zeros)
+        scales = (inv_s, sc["sc"]) if int8 else (sc["sc"],)
+        args = (*data, xs, xsum, *scales, zeros, asym, has_offset)
+        _threads.run(getattr(mod, f"dot_{kind}{twin}"), args, chunks, y)
+        return y
+    xp, xsum, inv_s = prepare_rows(p, x2d, int8, backend)
+    if backend == "numpy":
+        if int8:
+            _gemm_i8_numpy(p, xp, xsum, inv_s, sc, asym, has_offset, y)
         else:
-            xsum = _group_sums(xp, g, np.float64)
-            fn = p.module.dot_f32 if backend == "numba" else p.module.dot_f32_numpy
-            fn(*_data(p), xp, xsum, sc["sp"], sc["sn"], sc["so"], asym, has_offset, y)
+            _gemm_f32_numpy(p, xp, sc["lut"], y)
+        return y
+    if int8:
+        kernel = mod.gemm_i8
+        args = (*data, xp, xsum, inv_s, sc["sc"], sc["code_lut"], sc["abs_lut"], asym, has_offset)
     else:
-        xq, inv_s = quantize_activations(x2d)
-        xq = pad_activations(xq, p)
-        xsumq = _group_sums(xq, g, np.int64)
-        scales = (sc["sp"], sc["sn"], sc["so"])
-        if n >= GEMM_MIN_BATCH:
-            luts = (sc["code_lut"], sc["abs_lut"])
-            fn = p.module.gemm_i8 if backend == "numba" else _gemm_i8_numpy
-            args = (*_data(p),) if backend == "numba" else (p,)
-            fn(*args, xq, xsumq, inv_s, *scales, *luts, asym, has_offset, y)
-        else:
-            fn = p.module.dot_i8 if backend == "numba" else p.module.dot_i8_numpy
-            fn(*_data(p), xq, xsumq, inv_s, *scales, asym, has_offset, y)
+        kernel = mod.gemm_f32
+        args = (*data, xp, sc["lut"])
+    _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
+    return y
+
+
+def _gemm_chunks(m: int, n: int, length: int) -> list[tuple[int, int, int, int]]:
+    """``(r0, r1, n0, n1)`` chunks: over weight rows when there are enough of them for every
+    thread, else over activation rows (a convolution's thousands of im2col rows)."""
+    threads = _threads.get_num_threads()
+    if threads <= 1 or n * m * length < _threads.SERIAL_BELOW:
+        return [(0, m, 0, n)]
+    wanted = threads * _threads.CHUNKS_PER_THREAD
+    if m >= 16 * wanted:
+        return [(a, b, 0, n) for a, b in _threads.split(m, wanted, 4)]
+    return [(0, m, a, b) for a, b in _threads.split(n, wanted, X_BLOCK)]
+
+
+def _gemm_f32_numpy(p: Packed, xp: np.ndarray, lut: np.ndarray, y: np.ndarray) -> None:
+    """NumPy twin of the formats' ``gemm_f32``: decode tiles of row values, then ``X @ tile.T``."""
+    from ternref.packed._gemm import tile_rows
+
+    m, length = p.shape[0], p.padded_length
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        tile = buf[: r1 - r0]
+        p.module.dequant_tile_numpy(*_data(p), r0, lut, tile)
+        y[:, r0:r1] = xp @ tile.T
+
+
+def _gemm_i8_numpy(p: Packed, xq, xsum, inv_s, sc, asym, has_offset, y) -> None:
+    """NumPy twin of the formats' ``gemm_i8``: decode tiles of signed codes (and ``|c|``), exact
+    int64 group sums, the epilogue of :mod:`ternref.packed._gemm` on whole columns."""
+    from ternref.packed._gemm import tile_rows
+
+    m, length = p.shape[0], p.padded_length
+    n_groups, seg = p.n_groups, p.segment
+    rows = tile_rows(m, length)
+    x64 = xq.astype(np.int64)
+    codes = np.empty((rows, length), np.float32)
+    mags = np.empty((rows, length), np.float32)
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        p.module.dequant_tile_numpy(*_data(p), r0, sc["code_lut"], codes[: r1 - r0])
+        if asym:
+            p.module.dequant_tile_numpy(*_data(p), r0, sc["abs_lut"], mags[: r1 - r0])
+        acc = np.zeros((xq.shape[0], r1 - r0), np.float64)
+        for g in range(n_groups):
+            cols = slice(g * seg, (g + 1) * seg)
+            x_sum = xsum[:, g : g + 1]
+            d = x64[:, cols] @ codes[: r1 - r0, cols].T.astype(np.int64)  # sum c x
+            q_sum = d + x_sum
+            z_sum = x_sum - x64[:, cols] @ mags[: r1 - r0, cols].T.astype(np.int64) if asym else 0
+            acc += group_value_numpy(q_sum, z_sum, x_sum, sc["sc"][:, r0:r1, g], asym, has_offset)
+        y[:, r0:r1] = acc * inv_s[:, None]
+
+
+# ------------------------------------------------------------------------------ convolution
+def _conv_input(x, padding) -> np.ndarray:
+    """``x`` zero-padded, float32, C-contiguous, flattened (what the gather kernels read)."""
+    ph, pw = padding
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+
+
+def _conv_plan(p: Packed, x_shape, kernel_size, stride, padding):
+    """``(geo, src)`` of :func:`ternref.packed._conv.conv_geometry`, cached per input shape."""
+    from ternref.packed._conv import conv_geometry
+
+    key = ("conv", tuple(x_shape[1:]), tuple(kernel_size), tuple(stride), tuple(padding))
+    if key not in p._cache:
+        p._cache[key] = conv_geometry(p, x_shape[1:], kernel_size, stride, padding)
+    return p._cache[key]
+
+
+def conv2d(
+    x, p: Packed, stride=1, padding=0, activations: str = "float32", *, bias=None,
+    relu: bool = False, backend: str = "numba",
+) -> np.ndarray:  # fmt: skip
+    """The convolution of NCHW ``x`` with the packed weight ``p`` (orig shape (O, C, kh, kw)).
+
+    ``y = act(im2col(x) @ W_hat.T + bias)`` laid out as (N, O, OH, OW), float32; ``act`` is
+    ReLU when ``relu``. With ``activations="int8"`` every receptive field (im2col row) is
+    quantized on its own. The jitted path never builds the im2col matrix
+    (:mod:`ternref.packed._conv`); ``backend="numpy"`` is its twin: ``im2col`` and the linear
+    twin.
+    """
+    from ternref.nn.functional import conv_output_shape, im2col, pair
+
+    if not isinstance(p, Packed) or len(p.orig_shape) != 4:
+        raise TypeError(f"p must be a ternref.packed.Packed of a 4-D weight, got {describe(p)}")
+    x = float_array(x, "x", ndim=4)
+    one_of(activations, "activations", ("float32", "int8"))
+    one_of(backend, "backend", ("numba", "numpy"))
+    o, c, kh, kw = p.orig_shape
+    if x.shape[1] != c:
+        raise ValueError(f"x must have {c} channels (weight {p.orig_shape}), got shape {x.shape}")
+    stride, padding = pair(stride, "stride", low=1), pair(padding, "padding", low=0)
+    n, _, h, w = x.shape
+    oh, ow = conv_output_shape(h, w, (kh, kw), stride, padding)
+    b = None if bias is None else np.asarray(bias, np.float32)
+    if backend == "numpy":
+        cols = im2col(x, (kh, kw), stride, padding)
+        y = product(p, cols, activations == "int8", "numpy")
+        if b is not None:
+            y += b
+        if relu:
+            np.maximum(y, 0, out=y)
+        return np.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+    y = np.empty((n, o, oh, ow), np.float32)
+    run_conv(p, x, (kh, kw), stride, padding, activations == "int8", b, relu, y)
+    return y
+
+
+def run_conv(p: Packed, x, kernel_size, stride, padding, int8: bool, bias, relu: bool, y) -> None:
+    """The jitted convolution into ``y`` (N, O, OH, OW) float32, without argument checks."""
+    geo, src = _conv_plan(p, x.shape, kernel_size, stride, padding)
+    xflat = _conv_input(x, padding)
+    positions = x.shape[0] * int(geo[3]) * int(geo[4])
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(0, np.float32)
+    sc = p.kernel_scales()
+    mod = p.module
+    tail = (xflat, src, geo, b, has_bias, relu)
+    if int8:
+        kernel = mod.conv_i8
+        head = (sc["sc"], sc["code_lut"], sc["abs_lut"], not p.symmetric, p.offset is not None)
+        args = (*_data(p), *head, *tail)
+    else:
+        kernel = mod.conv_f32
+        args = (*_data(p), sc["lut"], *tail)
+    chunks = _threads.plan(positions, p.shape[0] * p.padded_length, X_BLOCK)
+    _threads.run(kernel, args, chunks, y)

@@ -42,7 +42,7 @@ import copy
 import numpy as np
 
 from ternref._validate import describe, float_array, one_of
-from ternref.nn.functional import conv_output_shape, im2col, pair
+from ternref.nn.functional import conv_output_shape, pair
 from ternref.nn.layers import (
     AvgPool2d,
     BatchNorm1d,
@@ -55,12 +55,20 @@ from ternref.nn.layers import (
     ReLU,
     Sequential,
 )
-from ternref.nn.module import Module
-from ternref.packed.kernels import linear
+from ternref.nn.module import Module, Parameter
+from ternref.packed.kernels import product, run_conv
 from ternref.packed.packed import FORMATS, Packed, pack
 from ternref.ternary import Ternary
 
 ACTIVATIONS = ("float32", "int8")
+
+
+def _checked_input(x, ndim: int, name: str) -> np.ndarray:
+    """``x`` if it is a float ndarray of ``ndim`` dimensions (the per-call fast check); otherwise
+    :func:`~ternref._validate.float_array` explains what is wrong (or converts a list)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim == ndim and x.size:
+        return x
+    return float_array(x, name, ndim=ndim, finite=False)
 
 
 class _PackedLayer(Module):
@@ -108,6 +116,7 @@ class _PackedLayer(Module):
                     f"bias must have shape ({first.shape[0]},), got shape {bias.shape}"
                 )
         self.bias = bias
+        self._bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.activations = one_of(activations, "activations", ACTIVATIONS)
         self.training = False
 
@@ -116,12 +125,14 @@ class _PackedLayer(Module):
         """Bytes of every term's packed codes and scales (the bias not included)."""
         return int(sum(p.nbytes for p in self.terms))
 
-    def _product(self, x2d):
-        """``sum_k x2d @ W_k.T`` (one packed product per term)."""
-        y = linear(x2d, self.terms[0], self.activations)
-        for p in self.terms[1:]:
-            y += linear(x2d, p, self.activations)
-        return y
+    def forward(self, x):
+        """The layer's output (float32 for float32 input, else the dtype of ``x``)."""
+        return self.run(x, relu=False)
+
+    def run(self, x, relu: bool = False):
+        """:meth:`forward`, followed by a ReLU applied in place when ``relu`` (what
+        :class:`PackedSequential` does for a packed layer followed by ``ReLU``)."""
+        raise NotImplementedError
 
     def _terms_repr(self) -> str:
         return f", terms={len(self.terms)}" if len(self.terms) > 1 else ""
@@ -152,13 +163,23 @@ class PackedLinear(_PackedLayer):
             raise ValueError(f"PackedLinear needs a 2-D weight, got shape {self.packed.orig_shape}")
         self.out_features, self.in_features = self.packed.shape
 
-    def forward(self, x):
-        """x (N, in) -> y (N, out), dtype of x."""
-        x = float_array(x, "PackedLinear input", ndim=2)
-        y = self._product(x)
+    def run(self, x, relu: bool = False):
+        """x (N, in) -> y (N, out), dtype of x; ReLU in place when ``relu``."""
+        x = _checked_input(x, 2, "PackedLinear input")
+        if x.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self!r}: expected input of shape (N, {self.in_features}) "
+                f"({self.in_features} features), got shape {x.shape}"
+            )
+        int8 = self.activations == "int8"
+        y = product(self.terms[0], x, int8)
+        for p in self.terms[1:]:
+            y += product(p, x, int8)
         if self.bias is not None:
-            y += self.bias.astype(y.dtype, copy=False)
-        return y
+            y += self._bias32
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y if x.dtype == np.float32 else y.astype(x.dtype)
 
     def __repr__(self) -> str:
         return (
@@ -189,20 +210,30 @@ class PackedConv2d(_PackedLayer):
         self.stride = pair(stride, "stride", low=1)
         self.padding = pair(padding, "padding", low=0)
 
-    def forward(self, x):
-        """x (N, C_in, H, W) -> y (N, C_out, OH, OW), dtype of x."""
-        x = float_array(x, "PackedConv2d input", ndim=4)
+    def run(self, x, relu: bool = False):
+        """x (N, C_in, H, W) -> y (N, C_out, OH, OW), dtype of x; ReLU fused when ``relu``.
+
+        Computed block by block without an im2col matrix (:func:`ternref.packed.conv2d`)."""
+        x = _checked_input(x, 4, "PackedConv2d input")
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"{self!r}: expected input of shape (N, {self.in_channels}, H, W), got {x.shape}"
             )
         n, _, h, w = x.shape
         oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, self.padding)
-        cols = im2col(x, self.kernel_size, self.stride, self.padding)  # (N*OH*OW, C*kh*kw)
-        y = self._product(cols)  # (N*OH*OW, O)
-        if self.bias is not None:
-            y += self.bias.astype(y.dtype, copy=False)
-        return np.ascontiguousarray(y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2))
+        int8 = self.activations == "int8"
+        geometry = (self.kernel_size, self.stride, self.padding)
+        y = np.empty((n, self.out_channels, oh, ow), np.float32)
+        single = len(self.terms) == 1
+        run_conv(self.packed, x, *geometry, int8, self._bias32, relu and single, y)
+        if not single:  # Ternary Residual Networks: add the other terms, then the ReLU
+            part = np.empty_like(y)
+            for p in self.terms[1:]:
+                run_conv(p, x, *geometry, int8, None, False, part)
+                y += part
+            if relu:
+                np.maximum(y, 0, out=y)
+        return y if x.dtype == np.float32 else y.astype(x.dtype)
 
     def __repr__(self) -> str:
         return (
@@ -211,6 +242,138 @@ class PackedConv2d(_PackedLayer):
             f"{self.packed.format}, bias={self.bias is not None}, activations={self.activations}"
             f"{self._terms_repr()})"
         )
+
+
+# ------------------------------------------------------------------------ the packed model
+
+
+class PackedSequential(Sequential):
+    """The ``Sequential`` that :func:`export` and :func:`ternref.packed.load` return.
+
+    Its layers are ordinary layers (the file formats store them one by one); only
+    :meth:`forward` differs from ``Sequential``'s: it runs an inference plan over them, built once
+    and rebuilt whenever the layer list changes, which
+
+    * fuses a ``ReLU`` into the packed or full-precision ``Linear``/``Conv2d`` before it (applied
+      to the output block while it is in cache, instead of another pass over memory);
+    * runs full-precision ``Linear`` layers as ``x @ W.T + b`` without the training layer's
+      checks and caches, and full-precision ``Conv2d`` layers with the blocked convolution of
+      the packed ones (:func:`ternref.packed._conv.conv_dense_f32`: no im2col matrix);
+    * runs ``Flatten`` as a reshape.
+
+    Every other layer runs its own ``forward``. The result equals ``Sequential.forward`` of the
+    same layers up to float32 summation order (tested).
+    """
+
+    def forward(self, x):
+        key = tuple(map(id, self.layers))
+        if getattr(self, "_plan_key", None) != key:
+            self._plan = _inference_plan(self.layers)
+            self._plan_key = key
+        for step in self._plan:
+            x = step(x)
+        return x
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise ValueError("a packed model is inference-only; it has no training mode")
+        return super().train(False)
+
+
+def _inference_plan(layers) -> list:
+    """The steps of :meth:`PackedSequential.forward` (see its docstring)."""
+    steps = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        relu = i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+        if isinstance(layer, _PackedLayer):
+            steps.append(_bind_run(layer, relu))
+        elif type(layer) is Linear and layer.weight_quantizer is None:
+            steps.append(_dense_linear_step(layer, relu))
+        elif type(layer) is Conv2d and layer.weight_quantizer is None:
+            steps.append(_dense_conv_step(layer, relu))
+        elif type(layer) is Flatten:
+            steps.append(_flatten)
+            relu = False
+        else:
+            steps.append(layer.forward)
+            relu = False
+        i += 2 if relu else 1
+    return steps
+
+
+def _bind_run(layer, relu):
+    return lambda x: layer.run(x, relu)
+
+
+def _flatten(x):
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"Flatten expects input of shape (N, ...), got shape {x.shape}")
+    return x.reshape(x.shape[0], -1)
+
+
+def _dense_linear_step(layer: Linear, relu: bool):
+    def step(x):
+        x = _checked_input(x, 2, "Linear input")
+        if x.shape[1] != layer.in_features:
+            raise ValueError(
+                f"{layer!r}: expected input of shape (N, {layer.in_features}), got {x.shape}"
+            )
+        w = layer.weight.data
+        y = np.matmul(x, w.T if w.dtype == x.dtype else w.T.astype(x.dtype))
+        if layer.bias is not None:
+            y += layer.bias.data.astype(y.dtype, copy=False)
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y
+
+    return step
+
+
+def _dense_conv_step(layer: Conv2d, relu: bool):
+    from ternref.packed import _conv
+    from ternref.packed.kernels import _conv_input, _threads
+
+    geometry = {}
+
+    def step(x):
+        x = _checked_input(x, 4, "Conv2d input")
+        if x.shape[1] != layer.in_channels:
+            raise ValueError(
+                f"{layer!r}: expected input of shape (N, {layer.in_channels}, H, W), got {x.shape}"
+            )
+        if x.dtype != np.float32:  # the blocked kernel computes in float32
+            return _relu(layer.forward(x), relu)
+        n, c, h, w = x.shape
+        if (c, h, w) not in geometry:
+            kh, kw = layer.kernel_size
+            k = c * kh * kw
+            ci, rest = np.divmod(np.arange(k), kh * kw)
+            a, b = np.divmod(rest, kw)
+            ph, pw = layer.padding
+            hp, wp = h + 2 * ph, w + 2 * pw
+            oh, ow = conv_output_shape(h, w, layer.kernel_size, layer.stride, layer.padding)
+            src = np.ascontiguousarray(ci * hp * wp + a * wp + b, dtype=np.int64)
+            geo = np.array([c, hp, wp, oh, ow, *layer.stride], np.int64)
+            geometry[(c, h, w)] = (geo, src, oh, ow)
+        geo, src, oh, ow = geometry[(c, h, w)]
+        w2d = np.ascontiguousarray(layer.weight.data.reshape(layer.out_channels, -1), np.float32)
+        has_bias = layer.bias is not None
+        bias = layer.bias.data.astype(np.float32) if has_bias else np.zeros(0, np.float32)
+        y = np.empty((n, layer.out_channels, oh, ow), np.float32)
+        xflat = _conv_input(x, layer.padding)
+        chunks = _threads.plan(n * oh * ow, w2d.size, _conv.X_BLOCK)
+        args = (w2d, xflat, src, geo, bias, has_bias, relu)
+        _threads.run(_conv.conv_dense_f32, args, chunks, y)
+        return y
+
+    return step
+
+
+def _relu(y, relu):
+    return np.maximum(y, 0, out=y) if relu else y
 
 
 # ---------------------------------------------------------------------------------- export
@@ -283,6 +446,26 @@ _BUILTIN_TYPES = frozenset(
 _INFERENCE_LAYERS: dict[str, type] = {}  # stable type name -> class
 _TYPE_NAMES: dict[type, str] = {}  # class -> stable type name
 _JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+def fold_batchnorm_dense(layer, bn) -> None:
+    """Fold an eval-mode BatchNorm into the full-precision ``Linear``/``Conv2d`` before it, in
+    place: ``bn(W x + b) = (a W) x + a (b - mu) + beta`` with ``a = gamma / sqrt(var + eps)``
+    per output channel (computed in float64, stored in the layer's dtype)."""
+    w = layer.weight.data
+    a = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    if a.shape != (w.shape[0],):
+        raise ValueError(f"cannot fold {bn!r} ({a.shape[0]} channels) into {layer!r}")
+    b = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.data.astype(np.float64)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    layer.weight.data = (w.astype(np.float64) * a.reshape(shape)).astype(w.dtype)
+    new_bias = a * (b - bn.running_mean.astype(np.float64)) + bn.bias.data.astype(np.float64)
+    if layer.bias is None:
+        layer.bias = Parameter(new_bias.astype(w.dtype), name="bias")
+    else:
+        layer.bias.data = new_bias.astype(layer.bias.data.dtype)
+    layer.weight.grad = np.zeros_like(layer.weight.data)
+    layer.bias.grad = np.zeros_like(layer.bias.data)
 
 
 def register_inference_layer(cls=None, *, name: str | None = None):
@@ -465,8 +648,9 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
         knowledge distillation's hidden-state taps); layers registered with
         :func:`register_inference_layer` (the methods' activation quantizers) are rebuilt from
         their ``export_state()`` in evaluation mode; an eval-mode BatchNorm right after a
-        packed layer is folded into it (into every term; see the module docstring), any other
-        BatchNorm is copied in evaluation mode.
+        packed layer is folded into it (into every term; see the module docstring), one right
+        after a full-precision ``Linear``/``Conv2d`` is folded into that layer's copy
+        (:func:`fold_batchnorm_dense`), any other BatchNorm is copied in evaluation mode.
     format : {"i2", "tq1", "bitplanes"}
     activations : {"float32", "int8"}
         What the packed layers compute with. A registered activation quantizer stays a layer
@@ -475,7 +659,7 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
 
     Returns
     -------
-    Sequential
+    PackedSequential
         In evaluation mode; the trained model is not modified.
     """
     if not isinstance(model, Sequential):
@@ -485,6 +669,10 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
     out: list[Module] = []
     pending = None  # (kind, ternary terms, bias, hyper-parameters) of the last packed layer
     for i, layer in enumerate(model.layers):
+        dense_before = bool(out) and type(out[-1]) in (Linear, Conv2d) and pending is None
+        if isinstance(layer, (BatchNorm1d, BatchNorm2d)) and dense_before:
+            fold_batchnorm_dense(out[-1], layer)  # into the copy of the float layer
+            continue
         if isinstance(layer, (BatchNorm1d, BatchNorm2d)) and pending is not None:
             kind, terms, bias, hyper = pending
             folded = [fold_batchnorm(t, bias, layer) for t in terms]
@@ -525,7 +713,7 @@ def export(model, format: str = "i2", activations: str = "float32") -> Sequentia
             )
     if pending is not None:
         out.append(_build(pending, format, activations))
-    packed_model = Sequential(*out)
+    packed_model = PackedSequential(*out)
     packed_model.training = False
     return packed_model
 
@@ -543,6 +731,8 @@ def _build(pending, format, activations) -> Module:
 __all__ = [
     "PackedLinear",
     "PackedConv2d",
+    "PackedSequential",
+    "fold_batchnorm_dense",
     "check_export_state",
     "expect_state_keys",
     "export",

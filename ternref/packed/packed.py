@@ -138,9 +138,10 @@ class Packed:
 
     # -- what the kernels read -------------------------------------------------------------------
     def kernel_scales(self) -> dict:
-        """Scales as float64 ``(M, G)`` arrays ``sp``, ``sn``, ``so``, the float32 value table
-        ``lut`` ``(M, G, 3)`` of codes -1, 0, +1, and the int8 tables ``code_lut`` (-1, 0, 1) and
-        ``abs_lut`` (1, 0, 1) that the int8 GEMM decodes with (cached)."""
+        """Scales as one float64 ``(3, M, G)`` array ``sc`` (``alpha_pos``, ``alpha_neg``,
+        ``offset``; zeros when there is no offset), the float32 value table
+        ``lut`` ``(M, G, 3)`` of codes -1, 0, +1, and the tables ``code_lut`` (-1, 0, 1) and
+        ``abs_lut`` (1, 0, 1), float32 too, that the int8 GEMM decodes with (cached)."""
         if "scales" not in self._cache:
             m = self.shape[0]
             g = self.n_groups
@@ -159,16 +160,15 @@ class Packed:
             else:
                 lut = np.stack([-an + off, off, ap + off], axis=-1)
             self._cache["scales"] = {
-                "sp": ap.astype(np.float64),
-                "sn": an.astype(np.float64),
-                "so": off.astype(np.float64),
+                "sc": np.ascontiguousarray(np.stack([ap, an, off]), dtype=np.float64),
                 "lut": np.ascontiguousarray(lut, dtype=np.float32),
-                # value tables of the int8 GEMM: the signed code and its magnitude
+                # value tables of the int8 GEMM: the signed code and its magnitude (float32:
+                # the int8 GEMM multiplies exact small integers in float32, see _gemm)
                 "code_lut": np.ascontiguousarray(
-                    np.broadcast_to(np.array([-1, 0, 1], np.int8), (m, g, 3))
+                    np.broadcast_to(np.array([-1, 0, 1], np.float32), (m, g, 3))
                 ),
                 "abs_lut": np.ascontiguousarray(
-                    np.broadcast_to(np.array([1, 0, 1], np.int8), (m, g, 3))
+                    np.broadcast_to(np.array([1, 0, 1], np.float32), (m, g, 3))
                 ),
             }
         return self._cache["scales"]

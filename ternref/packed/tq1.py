@@ -52,10 +52,20 @@ https://github.com/ggml-org/llama.cpp/pull/8151; https://compilade.net/blog/tern
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from ternref._jit import njit
-from ternref.packed._gemm import TILE_ROWS, i8_epilogue, tile_dot_i8, tile_matmul
+from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
+from ternref.packed._gemm import (
+    REASSOC,
+    group_value,
+    group_value_int,
+    group_value_numpy,
+    quantize_rows,
+    tile_matmul,
+    tile_matmul_blocked,
+    tile_product_i8,
+    tile_rows,
+)
 
 BLOCK = 160
 """Weights per block (32 bytes of 5 trits); rows and scale groups are padded to this."""
@@ -93,230 +103,194 @@ def decode(arrays: dict) -> np.ndarray:
     return (t.astype(np.int8) - 1).reshape(m, nbytes * 5)
 
 
-@njit(parallel=True)
-def dot_f32(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
-    """float32-lane dot products; arguments as :func:`ternref.packed.i2.dot_f32`."""
-    m = codes.shape[0]
-    n_rows_x, length = xp.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for r in prange(m):
-        acc = np.empty(32, np.float32)
-        acc_n = np.empty(32, np.float32)
-        for n in range(n_rows_x):
-            yr = 0.0
-            for g in range(n_groups):
-                for j in range(32):
-                    acc[j] = 0.0
-                    acc_n[j] = 0.0
-                # this group's packed words and activations as 0-based slices: with
-                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
-                codes_g = codes[r, g * seg // 5 : (g + 1) * seg // 5]
-                x = xp[n, g * seg : (g + 1) * seg]
-                for b in range(seg // BLOCK):
-                    base = b * BLOCK
-                    for j in range(32):
-                        byte = np.int32(codes_g[b * 32 + j])
-                        # trit n = ((byte * 3^n mod 256) * 3) >> 8
-                        t0 = np.int32((np.int32(byte & 255) * 3) >> 8)
-                        t1 = np.int32((np.int32((byte * 3) & 255) * 3) >> 8)
-                        t2 = np.int32((np.int32((byte * 9) & 255) * 3) >> 8)
-                        t3 = np.int32((np.int32((byte * 27) & 255) * 3) >> 8)
-                        t4 = np.int32((np.int32((byte * 81) & 255) * 3) >> 8)
-                        if asym:
-                            acc[j] += (
-                                np.float32(t0 >> 1) * x[base + j]
-                                + np.float32(t1 >> 1) * x[base + 32 + j]
-                                + np.float32(t2 >> 1) * x[base + 64 + j]
-                                + np.float32(t3 >> 1) * x[base + 96 + j]
-                                + np.float32(t4 >> 1) * x[base + 128 + j]
-                            )
-                            acc_n[j] += (
-                                np.float32((2 - t0) >> 1) * x[base + j]
-                                + np.float32((2 - t1) >> 1) * x[base + 32 + j]
-                                + np.float32((2 - t2) >> 1) * x[base + 64 + j]
-                                + np.float32((2 - t3) >> 1) * x[base + 96 + j]
-                                + np.float32((2 - t4) >> 1) * x[base + 128 + j]
-                            )
-                        else:
-                            acc[j] += (
-                                np.float32(t0) * x[base + j]
-                                + np.float32(t1) * x[base + 32 + j]
-                                + np.float32(t2) * x[base + 64 + j]
-                                + np.float32(t3) * x[base + 96 + j]
-                                + np.float32(t4) * x[base + 128 + j]
-                            )
-                s = np.float32(0.0)
-                s_n = np.float32(0.0)
-                for j in range(32):
-                    s += acc[j]
-                    s_n += acc_n[j]
-                if asym:
-                    yr += sp[r, g] * np.float64(s) - sn[r, g] * np.float64(s_n)
-                else:
-                    yr += sp[r, g] * (np.float64(s) - xsum[n, g])
-                if has_offset:
-                    yr += so[r, g] * xsum[n, g]
-            y[n, r] = yr
+# ---------------------------------------------------------------------------------------------
+# GEMV kernels: straight from the packed bytes, on five activation streams (as in ``i2``)
+# ---------------------------------------------------------------------------------------------
+STREAMS = 5
+"""Trits per byte: byte ``t`` of a row holds one weight of each of the 5 streams."""
+
+
+def stream_index(l):
+    """``(s, t)`` of padded column ``l``: weight ``l`` is trit ``s`` of byte ``t``
+    (``t = 32 (l // 160) + l % 32``, ``s = (l % 160) // 32``)."""
+    return (l % BLOCK) // 32, 32 * (l // BLOCK) + l % 32
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+    """``y[n, r]`` for rows ``r0 <= r < r1``, float32 activations; as
+    :func:`ternref.packed.i2.dot_f32` (same arguments, ``xs`` float32 (N, 5, L/5)) with the trit
+    decode ``((b 3^s) mod 256) 3 >> 8`` in place of the shift and mask."""
+    n_groups = sc.shape[2]
+    seg = codes.shape[1] // n_groups
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
+        for g in range(n_groups):
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            x4 = xs[n, 4, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                q_sum = np.float32(0.0)
+                for t in range(seg):
+                    b = np.int32(cr[t])
+                    q_sum += (
+                        np.float32((b * 3) >> 8) * x0[t]
+                        + np.float32((((b * 3) & 255) * 3) >> 8) * x1[t]
+                        + np.float32((((b * 9) & 255) * 3) >> 8) * x2[t]
+                        + np.float32((((b * 27) & 255) * 3) >> 8) * x3[t]
+                        + np.float32((((b * 81) & 255) * 3) >> 8) * x4[t]
+                    )
+                z_sum = np.float64(zeros[n, r, g]) if asym else 0.0
+                total[r - r0] += group_value(
+                    np.float64(q_sum), z_sum, xsum[n, g], sc, r, g, asym, has_offset
+                )
+        for r in range(r0, r1):
+            y[n, r] = total[r - r0]
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def zeros_f32(codes, xs, r0, r1, zeros):
+    """``zeros[n, r, g] = sum_{c = 0} x`` (``[trit = 1] = trit & 1``), for asymmetric scales."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            x4 = xs[n, 4, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                z_sum = np.float32(0.0)
+                for t in range(seg):
+                    b = np.int32(cr[t])
+                    z_sum += (
+                        np.float32(((b * 3) >> 8) & 1) * x0[t]
+                        + np.float32(((((b * 3) & 255) * 3) >> 8) & 1) * x1[t]
+                        + np.float32(((((b * 9) & 255) * 3) >> 8) & 1) * x2[t]
+                        + np.float32(((((b * 27) & 255) * 3) >> 8) & 1) * x3[t]
+                        + np.float32(((((b * 81) & 255) * 3) >> 8) & 1) * x4[t]
+                    )
+                zeros[n, r, g] = z_sum
+
+
+@njit(nogil=True)
+def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+    """:func:`dot_f32` for int8 activations (``xs`` int8 (N, 5, L/5)): exact int32 sums,
+    float64 epilogue, as :func:`ternref.packed.i2.dot_i8`."""
+    n_groups = sc.shape[2]
+    seg = codes.shape[1] // n_groups
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
+        for g in range(n_groups):
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            x4 = xs[n, 4, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                acc = 0
+                for t in range(seg):
+                    b = np.int32(cr[t])
+                    acc += np.int32((b * 3) >> 8) * np.int32(x0[t])
+                    acc += np.int32((((b * 3) & 255) * 3) >> 8) * np.int32(x1[t])
+                    acc += np.int32((((b * 9) & 255) * 3) >> 8) * np.int32(x2[t])
+                    acc += np.int32((((b * 27) & 255) * 3) >> 8) * np.int32(x3[t])
+                    acc += np.int32((((b * 81) & 255) * 3) >> 8) * np.int32(x4[t])
+                z_sum = zeros[n, r, g] if asym else np.int32(0)
+                total[r - r0] += group_value_int(
+                    np.int32(acc), z_sum, xsum[n, g], sc, r, g, asym, has_offset
+                )
+        for r in range(r0, r1):
+            y[n, r] = total[r - r0] * inv_s[n]
+
+
+@njit(nogil=True)
+def zeros_i8(codes, xs, r0, r1, zeros):
+    """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            t0 = g * seg
+            x0 = xs[n, 0, t0 : t0 + seg]
+            x1 = xs[n, 1, t0 : t0 + seg]
+            x2 = xs[n, 2, t0 : t0 + seg]
+            x3 = xs[n, 3, t0 : t0 + seg]
+            x4 = xs[n, 4, t0 : t0 + seg]
+            for r in range(r0, r1):
+                cr = codes[r, t0 : t0 + seg]
+                acc = 0
+                for t in range(seg):
+                    b = np.int32(cr[t])
+                    acc += np.int32(((b * 3) >> 8) & 1) * np.int32(x0[t])
+                    acc += np.int32(((((b * 3) & 255) * 3) >> 8) & 1) * np.int32(x1[t])
+                    acc += np.int32(((((b * 9) & 255) * 3) >> 8) & 1) * np.int32(x2[t])
+                    acc += np.int32(((((b * 27) & 255) * 3) >> 8) & 1) * np.int32(x3[t])
+                    acc += np.int32(((((b * 81) & 255) * 3) >> 8) & 1) * np.int32(x4[t])
+                zeros[n, r, g] = acc
 
 
 def _trits(codes_cols):
-    """The five trit columns of a (M, 32) slice of packed bytes (int32)."""
-    byte = codes_cols.astype(np.int32)
+    """The five trit columns of a slice of packed bytes (int64)."""
+    byte = codes_cols.astype(np.int64)
     return [((byte * p) & 255) * 3 >> 8 for p in POW3]
 
 
-def dot_f32_numpy(codes, xp, xsum, sp, sn, so, asym, has_offset, y):
-    """NumPy twin of :func:`dot_f32`."""
-    m = codes.shape[0]
-    n_rows_x, length = xp.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    f32 = np.float32
-    for n in range(n_rows_x):
-        x = xp[n]
-        yr = np.zeros(m, np.float64)
+def dot_f32_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+    """NumPy twin of :func:`dot_f32`: the same streams and sums, vectorised over the rows."""
+    _dot_numpy(codes, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, r0, r1, y, None)
+
+
+def dot_i8_numpy(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+    """NumPy twin of :func:`dot_i8` (int64 arithmetic: the same exact sums)."""
+    _dot_numpy(codes, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s)
+
+
+def zeros_f32_numpy(codes, xs, r0, r1, zeros):
+    """NumPy twin of :func:`zeros_f32` (and, with integer ``xs``, of :func:`zeros_i8`)."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    wide = np.int64 if np.issubdtype(xs.dtype, np.integer) else np.float64
+    for n in range(xs.shape[0]):
         for g in range(n_groups):
-            acc = np.zeros((m, 32), np.float32)
-            acc_n = np.zeros((m, 32), np.float32)
-            for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
-                base = b * BLOCK
-                ts = _trits(codes[:, b * 32 : b * 32 + 32])
-                xs = [x[base + 32 * k : base + 32 * k + 32] for k in range(5)]
-                if asym:
-                    acc += (
-                        (ts[0] >> 1).astype(f32) * xs[0]
-                        + (ts[1] >> 1).astype(f32) * xs[1]
-                        + (ts[2] >> 1).astype(f32) * xs[2]
-                        + (ts[3] >> 1).astype(f32) * xs[3]
-                        + (ts[4] >> 1).astype(f32) * xs[4]
-                    )
-                    acc_n += (
-                        ((2 - ts[0]) >> 1).astype(f32) * xs[0]
-                        + ((2 - ts[1]) >> 1).astype(f32) * xs[1]
-                        + ((2 - ts[2]) >> 1).astype(f32) * xs[2]
-                        + ((2 - ts[3]) >> 1).astype(f32) * xs[3]
-                        + ((2 - ts[4]) >> 1).astype(f32) * xs[4]
-                    )
-                else:
-                    acc += (
-                        ts[0].astype(f32) * xs[0]
-                        + ts[1].astype(f32) * xs[1]
-                        + ts[2].astype(f32) * xs[2]
-                        + ts[3].astype(f32) * xs[3]
-                        + ts[4].astype(f32) * xs[4]
-                    )
-            s = np.zeros(m, np.float32)
-            s_n = np.zeros(m, np.float32)
-            for j in range(32):
-                s += acc[:, j]
-                s_n += acc_n[:, j]
-            if asym:
-                yr += sp[:, g] * s.astype(np.float64) - sn[:, g] * s_n.astype(np.float64)
-            else:
-                yr += sp[:, g] * (s.astype(np.float64) - xsum[n, g])
-            if has_offset:
-                yr += so[:, g] * xsum[n, g]
-        y[n] = yr
+            trits = _trits(codes[r0:r1, g * seg : (g + 1) * seg])
+            x = xs[n, :, g * seg : (g + 1) * seg].astype(wide)
+            zeros[n, r0:r1, g] = sum((t & 1) @ x[s] for s, t in enumerate(trits))
 
 
-@njit(parallel=True)
-def dot_i8(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
-    """int32-lane dot products; arguments as :func:`ternref.packed.i2.dot_i8`."""
-    m = codes.shape[0]
-    n_rows_x, length = xq.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for r in prange(m):
-        acc = np.empty(32, np.int32)
-        acc_n = np.empty(32, np.int32)
-        for n in range(n_rows_x):
-            yr = 0.0
-            for g in range(n_groups):
-                for j in range(32):
-                    acc[j] = 0
-                    acc_n[j] = 0
-                # this group's packed words and activations as 0-based slices: with
-                # absolute offsets LLVM does not vectorize the lane loop (10x slower)
-                codes_g = codes[r, g * seg // 5 : (g + 1) * seg // 5]
-                x = xq[n, g * seg : (g + 1) * seg]
-                for b in range(seg // BLOCK):
-                    base = b * BLOCK
-                    for j in range(32):
-                        byte = np.int32(codes_g[b * 32 + j])
-                        t0 = np.int32((np.int32(byte & 255) * 3) >> 8)
-                        t1 = np.int32((np.int32((byte * 3) & 255) * 3) >> 8)
-                        t2 = np.int32((np.int32((byte * 9) & 255) * 3) >> 8)
-                        t3 = np.int32((np.int32((byte * 27) & 255) * 3) >> 8)
-                        t4 = np.int32((np.int32((byte * 81) & 255) * 3) >> 8)
-                        x0 = np.int32(x[base + j])
-                        x1 = np.int32(x[base + 32 + j])
-                        x2 = np.int32(x[base + 64 + j])
-                        x3 = np.int32(x[base + 96 + j])
-                        x4 = np.int32(x[base + 128 + j])
-                        if asym:
-                            acc[j] += np.int32(
-                                (t0 >> 1) * x0
-                                + (t1 >> 1) * x1
-                                + (t2 >> 1) * x2
-                                + (t3 >> 1) * x3
-                                + (t4 >> 1) * x4
-                            )
-                            acc_n[j] += np.int32(
-                                ((2 - t0) >> 1) * x0
-                                + ((2 - t1) >> 1) * x1
-                                + ((2 - t2) >> 1) * x2
-                                + ((2 - t3) >> 1) * x3
-                                + ((2 - t4) >> 1) * x4
-                            )
-                        else:
-                            acc[j] += np.int32(t0 * x0 + t1 * x1 + t2 * x2 + t3 * x3 + t4 * x4)
-                s = np.int64(0)
-                s_n = np.int64(0)
-                for j in range(32):
-                    s += acc[j]
-                    s_n += acc_n[j]
-                if asym:
-                    yr += sp[r, g] * np.float64(s) - sn[r, g] * np.float64(s_n)
-                else:
-                    yr += sp[r, g] * np.float64(s - xsumq[n, g])
-                if has_offset:
-                    yr += so[r, g] * np.float64(xsumq[n, g])
-            y[n, r] = yr * inv_s[n]
+zeros_i8_numpy = zeros_f32_numpy
 
 
-def dot_i8_numpy(codes, xq, xsumq, inv_s, sp, sn, so, asym, has_offset, y):
-    """NumPy twin of :func:`dot_i8`."""
-    m = codes.shape[0]
-    n_rows_x, length = xq.shape
-    n_groups = sp.shape[1]
-    seg = length // n_groups
-    for n in range(n_rows_x):
-        x = xq[n].astype(np.int64)
-        yr = np.zeros(m, np.float64)
+def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
+    n_groups = sc.shape[2]
+    seg = codes.shape[1] // n_groups
+    rows = codes[r0:r1]
+    for n in range(xs.shape[0]):
+        yr = np.zeros(r1 - r0, np.float64)
         for g in range(n_groups):
-            s = np.zeros(m, np.int64)
-            s_n = np.zeros(m, np.int64)
-            for b in range(g * seg // BLOCK, (g + 1) * seg // BLOCK):
-                base = b * BLOCK
-                for k, t in enumerate(_trits(codes[:, b * 32 : b * 32 + 32])):
-                    t = t.astype(np.int64)
-                    xs = x[base + 32 * k : base + 32 * k + 32]
-                    if asym:
-                        s += (t >> 1) @ xs
-                        s_n += ((2 - t) >> 1) @ xs
-                    else:
-                        s += t @ xs
-            if asym:
-                yr += sp[:, g] * s.astype(np.float64) - sn[:, g] * s_n.astype(np.float64)
-            else:
-                yr += sp[:, g] * (s - xsumq[n, g]).astype(np.float64)
-            if has_offset:
-                yr += so[:, g] * np.float64(xsumq[n, g])
-        y[n] = yr * inv_s[n]
+            trits = _trits(rows[:, g * seg : (g + 1) * seg])
+            x = xs[n, :, g * seg : (g + 1) * seg]  # (5, seg)
+            q_sum = sum(t @ x[s] for s, t in enumerate(trits))
+            z_sum = zeros[n, r0:r1, g].astype(q_sum.dtype) if asym else 0
+            yr += group_value_numpy(q_sum, z_sum, xsum[n, g], sc[:, r0:r1, g], asym, has_offset)
+        y[n, r0:r1] = yr if inv_s is None else yr * inv_s[n]
 
 
-@njit
+# ---------------------------------------------------------------------------------------------
+# GEMM kernels: decode a tile of rows, then the shared tile products (as in ``i2``)
+# ---------------------------------------------------------------------------------------------
+@njit(nogil=True)
 def dequant_row(codes, r, lut, out_row):
     """Write row ``r`` as float32 values into ``out_row`` (L,); ``lut`` (M, G, 3) holds the
     values of codes -1, 0, +1 (``offset - alpha_neg``, ``offset``, ``offset + alpha_pos``)."""
@@ -344,56 +318,98 @@ def dequant_row(codes, r, lut, out_row):
             out_row[base + 128 + j] = v0 if t4 == 0 else (v1 if t4 == 1 else v2)
 
 
-@njit(parallel=True)
-def dequant_tile(codes, r0, lut, out):
-    """Rows ``r0 .. r0 + R`` of the weight as float32 values in ``out`` (R, L)."""
-    for i in prange(out.shape[0]):
-        dequant_row(codes, r0 + i, lut, out[i])
+@njit(nogil=True)
+def gemm_f32(codes, xp, lut, r0, r1, n0, n1, y):
+    """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
+    rows = tile_rows(r1 - r0, xp.shape[1] * 4)
+    buf = np.empty((rows, xp.shape[1]), np.float32)
+    for t0 in range(r0, r1, rows):
+        nr = min(rows, r1 - t0)
+        for i in range(nr):
+            dequant_row(codes, t0 + i, lut, buf[i])
+        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1)
 
 
-@njit(parallel=True)
-def gemm_f32(codes, xp, lut, y):
-    """``y = xp @ W_hat.T`` (float32): per thread, decode ``TILE_ROWS`` rows into a float32
-    buffer and multiply it by ``xp`` with :func:`ternref.packed._gemm.tile_matmul`."""
+@njit(nogil=True)
+def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0, r1, n0, n1, y):
+    """As :func:`ternref.packed.i2.gemm_i8`, with this format's :func:`dequant_row`."""
+    length = xq.shape[1]
+    rows = tile_rows(r1 - r0, length)
+    buf = np.empty((rows, length), np.float32)
+    abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    for t0 in range(r0, r1, rows):
+        nr = min(rows, r1 - t0)
+        for i in range(nr):
+            dequant_row(codes, t0 + i, code_lut, buf[i])
+            if asym:
+                dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
+        tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
+
+
+@njit(nogil=True)
+def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
+    """Output positions ``p0 .. p1 - 1`` of the convolution (float32 activations), without an
+    im2col matrix: gather blocks of receptive fields, multiply them by decoded tiles of weight
+    rows (:func:`dequant_row`, :func:`~ternref.packed._gemm.tile_matmul`), store NCHW
+    (:mod:`ternref.packed._conv`)."""
+    length = src.shape[0]
     m = lut.shape[0]
-    length = xp.shape[1]
-    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        nr = min(TILE_ROWS, m - r0)
-        buf = np.empty((TILE_ROWS, length), np.float32)
-        for i in range(nr):
-            dequant_row(codes, r0 + i, lut, buf[i])
-        tile_matmul(xp, buf, nr, y, r0)
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    block = np.empty((X_BLOCK, length), np.float32)
+    out = np.empty((X_BLOCK, m), np.float32)
+    if rows >= m:  # one tile holds every row: decode it once
+        for i in range(m):
+            dequant_row(codes, i, lut, buf[i])
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        for t0 in range(0, m, rows):
+            nr = min(rows, m - t0)
+            if rows < m:
+                for i in range(nr):
+                    dequant_row(codes, t0 + i, lut, buf[i])
+            tile_matmul(block[:nq], buf, nr, out, t0)
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
-@njit(parallel=True)
-def gemm_i8(codes, xq, xsumq, inv_s, sp, sn, so, code_lut, abs_lut, asym, has_offset, y):
-    """:func:`dot_i8` for a batch: per thread, decode ``TILE_ROWS`` rows into signed int8 codes
-    (``code_lut``; and ``|c|`` with ``abs_lut`` when asymmetric), form the exact group sums with
-    ``_gemm.tile_dot_i8``, then scale them with ``_gemm.i8_epilogue``.
-    """
-    m = sp.shape[0]
-    n_x, length = xq.shape
-    n_groups = sp.shape[1]
+@njit(nogil=True)
+def conv_i8(
+    codes, sc, code_lut, abs_lut, asym, has_offset, xflat, src, geo, bias, has_bias, relu, p0, p1, y
+):
+    """:func:`conv_f32` with int8 activations: each receptive field is quantized on its own
+    (:func:`~ternref.packed._gemm.quantize_rows`), the tiles hold signed codes, and
+    :func:`~ternref.packed._gemm.tile_product_i8` forms the exact sums and the epilogue."""
+    length = src.shape[0]
+    m = sc.shape[1]
+    n_groups = sc.shape[2]
     seg = length // n_groups
-    for t in prange((m + TILE_ROWS - 1) // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        nr = min(TILE_ROWS, m - r0)
-        buf = np.empty((TILE_ROWS, length), np.int8)
-        d = np.empty((n_x, TILE_ROWS, n_groups), np.int32)
-        s = np.empty((n_x, TILE_ROWS, n_groups) if asym else (0, 0, 0), np.int32)
-        for i in range(nr):
-            dequant_row(codes, r0 + i, code_lut, buf[i])
-        tile_dot_i8(xq, buf, nr, seg, d)
-        if asym:
-            for i in range(nr):
-                dequant_row(codes, r0 + i, abs_lut, buf[i])
-            tile_dot_i8(xq, buf, nr, seg, s)
-        i8_epilogue(d, s, xsumq, inv_s, sp, sn, so, r0, nr, asym, has_offset, y)
+    rows = tile_rows(m, 4 * length)
+    buf = np.empty((rows, length), np.float32)
+    abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    block = np.empty((X_BLOCK, length), np.float32)
+    xsum = np.empty((X_BLOCK, n_groups), np.int64)
+    inv_s = np.empty(X_BLOCK, np.float64)
+    out = np.empty((X_BLOCK, m), np.float32)
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        quantize_rows(block, nq, seg, xsum, inv_s)
+        for t0 in range(0, m, rows):
+            nr = min(rows, m - t0)
+            if rows < m or q0 == p0:
+                for i in range(nr):
+                    dequant_row(codes, t0 + i, code_lut, buf[i])
+                    if asym:
+                        dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
+            tile_product_i8(
+                block[:nq], buf, abs_buf, nr, t0, 0, nq, xsum, inv_s, sc, asym, has_offset, out
+            )
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
 def dequant_tile_numpy(codes, r0, lut, out):
-    """NumPy twin of :func:`dequant_tile`."""
+    """NumPy twin of :func:`dequant_row` for the rows ``r0 .. r0 + len(out) - 1``."""
     n_tile, length = out.shape
     n_groups = lut.shape[1]
     seg = length // n_groups
