@@ -479,7 +479,8 @@ def _add_bench(sub):
     # Listed for --help only: main() hands `ternref bench ...` to ternref.packed.bench.main.
     sub.add_parser(
         "bench",
-        help="benchmark the packed kernels against NumPy float32 (see `ternref bench --help`)",
+        help="benchmark the packed kernels against NumPy float32, or with --models packed "
+        "models against their float models (see `ternref bench --help`)",
         add_help=False,
     )
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
-from ternref.packed._gemm import X_BLOCK, tile_matmul
+from ternref.packed._gemm import X_BLOCK
 
 __all__ = [
     "X_BLOCK",
-    "conv_dense_f32",
     "conv_geometry",
     "gather_f32",
     "store_nchw",
@@ -102,18 +101,3 @@ def store_nchw(block, nq, p0, geo, bias, has_bias, relu, y):
             if relu and v < 0:
                 v = np.float32(0.0)
             y[n, o, i, j] = v
-
-
-@njit(nogil=True)
-def conv_dense_f32(w2d, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
-    """The same blocked convolution with a full-precision weight ``w2d`` (O, K) (the float
-    layers of a packed model: nothing to decode, ``src`` of length K)."""
-    length = src.shape[0]
-    m = w2d.shape[0]
-    block = np.empty((X_BLOCK, length), np.float32)
-    out = np.empty((X_BLOCK, m), np.float32)
-    for q0 in range(p0, p1, X_BLOCK):
-        nq = min(X_BLOCK, p1 - q0)
-        gather_f32(xflat, src, geo, q0, nq, block)
-        tile_matmul(block[:nq], w2d, m, out, 0)
-        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)

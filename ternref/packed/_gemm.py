@@ -111,6 +111,48 @@ def group_value_numpy(q_sum, z_sum, x_sum, sc_rows, asym, has_offset):
     return value
 
 
+@njit(nogil=True)
+def add_group(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset):
+    """``total[i] += group_value(Q = sums[i], Z = zeros[n, r0 + i, g], X = xsum[n, g])`` for the
+    rows ``r0 .. r0 + len(total) - 1`` (float sums)."""
+    x_sum = xsum[n, g]
+    for i in range(total.shape[0]):
+        z_sum = np.float64(zeros[n, r0 + i, g]) if asym else 0.0
+        total[i] += group_value(np.float64(sums[i]), z_sum, x_sum, sc, r0 + i, g, asym, has_offset)
+
+
+@njit(nogil=True)
+def add_group_int(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset):
+    """:func:`add_group` from exact integer sums (:func:`group_value_int`)."""
+    x_sum = xsum[n, g]
+    for i in range(total.shape[0]):
+        z_sum = np.int64(zeros[n, r0 + i, g]) if asym else np.int64(0)
+        total[i] += group_value_int(sums[i], z_sum, x_sum, sc, r0 + i, g, asym, has_offset)
+
+
+@njit(nogil=True)
+def finish_rows(total, scale, bias, has_bias, relu, r0, y_row):
+    """``y_row[r0 + i] = act(float32(total[i] * scale) + bias[r0 + i])``: the int8 rescale (1.0
+    for float activations), the bias in float32, then ReLU when ``relu``."""
+    for i in range(total.shape[0]):
+        v = np.float32(total[i] * scale)
+        if has_bias:
+            v += bias[r0 + i]
+        if relu and v < 0:
+            v = np.float32(0.0)
+        y_row[r0 + i] = v
+
+
+def finish_rows_numpy(yr, scale, bias, relu, y_row):
+    """NumPy twin of :func:`finish_rows` for one activation row (``yr`` float64 (R,))."""
+    v = (yr * scale).astype(np.float32)
+    if bias is not None:
+        v += bias
+    if relu:
+        np.maximum(v, 0, out=v)
+    y_row[:] = v
+
+
 # ------------------------------------------------------------------------------ float tiles
 @njit(nogil=True, fastmath=REASSOC)
 def tile_matmul(xp, buf, nr, y, r0):
@@ -203,6 +245,13 @@ def tile_product_i8(xq, buf, abs_buf, nr, r0, n0, n1, xsum, inv_s, sc, asym, has
     for b0 in range(n0, n1, X_BLOCK):
         b1 = min(n1, b0 + X_BLOCK)
         nb = b1 - b0
+        if whole and not asym and not has_offset:
+            # the common case, alpha * D / s: the same float64 operations as group_value_int
+            tile_matmul(xq[b0:b1], buf, nr, part, 0)
+            for n in range(nb):
+                for i in range(nr):
+                    y[b0 + n, r0 + i] = (sc[0, r0 + i, 0] * np.float64(part[n, i])) * inv_s[b0 + n]
+            continue
         d[:nb] = 0
         s[:nb] = 0
         for sign in range(2 if asym else 1):
@@ -229,13 +278,27 @@ def tile_product_i8(xq, buf, abs_buf, nr, r0, n0, n1, xsum, inv_s, sc, asym, has
                 y[n, r0 + i] = acc * inv_s[n]
 
 
-@njit(nogil=True, fastmath={"nnan", "ninf"})
-def row_absmax(row):
-    """``max |row|`` (float32; vectorized: the inputs are finite)."""
-    amax = np.float32(0.0)
-    for v in row:
-        amax = max(amax, abs(v))
-    return amax
+@njit(nogil=True)
+def absmax_bits(row):
+    """The bit pattern of ``max |row|`` (float32 ``row``, finite): for finite floats the bits
+    of ``|v|`` (``v & 0x7fffffff`` as int32) order exactly as the values, and an integer max
+    reduction vectorizes where LLVM leaves a float one scalar (measured: 10x)."""
+    bits = row.view(np.int32)
+    best = np.int32(0)
+    for l in range(bits.shape[0]):
+        b = bits[l] & np.int32(0x7FFFFFFF)
+        best = b if b > best else best
+    return best
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def segment_sum(row, start, stop):
+    """``sum(row[start:stop])`` in float32 (the rows summed here hold small integers: exact in
+    any order)."""
+    total = np.float32(0.0)
+    for l in range(start, stop):
+        total += row[l]
+    return total
 
 
 @njit(nogil=True)
@@ -245,15 +308,15 @@ def quantize_rows(block, nq, seg, xsum, inv_s):
     quantized values stay in float32 (exact integers); ``xsum`` (int64) gets their group sums
     over segments of ``seg`` columns and ``inv_s`` (float64) ``max|x| / 127``."""
     length = block.shape[1]
+    cell = np.empty(1, np.int32)  # reinterprets the bits of max |x| as a float32
+    as_float = cell.view(np.float32)
     for q in range(nq):
         row = block[q]
-        amax = row_absmax(row)
+        cell[0] = absmax_bits(row)
+        amax = as_float[0]
         scale = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
         inv_s[q] = np.float64(amax) / INT8_MAX
         for l in range(length):
             row[l] = min(max(np.rint(row[l] * scale), np.float32(-INT8_MAX)), np.float32(INT8_MAX))
         for g in range(length // seg):
-            total = np.float32(0.0)  # a sum of at most 2^17 integers below 128: exact
-            for l in range(g * seg, (g + 1) * seg):
-                total += row[l]
-            xsum[q, g] = np.int64(total)
+            xsum[q, g] = np.int64(segment_sum(row, g * seg, (g + 1) * seg))

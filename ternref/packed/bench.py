@@ -1,100 +1,74 @@
-"""Kernel benchmark: packed ``linear`` against NumPy float32 BLAS, measured in one process.
+"""Benchmarks of packed inference against float, measured the way a program meets them.
 
-For each size ``M = K`` and batch ``N`` it times (median of ``reps`` runs after a warm-up):
-NumPy ``W @ x`` (batch 1) or ``X @ W.T``; then ``ternref.packed.linear`` for ``i2`` with float32
-and int8 activations, ``tq1`` and ``bitplanes`` with float32 activations. It prints the time, the
-speed ratio against NumPy (> 1 means faster than NumPy), the bytes of weights read (packed codes
-plus scales, or the float32 matrix) and the achieved GB/s of weight traffic, and the machine.
-Times include everything ``linear`` does (padding, activation quantization).
+Two benchmarks, both printing ratios measured in one process, and the machine
+(:func:`ternref._machine.summary`: CPU, SIMD flags, caches, threads):
 
-Run as ``python benchmarks/bench_kernels.py`` or ``ternref bench``; it never asserts a time.
+``kernels`` (``ternref bench``, ``benchmarks/bench_kernels.py``)
+    ``ternref.packed.linear`` against NumPy's float32 BLAS product of the same shape: GEMV
+    (``W @ x``) and GEMM (``X @ W.T``), for ``i2`` and ``tq1`` with float32 and int8
+    activations and ``bitplanes`` with float32. It also prints G weights/s per core beside
+    bitnet.cpp's published 72 (its W2A8 GEMV kernel, one thread, [1, 2048] x [2048, 2048]).
+``models`` (``ternref bench --models``, ``benchmarks/bench_inference.py``)
+    A float model against its ``packed.export`` (TWN weights, first and last layers in full
+    precision, random initialisation): the digits MLP and LeNet-5 at Fashion-MNIST shapes,
+    batch 1 and a test-set batch (359 / 1000), ``i2`` and ``tq1``, float32 and int8
+    activations. A third column runs ``packed.export`` of the *float* model (every layer in
+    full precision: the same inference plan, BatchNorm folding and fused ReLU, no ternary
+    kernel), which says how much of the speed-up is the inference plan and how much is the
+    ternary kernels.
+
+How it measures: every callable of one configuration is called once before timing (the JIT
+compiles or loads its cache then: a one-time cost a program pays once), then the callables run
+*interleaved*, one after the other, ``reps`` rounds, with no pause between calls, exactly as a
+program that alternates NumPy and packed products would run them; each reported time is the
+median over the rounds. Nothing here sleeps, and no test asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 
-CASES = (("i2", "float32"), ("i2", "int8"), ("tq1", "float32"), ("bitplanes", "float32"))
+KERNEL_CASES = (("i2", "float32"), ("i2", "int8"), ("tq1", "float32"), ("tq1", "int8"),
+                ("bitplanes", "float32"))  # fmt: skip
+
+BITNET_CPP_GWEIGHTS_PER_CORE = 72.0
+"""bitnet.cpp's W2A8 GEMV, [1, 2048] x [2048, 2048] in 0.058 ms on one thread (published)."""
 
 
-def machine_info() -> dict:
-    """CPU model (from /proc/cpuinfo), cores, numba threads and threading layer, load average."""
-    import numba
-
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        load = "n/a"
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "numba_threads": numba.get_num_threads(),
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-        "load_avg": load,
-    }
-
-
-# After a call, OpenBLAS's worker threads busy-wait for ~2^28 cycles (~0.1 s) before sleeping,
-# and an OpenMP pool spins briefly too. On a 2-core machine a kernel timed right after the other
-# library then gets one core instead of two (measured at 8192x8192: right after NumPy's W @ x the
-# i2 GEMV alternates 6.2 and 2.2 ms; after a 0.3 s pause it takes 2.2 ms every time).
-# Each measurement therefore starts after this pause, when the other pool is asleep.
-SETTLE_SECONDS = 0.3
-
-
-def _median_ms(fn, reps: int) -> tuple[float, float]:
-    """(median, minimum) wall time in ms; the minimum is the least disturbed by other load."""
-    time.sleep(SETTLE_SECONDS)
-    fn()  # warm-up (and JIT compile on first use)
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict, reps: int) -> dict:
+    """Median wall time (ms) of each callable, calling them in turn ``reps`` rounds after one
+    untimed call each (compilation); no pause anywhere."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times)), 1e3 * float(np.min(times))
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
-def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=7, seed=0, out=print) -> list[dict]:
-    """Run the benchmark and return one dict per (size, batch, case)."""
-    import numba
-
-    from ternref.packed import linear, pack
+# ---------------------------------------------------------------------------------- kernels
+def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) -> list[dict]:
+    """The kernel benchmark; returns one dict per (size, batch, case) and prints a table."""
+    from ternref._machine import summary
+    from ternref.packed import _threads, linear, pack
     from ternref.ternary import Ternary
 
-    # first compile, so that its cost (if not cached) is not in a warm-up of a big size
-    small = Ternary(np.zeros((4, 8), np.int8), np.float32(1.0))
-    for fmt, act in CASES:
-        linear(np.ones(8, np.float32), pack(small, fmt), act)
-
-    info = machine_info()
+    out(summary())
+    threads = _threads.get_num_threads()
     out(
-        f"machine: {info['cpu']}, {info['cores']} cores, numba {info['numba']} with "
-        f"{info['numba_threads']} threads ({numba.threading_layer()}), numpy {info['numpy']}, "
-        f"load average {info['load_avg']}"
-    )
-    out(
-        f"median of {reps} runs after 2 warm-up runs; ratio = NumPy time / this time; "
-        "GB/s = weight bytes / median time; 'min ms' and its ratio use the fastest run"
+        f"median of {reps} interleaved rounds (NumPy and every kernel called in turn, no pause); "
+        f"ratio = NumPy time / this time; G w/s/core = weights per second / {threads} threads; "
+        f"bitnet.cpp's W2A8 GEMV: {BITNET_CPP_GWEIGHTS_PER_CORE:.0f} G w/s/core"
     )
     header = (
-        f"{'M=K':>6} {'N':>4} {'kernel':<18} {'ms':>9} {'ratio':>7} {'weight MB':>10} "
-        f"{'GB/s':>7} {'bits/w':>7} {'min ms':>9} {'ratio':>7}"
+        f"{'M=K':>6} {'N':>4} {'kernel':<18} {'ms':>9} {'ratio':>7} {'G w/s/core':>11} "
+        f"{'weight MB':>10} {'bits/w':>7}"
     )
     out(header)
     out("-" * len(header))
@@ -105,68 +79,134 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=7, seed=0, out=print) ->
         alpha = (rng.random(size) + 0.5).astype(np.float32)
         t = Ternary(codes, alpha, granularity="channel")
         w = t.dense().astype(np.float32)
-        packs = {fmt: pack(t, fmt) for fmt in {f for f, _ in CASES}}
-        del codes
+        packs = {fmt: pack(t, fmt) for fmt in {f for f, _ in KERNEL_CASES}}
+        del codes, t
         for n in batches:
             x = rng.standard_normal((n, size)).astype(np.float32)
-            xv = x[0]
-            if n == 1:
-                ms_np, min_np = _median_ms(lambda w=w, xv=xv: w @ xv, reps)
-                name_np = "numpy W @ x"
-            else:
-                ms_np, min_np = _median_ms(lambda w=w, x=x: x @ w.T, reps)
-                name_np = "numpy X @ W.T"
-            row = dict(size=size, batch=n, kernel=name_np, ms=ms_np, ratio=1.0, bytes=w.nbytes)
-            row.update(min_ms=min_np, min_ratio=1.0)
-            row["bits"] = 32.0
-            rows.append(row)
-            out(_fmt(row))
-            xin = xv if n == 1 else x
-            for fmt, act in CASES:
-                p = packs[fmt]
-                ms, min_ms = _median_ms(lambda p=p, act=act, xin=xin: linear(xin, p, act), reps)
-                row = dict(
-                    size=size,
-                    batch=n,
-                    kernel=f"{fmt} {act}",
-                    ms=ms,
-                    ratio=ms_np / ms,
-                    bytes=p.nbytes,
-                    bits=p.bits_per_weight_with_scales,
-                    min_ms=min_ms,
-                    min_ratio=min_np / min_ms,
-                )
+            numpy_name = "numpy W @ x" if n == 1 else "numpy X @ W.T"
+            ms = interleaved_medians(_kernel_calls(numpy_name, w, x, packs, linear), reps)
+            for name, t_ms in ms.items():
+                is_numpy = name == numpy_name
+                p = None if is_numpy else packs[name.split()[0]]
+                row = {
+                    "size": size,
+                    "batch": n,
+                    "kernel": name,
+                    "ms": t_ms,
+                    "ratio": ms[numpy_name] / t_ms,
+                    "gw_per_core": n * size * size / (t_ms * 1e-3) / 1e9 / threads,
+                    "bytes": w.nbytes if is_numpy else p.nbytes,
+                    "bits": 32.0 if is_numpy else p.bits_per_weight_with_scales,
+                }
                 rows.append(row)
-                out(_fmt(row))
-        del w, packs
-    out(f"load average at the end: {machine_info()['load_avg']}")
+                out(
+                    f"{size:>6} {n:>4} {name:<18} {t_ms:>9.3f} {row['ratio']:>6.2f}x "
+                    f"{row['gw_per_core']:>11.1f} {row['bytes'] / 1e6:>10.2f} {row['bits']:>7.3f}"
+                )
     return rows
 
 
-def _fmt(row: dict) -> str:
-    gbs = row["bytes"] / (row["ms"] * 1e-3) / 1e9
-    return (
-        f"{row['size']:>6} {row['batch']:>4} {row['kernel']:<18} {row['ms']:>9.3f} "
-        f"{row['ratio']:>6.2f}x {row['bytes'] / 1e6:>10.2f} {gbs:>7.1f} {row['bits']:>7.3f} "
-        f"{row['min_ms']:>9.3f} {row['min_ratio']:>6.2f}x"
+def _kernel_calls(numpy_name, w, x, packs, linear) -> dict:
+    """The callables of one (size, batch): NumPy's product, then every packed case."""
+    xin = x[0] if x.shape[0] == 1 else x
+    calls = {numpy_name: (lambda: w @ xin) if x.shape[0] == 1 else (lambda: x @ w.T)}
+    for fmt, act in KERNEL_CASES:
+        calls[f"{fmt} {act}"] = lambda p=packs[fmt], act=act: linear(xin, p, act)
+    return calls
+
+
+# ---------------------------------------------------------------------------------- models
+MODELS = (("mlp", (1, 8, 8), 359), ("lenet5", (1, 28, 28), 1000))
+
+
+def build_pair(name: str, shape: tuple, method: str = "twn", seed: int = 0):
+    """The float model and the same network quantized by ``method`` (first/last layers in full
+    precision), both in evaluation mode, with random weights (seeded) and BatchNorm statistics
+    that are not the identity (so that folding is exercised)."""
+    from ternref.methods import get, quantize_model
+    from ternref.recipes import build_model
+
+    fp = build_model(name, shape, 10, np.random.default_rng(seed))
+    q = build_model(name, shape, 10, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed + 1)
+    for a, b in zip(fp.layers, q.layers):
+        if hasattr(a, "running_var"):
+            a.running_mean[:] = rng.normal(0, 0.1, a.running_mean.shape)
+            a.running_var[:] = rng.uniform(0.5, 2.0, a.running_var.shape)
+            b.running_mean[:], b.running_var[:] = a.running_mean, a.running_var
+    quantize_model(q, get(method))
+    fp.eval()
+    q.eval()
+    return fp, q
+
+
+def run_models(formats=("i2", "tq1"), reps=15, seed=0, out=print) -> list[dict]:
+    """The end-to-end benchmark; returns one dict per configuration and prints a table."""
+    from ternref import packed
+    from ternref._machine import summary
+
+    out(summary())
+    out(
+        f"median ms of {reps} interleaved rounds (float model, its float inference export, the "
+        "packed model, called in turn, no pause); speed-up = float ms / packed ms"
     )
+    header = (
+        f"{'model':<7} {'format':<6} {'activations':<11} {'batch':>5} {'float':>10} "
+        f"{'float export':>12} {'packed':>10} {'speed-up':>9} {'vs export':>9}"
+    )
+    out(header)
+    out("-" * len(header))
+    rows = []
+    for name, shape, big in MODELS:
+        fp, q = build_pair(name, shape, seed=seed)
+        fp_export = packed.export(fp)
+        for fmt in formats:
+            for act in ("float32", "int8"):
+                pm = packed.export(q, format=fmt, activations=act)
+                for batch in (1, big):
+                    x = np.random.default_rng(seed + 2).standard_normal((batch, *shape))
+                    x = x.astype(np.float32)
+                    n_rounds = reps if batch == 1 else max(5, reps // 3)
+                    models = {"float": fp, "export": fp_export, "packed": pm}
+                    calls = {k: (lambda m=m, x=x: m.forward(x)) for k, m in models.items()}
+                    ms = interleaved_medians(calls, n_rounds)
+                    row = {"model": name, "format": fmt, "activations": act, "batch": batch}
+                    row.update({k + "_ms": v for k, v in ms.items()})
+                    row["speedup"] = ms["float"] / ms["packed"]
+                    row["speedup_vs_export"] = ms["export"] / ms["packed"]
+                    rows.append(row)
+                    out(
+                        f"{name:<7} {fmt:<6} {act:<11} {batch:>5} {ms['float']:>10.3f} "
+                        f"{ms['export']:>12.3f} {ms['packed']:>10.3f} {row['speedup']:>8.2f}x "
+                        f"{row['speedup_vs_export']:>8.2f}x"
+                    )
+    return rows
 
 
 def main(argv=None) -> int:
     """Command-line entry point (``ternref bench``)."""
     ap = argparse.ArgumentParser(
-        prog="ternref bench", description="Packed ternary kernels vs NumPy float32 BLAS."
+        prog="ternref bench",
+        description="Packed ternary kernels vs NumPy float32 BLAS; --models: packed models vs "
+        "their float models, end to end.",
     )
+    ap.add_argument("--models", action="store_true", help="the end-to-end model benchmark")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--reps", type=int, default=7, help="timed repetitions (median), >= 7")
-    ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
+    ap.add_argument("--formats", nargs="+", default=["i2", "tq1"], help="(--models) formats")
+    ap.add_argument("--reps", type=int, default=9, help="interleaved timed rounds (median)")
+    ap.add_argument("--threads", type=int, default=None, help="packed kernel threads")
     args = ap.parse_args(argv)
     if args.reps < 1 or any(s < 1 for s in args.sizes) or any(b < 1 for b in args.batches):
         ap.error("sizes, batches and reps must be positive")
     if args.threads is not None:
-        import numba
+        from ternref.packed import set_num_threads
 
-        numba.set_num_threads(args.threads)
-    run(sizes=tuple(args.sizes), batches=tuple(args.batches), reps=args.reps)
+        if args.threads < 1:
+            ap.error("--threads must be positive")
+        set_num_threads(args.threads)
+    if args.models:
+        run_models(formats=tuple(args.formats), reps=args.reps)
+    else:
+        run(sizes=tuple(args.sizes), batches=tuple(args.batches), reps=args.reps)
     return 0

@@ -37,8 +37,10 @@ from ternref._jit import njit
 from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
 from ternref.packed._gemm import (
     REASSOC,
-    group_value,
-    group_value_int,
+    add_group,
+    add_group_int,
+    finish_rows,
+    finish_rows_numpy,
     group_value_numpy,
     quantize_rows,
     tile_matmul,
@@ -90,115 +92,131 @@ def stream_index(l):
 
 
 @njit(nogil=True, fastmath=REASSOC)
-def dot_f32(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
-    """``y[n, r]`` for rows ``r0 <= r < r1`` from the two planes, float32 activations
-    (``xs`` float32 (N, 1, L), other arguments as :func:`ternref.packed.i2.dot_f32`).
-
-    ``D = sum c x = sum ([pos] - [neg]) x`` is one reduction; the group epilogue of
-    :mod:`ternref.packed._gemm` takes ``Q = D + X``; ``zeros`` (:func:`zeros_f32`) holds
-    ``Z = sum [c = 0] x`` for asymmetric scales.
-    """
-    n_groups = sc.shape[2]
-    seg = pos.shape[1] // n_groups  # words per group
+def _signed_sums_f32(pos, neg, w0, words, x, r0, r1, out):
+    """``out[r - r0] = D = sum ([pos] - [neg]) x`` over words ``w0 .. w0 + words - 1`` (x float32,
+    the group's activations)."""
     one = np.uint64(1)
-    total = np.empty(r1 - r0, np.float64)
-    for n in range(xs.shape[0]):
-        total[:] = 0.0
-        for g in range(n_groups):
-            w0 = g * seg
-            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
-            for r in range(r0, r1):
-                wp = pos[r, w0 : w0 + seg]
-                wn = neg[r, w0 : w0 + seg]
-                d_sum = np.float32(0.0)
-                for w in range(seg):
-                    p = wp[w]
-                    q = wn[w]
-                    for j in range(64):
-                        bit = np.uint64(j)
-                        d_sum += (np.float32((p >> bit) & one) - np.float32((q >> bit) & one)) * x[
-                            64 * w + j
-                        ]
-                x_sum = xsum[n, g]
-                z_sum = np.float64(zeros[n, r, g]) if asym else 0.0
-                total[r - r0] += group_value(
-                    np.float64(d_sum) + x_sum, z_sum, x_sum, sc, r, g, asym, has_offset
-                )
-        for r in range(r0, r1):
-            y[n, r] = total[r - r0]
+    for r in range(r0, r1):
+        acc = np.float32(0.0)
+        for w in range(words):
+            p = pos[r, w0 + w]
+            q = neg[r, w0 + w]
+            for j in range(64):
+                bit = np.uint64(j)
+                acc += (np.float32((p >> bit) & one) - np.float32((q >> bit) & one)) * x[64 * w + j]
+        out[r - r0] = acc
 
 
 @njit(nogil=True, fastmath=REASSOC)
-def zeros_f32(pos, neg, xs, r0, r1, zeros):
-    """``zeros[n, r, g] = sum_{c = 0} x``: the bits set in neither plane."""
-    n_groups = zeros.shape[2]
-    seg = pos.shape[1] // n_groups
+def _zero_sums_f32(pos, neg, w0, words, x, r0, r1, out):
+    """``out[r - r0] = Z = sum_{c = 0} x``: the bits set in neither plane."""
     one = np.uint64(1)
-    for n in range(xs.shape[0]):
-        for g in range(n_groups):
-            w0 = g * seg
-            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
-            for r in range(r0, r1):
-                z_sum = np.float32(0.0)
-                for w in range(seg):
-                    free = ~(pos[r, w0 + w] | neg[r, w0 + w])
-                    for j in range(64):
-                        z_sum += np.float32((free >> np.uint64(j)) & one) * x[64 * w + j]
-                zeros[n, r, g] = z_sum
+    for r in range(r0, r1):
+        acc = np.float32(0.0)
+        for w in range(words):
+            free = ~(pos[r, w0 + w] | neg[r, w0 + w])
+            for j in range(64):
+                acc += np.float32((free >> np.uint64(j)) & one) * x[64 * w + j]
+        out[r - r0] = acc
 
 
 @njit(nogil=True)
-def dot_i8(pos, neg, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
-    """:func:`dot_f32` for int8 activations (exact integer sums, float64 epilogue)."""
-    n_groups = sc.shape[2]
-    seg = pos.shape[1] // n_groups
+def _signed_sums_i8(pos, neg, w0, words, x, r0, r1, out):
+    """:func:`_signed_sums_f32` for int8 activations (exact, int64 ``out``)."""
     one = np.uint64(1)
+    for r in range(r0, r1):
+        total = np.int64(0)
+        for w in range(words):
+            p = pos[r, w0 + w]
+            q = neg[r, w0 + w]
+            acc = 0
+            for j in range(64):
+                bit = np.uint64(j)
+                acc += (np.int32((p >> bit) & one) - np.int32((q >> bit) & one)) * np.int32(
+                    x[64 * w + j]
+                )
+            total += np.int32(acc)
+        out[r - r0] = total
+
+
+@njit(nogil=True)
+def _zero_sums_i8(pos, neg, w0, words, x, r0, r1, out):
+    """:func:`_zero_sums_f32` for int8 activations (exact, int64 ``out``)."""
+    one = np.uint64(1)
+    for r in range(r0, r1):
+        total = np.int64(0)
+        for w in range(words):
+            free = ~(pos[r, w0 + w] | neg[r, w0 + w])
+            acc = 0
+            for j in range(64):
+                acc += np.int32((free >> np.uint64(j)) & one) * np.int32(x[64 * w + j])
+            total += np.int32(acc)
+        out[r - r0] = total
+
+
+@njit(nogil=True)
+def dot_f32(pos, neg, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
+    """``y[n, r]`` for rows ``r0 <= r < r1`` from the two planes, float32 activations
+    (``xs`` float32 (N, 1, L), other arguments as :func:`ternref.packed.i2.dot_f32`).
+
+    ``D = sum c x = sum ([pos] - [neg]) x`` is one reduction; the group epilogue takes
+    ``Q = D + X``; ``zeros`` (:func:`zeros_f32`) holds ``Z`` for asymmetric scales.
+    """
+    n_groups = sc.shape[2]
+    seg = pos.shape[1] // n_groups  # words per group
+    sums = np.empty(r1 - r0, np.float64)  # D + X in float64 (X is a float64 sum)
     total = np.empty(r1 - r0, np.float64)
     for n in range(xs.shape[0]):
         total[:] = 0.0
         for g in range(n_groups):
             w0 = g * seg
-            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
-            for r in range(r0, r1):
-                d_sum = np.int64(0)
-                for w in range(seg):
-                    p = pos[r, w0 + w]
-                    q = neg[r, w0 + w]
-                    acc = 0
-                    for j in range(64):
-                        bit = np.uint64(j)
-                        acc += (np.int32((p >> bit) & one) - np.int32((q >> bit) & one)) * np.int32(
-                            x[64 * w + j]
-                        )
-                    d_sum += np.int32(acc)
-                x_sum = xsum[n, g]
-                z_sum = np.int64(zeros[n, r, g]) if asym else np.int64(0)
-                total[r - r0] += group_value_int(
-                    d_sum + x_sum, z_sum, x_sum, sc, r, g, asym, has_offset
-                )
-        for r in range(r0, r1):
-            y[n, r] = total[r - r0] * inv_s[n]
+            _signed_sums_f32(pos, neg, w0, seg, xs[n, 0, 64 * w0 : 64 * (w0 + seg)], r0, r1, sums)
+            sums += xsum[n, g]  # Q = D + X
+            add_group(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
+        finish_rows(total, 1.0, bias, has_bias, relu, r0, y[n])
+
+
+@njit(nogil=True)
+def zeros_f32(pos, neg, xs, r0, r1, zeros):
+    """``zeros[n, r, g] = sum_{c = 0} x`` for rows ``r0 .. r1 - 1`` (asymmetric scales)."""
+    n_groups = zeros.shape[2]
+    seg = pos.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.float32)
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            w0 = g * seg
+            _zero_sums_f32(pos, neg, w0, seg, xs[n, 0, 64 * w0 : 64 * (w0 + seg)], r0, r1, sums)
+            zeros[n, r0:r1, g] = sums
+
+
+@njit(nogil=True)
+def dot_i8(pos, neg, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
+    """:func:`dot_f32` for int8 activations (exact integer sums, float64 epilogue)."""
+    n_groups = sc.shape[2]
+    seg = pos.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.int64)
+    total = np.empty(r1 - r0, np.float64)
+    for n in range(xs.shape[0]):
+        total[:] = 0.0
+        for g in range(n_groups):
+            w0 = g * seg
+            _signed_sums_i8(pos, neg, w0, seg, xs[n, 0, 64 * w0 : 64 * (w0 + seg)], r0, r1, sums)
+            sums += xsum[n, g]  # Q = D + X
+            add_group_int(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
+        finish_rows(total, inv_s[n], bias, has_bias, relu, r0, y[n])
 
 
 @njit(nogil=True)
 def zeros_i8(pos, neg, xs, r0, r1, zeros):
-    """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
+    """:func:`zeros_f32` for int8 activations (exact sums)."""
     n_groups = zeros.shape[2]
     seg = pos.shape[1] // n_groups
-    one = np.uint64(1)
+    sums = np.empty(r1 - r0, np.int64)
     for n in range(xs.shape[0]):
         for g in range(n_groups):
             w0 = g * seg
-            x = xs[n, 0, 64 * w0 : 64 * (w0 + seg)]
-            for r in range(r0, r1):
-                z_sum = 0
-                for w in range(seg):
-                    free = ~(pos[r, w0 + w] | neg[r, w0 + w])
-                    acc = 0
-                    for j in range(64):
-                        acc += np.int32((free >> np.uint64(j)) & one) * np.int32(x[64 * w + j])
-                    z_sum += np.int32(acc)
-                zeros[n, r, g] = z_sum
+            _zero_sums_i8(pos, neg, w0, seg, xs[n, 0, 64 * w0 : 64 * (w0 + seg)], r0, r1, sums)
+            zeros[n, r0:r1, g] = sums
 
 
 def _bits(words):
@@ -206,14 +224,20 @@ def _bits(words):
     return ((words[..., None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).astype(np.int32)
 
 
-def dot_f32_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+def dot_f32_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """NumPy twin of :func:`dot_f32`."""
-    _dot_numpy(pos, neg, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, r0, r1, y, None)
+    b = bias[r0:r1] if has_bias else None
+    _dot_numpy(pos, neg, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, b, relu, r0,
+               r1, y, None)  # fmt: skip
 
 
-def dot_i8_numpy(pos, neg, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+def dot_i8_numpy(
+    pos, neg, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y
+):
     """NumPy twin of :func:`dot_i8` (int64 arithmetic: the same exact sums)."""
-    _dot_numpy(pos, neg, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s)
+    b = bias[r0:r1] if has_bias else None
+    _dot_numpy(pos, neg, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, b, relu, r0,
+               r1, y, inv_s)  # fmt: skip
 
 
 def zeros_f32_numpy(pos, neg, xs, r0, r1, zeros):
@@ -232,7 +256,7 @@ def zeros_f32_numpy(pos, neg, xs, r0, r1, zeros):
 zeros_i8_numpy = zeros_f32_numpy
 
 
-def _dot_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
+def _dot_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, bias, relu, r0, r1, y, inv_s):
     n_groups = sc.shape[2]
     seg = pos.shape[1] // n_groups
     for n in range(xs.shape[0]):
@@ -245,7 +269,7 @@ def _dot_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s
             x_sum = xsum[n, g]
             z_sum = zeros[n, r0:r1, g].astype(d_sum.dtype) if asym else 0
             yr += group_value_numpy(d_sum + x_sum, z_sum, x_sum, sc[:, r0:r1, g], asym, has_offset)
-        y[n, r0:r1] = yr if inv_s is None else yr * inv_s[n]
+        finish_rows_numpy(yr, 1.0 if inv_s is None else inv_s[n], bias, relu, y[n, r0:r1])
 
 
 @njit(nogil=True)
@@ -286,7 +310,7 @@ def gemm_f32(pos, neg, xp, lut, r0, r1, n0, n1, y):
 def gemm_i8(pos, neg, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_i8`, with this format's :func:`dequant_row`."""
     length = xq.shape[1]
-    rows = tile_rows(r1 - r0, length)
+    rows = tile_rows(r1 - r0, 4 * length)
     buf = np.empty((rows, length), np.float32)
     abs_buf = np.empty((rows if asym else 0, length), np.float32)
     for t0 in range(r0, r1, rows):

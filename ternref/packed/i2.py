@@ -56,8 +56,10 @@ from ternref._jit import njit
 from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
 from ternref.packed._gemm import (
     REASSOC,
-    group_value,
-    group_value_int,
+    add_group,
+    add_group_int,
+    finish_rows,
+    finish_rows_numpy,
     group_value_numpy,
     quantize_rows,
     tile_matmul,
@@ -112,7 +114,76 @@ def stream_index(l):
 
 
 @njit(nogil=True, fastmath=REASSOC)
-def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+def _code_sums_f32(codes, t0, seg, x0, x1, x2, x3, r0, r1, out):
+    """``out[r - r0] = Q = sum_t sum_s q_s(byte t) x_s[t]`` over bytes ``t0 .. t0 + seg - 1`` of
+    rows ``r0 .. r1 - 1``, with ``q_s = (byte >> 2 s) & 3`` (``q = c + 1``): one reduction over
+    contiguous streams per row, which LLVM vectorizes (``fastmath`` allows the reassociation)."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = np.float32(0.0)
+        for t in range(seg):
+            b = cr[t]
+            acc += (
+                np.float32(b & np.uint8(3)) * x0[t]
+                + np.float32((b >> np.uint8(2)) & np.uint8(3)) * x1[t]
+                + np.float32((b >> np.uint8(4)) & np.uint8(3)) * x2[t]
+                + np.float32(b >> np.uint8(6)) * x3[t]
+            )
+        out[r - r0] = acc
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def _zero_sums_f32(codes, t0, seg, x0, x1, x2, x3, r0, r1, out):
+    """``out[r - r0] = Z = sum_{c = 0} x``: the low bit of a 2-bit field is ``[q = 1]``."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = np.float32(0.0)
+        for t in range(seg):
+            b = cr[t]
+            acc += (
+                np.float32(b & np.uint8(1)) * x0[t]
+                + np.float32((b >> np.uint8(2)) & np.uint8(1)) * x1[t]
+                + np.float32((b >> np.uint8(4)) & np.uint8(1)) * x2[t]
+                + np.float32((b >> np.uint8(6)) & np.uint8(1)) * x3[t]
+            )
+        out[r - r0] = acc
+
+
+@njit(nogil=True)
+def _code_sums_i8(codes, t0, seg, x0, x1, x2, x3, r0, r1, out):
+    """:func:`_code_sums_f32` for int8 streams, exact in int32 (``out`` int32). The operands have
+    at most 2 and 8 bits, and LLVM turns ``sum int32(q) * int32(x)`` into ``vpmaddwd``
+    (``vpdpwssd`` where the CPU has AVX-512 VNNI or AVX-VNNI): multiply-adds of 16-bit pairs
+    into 32-bit lanes; the int32 store is what lets it narrow the (int64) Python sum."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = 0
+        for t in range(seg):
+            b = cr[t]
+            acc += np.int32(b & np.uint8(3)) * np.int32(x0[t])
+            acc += np.int32((b >> np.uint8(2)) & np.uint8(3)) * np.int32(x1[t])
+            acc += np.int32((b >> np.uint8(4)) & np.uint8(3)) * np.int32(x2[t])
+            acc += np.int32(b >> np.uint8(6)) * np.int32(x3[t])
+        out[r - r0] = acc
+
+
+@njit(nogil=True)
+def _zero_sums_i8(codes, t0, seg, x0, x1, x2, x3, r0, r1, out):
+    """:func:`_zero_sums_f32` for int8 streams (exact, int32)."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = 0
+        for t in range(seg):
+            b = cr[t]
+            acc += np.int32(b & np.uint8(1)) * np.int32(x0[t])
+            acc += np.int32((b >> np.uint8(2)) & np.uint8(1)) * np.int32(x1[t])
+            acc += np.int32((b >> np.uint8(4)) & np.uint8(1)) * np.int32(x2[t])
+            acc += np.int32((b >> np.uint8(6)) & np.uint8(1)) * np.int32(x3[t])
+        out[r - r0] = acc
+
+
+@njit(nogil=True)
+def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """``y[n, r]`` for rows ``r0 <= r < r1`` from the packed bytes, float32 activations.
 
     Parameters
@@ -127,116 +198,74 @@ def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
     sc : float64 (3, M, G)
         ``alpha_pos``, ``alpha_neg`` and ``offset`` of row r, group g (offset all zero if none).
     zeros : float32 (N, M, G)
-        For asymmetric scales, ``Z = sum [c = 0] x`` from :func:`zeros_f32`; ignored otherwise.
+        For asymmetric scales, ``Z = sum [c = 0] x`` (:func:`zeros_f32`); ignored otherwise.
     asym, has_offset : bool
+    bias : float32 (M,), has_bias : bool, relu : bool
+        Added after the product (float32), then ReLU when ``relu``.
     r0, r1 : int
         The rows this call computes.
     y : float32 (N, M)
         Output; columns ``r0 .. r1 - 1`` are overwritten.
 
-    Per byte ``b`` the four codes are ``q_s = (b >> 2 s) & 3`` (``q = c + 1``), and the group
-    sum is ``Q = sum q x``; then ``sum c x = Q - sum x`` and, with ``Z``, ``sum |c| x = sum x - Z``
-    (:func:`~ternref.packed._gemm.group_value`). ``Q`` is one reduction over contiguous streams,
-    which LLVM vectorizes (``fastmath`` allows the reassociation; the NumPy twin agrees within
-    float32 rounding, not bit for bit). Loops run over activation rows and groups outside, rows
-    inside, so each stream slice is made once; a second reduction in the same loop (``Z``) made
-    LLVM give up the vectorization, hence the separate :func:`zeros_f32`.
+    Per group: ``Q = sum q x`` (:func:`_code_sums_f32`), then ``sum c x = Q - sum x`` and, with
+    ``Z``, ``sum |c| x = sum x - Z`` give the group's value (:mod:`ternref.packed._gemm`). The
+    row loop lives in a helper per (activation row, group) so that each stream slice is made
+    once; a second reduction in the same loop (``Z``) made LLVM give up the vectorization,
+    hence the separate :func:`zeros_f32`.
     """
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups  # bytes per group
+    sums = np.empty(r1 - r0, np.float32)
     total = np.empty(r1 - r0, np.float64)
     for n in range(xs.shape[0]):
         total[:] = 0.0
         for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]  # 0-based slices: what LLVM vectorizes
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                q_sum = np.float32(0.0)
-                for t in range(seg):
-                    b = cr[t]
-                    q_sum += (
-                        np.float32(b & np.uint8(3)) * x0[t]
-                        + np.float32((b >> np.uint8(2)) & np.uint8(3)) * x1[t]
-                        + np.float32((b >> np.uint8(4)) & np.uint8(3)) * x2[t]
-                        + np.float32(b >> np.uint8(6)) * x3[t]
-                    )
-                z_sum = np.float64(zeros[n, r, g]) if asym else 0.0
-                total[r - r0] += group_value(
-                    np.float64(q_sum), z_sum, xsum[n, g], sc, r, g, asym, has_offset
-                )
-        for r in range(r0, r1):
-            y[n, r] = total[r - r0]
-
-
-@njit(nogil=True, fastmath=REASSOC)
-def zeros_f32(codes, xs, r0, r1, zeros):
-    """``zeros[n, r, g] = sum_{c = 0} x`` over group g of row r: the low bit of a 2-bit
-    field is ``[q = 1]`` (``q`` is 0, 1 or 2). Only asymmetric scales need it."""
-    n_groups = zeros.shape[2]
-    seg = codes.shape[1] // n_groups
-    for n in range(xs.shape[0]):
-        for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                z_sum = np.float32(0.0)
-                for t in range(seg):
-                    b = cr[t]
-                    z_sum += (
-                        np.float32(b & np.uint8(1)) * x0[t]
-                        + np.float32((b >> np.uint8(2)) & np.uint8(1)) * x1[t]
-                        + np.float32((b >> np.uint8(4)) & np.uint8(1)) * x2[t]
-                        + np.float32((b >> np.uint8(6)) & np.uint8(1)) * x3[t]
-                    )
-                zeros[n, r, g] = z_sum
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _code_sums_f32(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
+                           r0, r1, sums)  # fmt: skip
+            add_group(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
+        finish_rows(total, 1.0, bias, has_bias, relu, r0, y[n])
 
 
 @njit(nogil=True)
-def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+def zeros_f32(codes, xs, r0, r1, zeros):
+    """``zeros[n, r, g] = sum_{c = 0} x`` over group g of row r (``r0 <= r < r1``): what
+    asymmetric scales need besides ``Q``."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.float32)
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _zero_sums_f32(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
+                           r0, r1, sums)  # fmt: skip
+            zeros[n, r0:r1, g] = sums
+
+
+@njit(nogil=True)
+def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """:func:`dot_f32` for int8 activations: exact integer sums, then the float64 epilogue.
 
     ``xs`` int8 (N, 4, L/4), ``xsum`` int64 (N, G) and ``zeros`` int32 (:func:`zeros_i8`) as in
-    :func:`dot_f32`; ``inv_s`` float64 (N,) rescales row n (``x ~= xq * inv_s``). The reduction
-    ``sum int32(q) * int32(x)`` has operands of at most 2 and 8 bits, which LLVM turns into
-    ``vpmaddwd`` (``vpdpwssd`` where the CPU has AVX-512 VNNI or AVX-VNNI): multiply-adds of
-    16-bit pairs into 32-bit lanes. The sum is exact in int32 for rows shorter than 2^22
-    weights (``|q x| <= 254``; :func:`ternref.packed.pack` refuses longer rows); the truncation
-    ``np.int32(acc)`` after the loop is what lets LLVM use 32-bit lanes.
+    :func:`dot_f32`; ``inv_s`` float64 (N,) rescales row n (``x ~= xq * inv_s``). The sums
+    (:func:`_code_sums_i8`) are exact in int32 for rows shorter than 2^22 weights
+    (``|q x| <= 254``; :func:`ternref.packed.pack` refuses longer rows).
     """
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.int32)
     total = np.empty(r1 - r0, np.float64)
     for n in range(xs.shape[0]):
         total[:] = 0.0
         for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                acc = 0
-                for t in range(seg):
-                    b = cr[t]
-                    acc += np.int32(b & np.uint8(3)) * np.int32(x0[t])
-                    acc += np.int32((b >> np.uint8(2)) & np.uint8(3)) * np.int32(x1[t])
-                    acc += np.int32((b >> np.uint8(4)) & np.uint8(3)) * np.int32(x2[t])
-                    acc += np.int32(b >> np.uint8(6)) * np.int32(x3[t])
-                z_sum = zeros[n, r, g] if asym else np.int32(0)
-                total[r - r0] += group_value_int(
-                    np.int32(acc), z_sum, xsum[n, g], sc, r, g, asym, has_offset
-                )
-        for r in range(r0, r1):
-            y[n, r] = total[r - r0] * inv_s[n]
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _code_sums_i8(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
+                          r0, r1, sums)  # fmt: skip
+            add_group_int(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
+        finish_rows(total, inv_s[n], bias, has_bias, relu, r0, y[n])
 
 
 @njit(nogil=True)
@@ -244,23 +273,14 @@ def zeros_i8(codes, xs, r0, r1, zeros):
     """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
     n_groups = zeros.shape[2]
     seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.int32)
     for n in range(xs.shape[0]):
         for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                acc = 0
-                for t in range(seg):
-                    b = cr[t]
-                    acc += np.int32(b & np.uint8(1)) * np.int32(x0[t])
-                    acc += np.int32((b >> np.uint8(2)) & np.uint8(1)) * np.int32(x1[t])
-                    acc += np.int32((b >> np.uint8(4)) & np.uint8(1)) * np.int32(x2[t])
-                    acc += np.int32((b >> np.uint8(6)) & np.uint8(1)) * np.int32(x3[t])
-                zeros[n, r, g] = acc
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _zero_sums_i8(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
+                          r0, r1, sums)  # fmt: skip
+            zeros[n, r0:r1, g] = sums
 
 
 def _fields(codes_rows, sub, mask):
@@ -268,14 +288,20 @@ def _fields(codes_rows, sub, mask):
     return (codes_rows.astype(np.int64) >> (2 * sub)) & mask
 
 
-def dot_f32_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+def dot_f32_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """NumPy twin of :func:`dot_f32`: the same streams and sums, vectorised over the rows."""
-    _dot_numpy(codes, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, r0, r1, y, None)
+    b = bias[r0:r1] if has_bias else None
+    _dot_numpy(codes, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, b, relu, r0, r1,
+               y, None)  # fmt: skip
 
 
-def dot_i8_numpy(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+def dot_i8_numpy(
+    codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y
+):
     """NumPy twin of :func:`dot_i8` (int64 arithmetic: the same exact sums)."""
-    _dot_numpy(codes, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s)
+    b = bias[r0:r1] if has_bias else None
+    _dot_numpy(codes, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, b, relu, r0, r1,
+               y, inv_s)  # fmt: skip
 
 
 def zeros_f32_numpy(codes, xs, r0, r1, zeros):
@@ -293,7 +319,7 @@ def zeros_f32_numpy(codes, xs, r0, r1, zeros):
 zeros_i8_numpy = zeros_f32_numpy
 
 
-def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
+def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, bias, relu, r0, r1, y, inv_s):
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
     rows = codes[r0:r1]
@@ -305,7 +331,7 @@ def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
             q_sum = sum(_fields(part, s, 3) @ x[s] for s in range(STREAMS))
             z_sum = zeros[n, r0:r1, g].astype(q_sum.dtype) if asym else 0
             yr += group_value_numpy(q_sum, z_sum, xsum[n, g], sc[:, r0:r1, g], asym, has_offset)
-        y[n, r0:r1] = yr if inv_s is None else yr * inv_s[n]
+        finish_rows_numpy(yr, 1.0 if inv_s is None else inv_s[n], bias, relu, y[n, r0:r1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +384,7 @@ def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0,
     with ``abs_lut`` when asymmetric), then :func:`~ternref.packed._gemm.tile_product_i8`
     (exact group sums, float64 epilogue)."""
     length = xq.shape[1]
-    rows = tile_rows(r1 - r0, length)
+    rows = tile_rows(r1 - r0, 4 * length)
     buf = np.empty((rows, length), np.float32)
     abs_buf = np.empty((rows if asym else 0, length), np.float32)
     for t0 in range(r0, r1, rows):

@@ -40,7 +40,7 @@ from ternref._jit import njit
 from ternref._validate import describe, float_array, one_of
 from ternref.packed import _threads
 from ternref.packed._gemm import INT8_MAX, X_BLOCK, group_value_numpy
-from ternref.packed.packed import Packed
+from ternref.packed.packed import Packed, pad_activations
 
 GEMM_MIN_BATCH = 8
 """Batches at least this large go through the tiled GEMM kernels."""
@@ -89,6 +89,9 @@ def _layout(p: Packed) -> dict:
             "plain": np.ascontiguousarray(plain, dtype=np.int64),
             "stream": np.ascontiguousarray(s * per_stream + t, dtype=np.int64),
             "group": np.ascontiguousarray(group, dtype=np.int64),
+            "n_groups": p.n_groups,
+            "width": p.padded_length,
+            "stream_shape": (mod.STREAMS, per_stream),
         }
     return p._cache["layout"]
 
@@ -142,8 +145,8 @@ def _scatter_numpy(x2d, dest, group, n_groups, width, int8: bool, dtype=None):
 
 
 def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
-    lay = _layout(p)
-    n, g, width = x2d.shape[0], p.n_groups, p.padded_length
+    lay = p._cache.get("layout") or _layout(p)
+    n, g, width = x2d.shape[0], lay["n_groups"], lay["width"]
     # the GEMV kernels read int8 streams; the GEMM reads the same integers as float32
     qtype = np.int8 if key == "stream" else np.float32
     if backend == "numpy":
@@ -164,14 +167,31 @@ def prepare_streams(p: Packed, x2d, int8: bool, backend: str = "numba"):
     """The GEMV kernels' input: ``xs`` (N, STREAMS, L / STREAMS), group sums (N, G), and (int8)
     the per-row scale ``inv_s`` (N,)."""
     out, xsum, inv_s = _prepare(p, x2d, int8, "stream", backend)
-    mod = p.module
-    return out.reshape(out.shape[0], mod.STREAMS, -1), xsum, inv_s
+    return out.reshape(out.shape[0], *p._cache["layout"]["stream_shape"]), xsum, inv_s
 
 
 def prepare_rows(p: Packed, x2d, int8: bool, backend: str = "numba"):
     """The GEMM kernels' input: ``x`` in the padded layout (N, L) float32 (with int8 activations
-    the quantized integers), group sums, ``inv_s``."""
-    return _prepare(p, x2d, int8, "plain", backend)
+    the quantized integers, their group sums and ``inv_s``; the float32 GEMM needs neither).
+
+    The jitted path pads with NumPy (no copy when there is nothing to pad) and quantizes the
+    padded rows in place with :func:`ternref.packed._gemm.quantize_rows` (zeros in the padding
+    change neither ``max|x|`` nor the sums)."""
+    if backend == "numpy":
+        return _prepare(p, x2d, int8, "plain", backend)
+    from ternref.packed._gemm import quantize_rows
+
+    x32 = np.ascontiguousarray(x2d, dtype=np.float32)
+    xp = x32 if p.padded_length == p.shape[1] else pad_activations(x32, p)
+    if not int8:
+        return xp, None, None
+    if xp is x2d:
+        xp = xp.copy()  # quantized in place: never overwrite the caller's array
+    n = xp.shape[0]
+    xsum = np.empty((n, p.n_groups), np.int64)
+    inv_s = np.empty(n, np.float64)
+    quantize_rows(xp, n, p.segment, xsum, inv_s)
+    return xp, xsum, inv_s
 
 
 # ------------------------------------------------------------------------------ the product
@@ -212,11 +232,15 @@ def linear(x, p: Packed, activations: str = "float32", *, backend: str = "numba"
     return out.astype(x.dtype, copy=False)
 
 
-def product(p: Packed, x2d: np.ndarray, int8: bool, backend: str = "numba", y=None) -> np.ndarray:
-    """``x2d @ W_hat.T`` as float32 (N, M), without argument checks (the layers' fast path).
+def product(
+    p: Packed, x2d: np.ndarray, int8: bool, backend: str = "numba", y=None, bias=None,
+    relu: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """``act(x2d @ W_hat.T + bias)`` as float32 (N, M), without argument checks (the layers'
+    fast path); ``act`` is ReLU when ``relu``.
 
     ``x2d`` must be a 2-D float array with ``p.shape[1]`` columns; ``y``, if given, a float32
-    (N, M) array to write into.
+    (N, M) array to write into; ``bias`` float32 (M,) or None.
     """
     n = x2d.shape[0]
     m = p.shape[0]
@@ -237,8 +261,10 @@ def product(p: Packed, x2d: np.ndarray, int8: bool, backend: str = "numba", y=No
         )
         if asym:  # Z = sum [c = 0] x, a pass of its own (see i2.dot_f32)
             _threads.run(getattr(mod, f"zeros_{kind}{twin}"), (*data, xs), chunks, zeros)
+        has_bias = bias is not None
+        b = bias if has_bias else _NO_BIAS
         scales = (inv_s, sc["sc"]) if int8 else (sc["sc"],)
-        args = (*data, xs, xsum, *scales, zeros, asym, has_offset)
+        args = (*data, xs, xsum, *scales, zeros, asym, has_offset, b, has_bias, relu)
         _threads.run(getattr(mod, f"dot_{kind}{twin}"), args, chunks, y)
         return y
     xp, xsum, inv_s = prepare_rows(p, x2d, int8, backend)
@@ -247,15 +273,23 @@ def product(p: Packed, x2d: np.ndarray, int8: bool, backend: str = "numba", y=No
             _gemm_i8_numpy(p, xp, xsum, inv_s, sc, asym, has_offset, y)
         else:
             _gemm_f32_numpy(p, xp, sc["lut"], y)
-        return y
-    if int8:
-        kernel = mod.gemm_i8
-        args = (*data, xp, xsum, inv_s, sc["sc"], sc["code_lut"], sc["abs_lut"], asym, has_offset)
     else:
-        kernel = mod.gemm_f32
-        args = (*data, xp, sc["lut"])
-    _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
+        if int8:
+            kernel = mod.gemm_i8
+            luts = (sc["code_lut"], sc["abs_lut"])
+            args = (*data, xp, xsum, inv_s, sc["sc"], *luts, asym, has_offset)
+        else:
+            kernel = mod.gemm_f32
+            args = (*data, xp, sc["lut"])
+        _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
+    if bias is not None:
+        y += bias
+    if relu:
+        np.maximum(y, 0, out=y)
     return y
+
+
+_NO_BIAS = np.zeros(0, np.float32)
 
 
 def _gemm_chunks(m: int, n: int, length: int) -> list[tuple[int, int, int, int]]:
@@ -291,7 +325,7 @@ def _gemm_i8_numpy(p: Packed, xq, xsum, inv_s, sc, asym, has_offset, y) -> None:
 
     m, length = p.shape[0], p.padded_length
     n_groups, seg = p.n_groups, p.segment
-    rows = tile_rows(m, length)
+    rows = tile_rows(m, 4 * length)
     x64 = xq.astype(np.int64)
     codes = np.empty((rows, length), np.float32)
     mags = np.empty((rows, length), np.float32)

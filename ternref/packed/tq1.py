@@ -57,8 +57,10 @@ from ternref._jit import njit
 from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
 from ternref.packed._gemm import (
     REASSOC,
-    group_value,
-    group_value_int,
+    add_group,
+    add_group_int,
+    finish_rows,
+    finish_rows_numpy,
     group_value_numpy,
     quantize_rows,
     tile_matmul,
@@ -117,102 +119,158 @@ def stream_index(l):
 
 
 @njit(nogil=True, fastmath=REASSOC)
-def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
-    """``y[n, r]`` for rows ``r0 <= r < r1``, float32 activations; as
-    :func:`ternref.packed.i2.dot_f32` (same arguments, ``xs`` float32 (N, 5, L/5)) with the trit
-    decode ``((b 3^s) mod 256) 3 >> 8`` in place of the shift and mask."""
+def _code_sums_f32(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
+    """``out[r - r0] = Q = sum_t sum_s trit_s(byte t) x_s[t]`` (float32 streams), the trit
+    decode ``((b 3^s) mod 256) 3 >> 8``; as :func:`ternref.packed.i2._code_sums_f32`."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = np.float32(0.0)
+        for t in range(seg):
+            b = np.int32(cr[t])
+            acc += (
+                np.float32((b * 3) >> 8) * x0[t]
+                + np.float32((((b * 3) & 255) * 3) >> 8) * x1[t]
+                + np.float32((((b * 9) & 255) * 3) >> 8) * x2[t]
+                + np.float32((((b * 27) & 255) * 3) >> 8) * x3[t]
+                + np.float32((((b * 81) & 255) * 3) >> 8) * x4[t]
+            )
+        out[r - r0] = acc
+
+
+@njit(nogil=True, fastmath=REASSOC)
+def _zero_sums_f32(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
+    """``out[r - r0] = Z = sum_{c = 0} x``: ``[trit = 1] = trit & 1``."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = np.float32(0.0)
+        for t in range(seg):
+            b = np.int32(cr[t])
+            acc += (
+                np.float32(((b * 3) >> 8) & 1) * x0[t]
+                + np.float32(((((b * 3) & 255) * 3) >> 8) & 1) * x1[t]
+                + np.float32(((((b * 9) & 255) * 3) >> 8) & 1) * x2[t]
+                + np.float32(((((b * 27) & 255) * 3) >> 8) & 1) * x3[t]
+                + np.float32(((((b * 81) & 255) * 3) >> 8) & 1) * x4[t]
+            )
+        out[r - r0] = acc
+
+
+@njit(nogil=True)
+def _code_sums_i8(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
+    """:func:`_code_sums_f32` for int8 streams, exact in int32 (``vpmaddwd`` / ``vpdpwssd``)."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = 0
+        for t in range(seg):
+            b = np.int32(cr[t])
+            acc += np.int32((b * 3) >> 8) * np.int32(x0[t])
+            acc += np.int32((((b * 3) & 255) * 3) >> 8) * np.int32(x1[t])
+            acc += np.int32((((b * 9) & 255) * 3) >> 8) * np.int32(x2[t])
+            acc += np.int32((((b * 27) & 255) * 3) >> 8) * np.int32(x3[t])
+            acc += np.int32((((b * 81) & 255) * 3) >> 8) * np.int32(x4[t])
+        out[r - r0] = acc
+
+
+@njit(nogil=True)
+def _zero_sums_i8(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
+    """:func:`_zero_sums_f32` for int8 streams (exact, int32)."""
+    for r in range(r0, r1):
+        cr = codes[r, t0 : t0 + seg]
+        acc = 0
+        for t in range(seg):
+            b = np.int32(cr[t])
+            acc += np.int32(((b * 3) >> 8) & 1) * np.int32(x0[t])
+            acc += np.int32(((((b * 3) & 255) * 3) >> 8) & 1) * np.int32(x1[t])
+            acc += np.int32(((((b * 9) & 255) * 3) >> 8) & 1) * np.int32(x2[t])
+            acc += np.int32(((((b * 27) & 255) * 3) >> 8) & 1) * np.int32(x3[t])
+            acc += np.int32(((((b * 81) & 255) * 3) >> 8) & 1) * np.int32(x4[t])
+        out[r - r0] = acc
+
+
+@njit(nogil=True)
+def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
+    """``y[n, r]`` for rows ``r0 <= r < r1``, float32 activations (``xs`` float32 (N, 5, L/5));
+    arguments and algorithm as :func:`ternref.packed.i2.dot_f32`."""
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.float32)
     total = np.empty(r1 - r0, np.float64)
     for n in range(xs.shape[0]):
         total[:] = 0.0
         for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            x4 = xs[n, 4, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                q_sum = np.float32(0.0)
-                for t in range(seg):
-                    b = np.int32(cr[t])
-                    q_sum += (
-                        np.float32((b * 3) >> 8) * x0[t]
-                        + np.float32((((b * 3) & 255) * 3) >> 8) * x1[t]
-                        + np.float32((((b * 9) & 255) * 3) >> 8) * x2[t]
-                        + np.float32((((b * 27) & 255) * 3) >> 8) * x3[t]
-                        + np.float32((((b * 81) & 255) * 3) >> 8) * x4[t]
-                    )
-                z_sum = np.float64(zeros[n, r, g]) if asym else 0.0
-                total[r - r0] += group_value(
-                    np.float64(q_sum), z_sum, xsum[n, g], sc, r, g, asym, has_offset
-                )
-        for r in range(r0, r1):
-            y[n, r] = total[r - r0]
-
-
-@njit(nogil=True, fastmath=REASSOC)
-def zeros_f32(codes, xs, r0, r1, zeros):
-    """``zeros[n, r, g] = sum_{c = 0} x`` (``[trit = 1] = trit & 1``), for asymmetric scales."""
-    n_groups = zeros.shape[2]
-    seg = codes.shape[1] // n_groups
-    for n in range(xs.shape[0]):
-        for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            x4 = xs[n, 4, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                z_sum = np.float32(0.0)
-                for t in range(seg):
-                    b = np.int32(cr[t])
-                    z_sum += (
-                        np.float32(((b * 3) >> 8) & 1) * x0[t]
-                        + np.float32(((((b * 3) & 255) * 3) >> 8) & 1) * x1[t]
-                        + np.float32(((((b * 9) & 255) * 3) >> 8) & 1) * x2[t]
-                        + np.float32(((((b * 27) & 255) * 3) >> 8) & 1) * x3[t]
-                        + np.float32(((((b * 81) & 255) * 3) >> 8) & 1) * x4[t]
-                    )
-                zeros[n, r, g] = z_sum
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _code_sums_f32(
+                codes,
+                t0,
+                seg,
+                x[0, t0:t1],
+                x[1, t0:t1],
+                x[2, t0:t1],
+                x[3, t0:t1],
+                x[4, t0:t1],
+                r0,
+                r1,
+                sums,
+            )
+            add_group(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
+        finish_rows(total, 1.0, bias, has_bias, relu, r0, y[n])
 
 
 @njit(nogil=True)
-def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+def zeros_f32(codes, xs, r0, r1, zeros):
+    """``zeros[n, r, g] = sum_{c = 0} x`` for rows ``r0 .. r1 - 1`` (asymmetric scales)."""
+    n_groups = zeros.shape[2]
+    seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.float32)
+    for n in range(xs.shape[0]):
+        for g in range(n_groups):
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _zero_sums_f32(
+                codes,
+                t0,
+                seg,
+                x[0, t0:t1],
+                x[1, t0:t1],
+                x[2, t0:t1],
+                x[3, t0:t1],
+                x[4, t0:t1],
+                r0,
+                r1,
+                sums,
+            )
+            zeros[n, r0:r1, g] = sums
+
+
+@njit(nogil=True)
+def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """:func:`dot_f32` for int8 activations (``xs`` int8 (N, 5, L/5)): exact int32 sums,
     float64 epilogue, as :func:`ternref.packed.i2.dot_i8`."""
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.int32)
     total = np.empty(r1 - r0, np.float64)
     for n in range(xs.shape[0]):
         total[:] = 0.0
         for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            x4 = xs[n, 4, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                acc = 0
-                for t in range(seg):
-                    b = np.int32(cr[t])
-                    acc += np.int32((b * 3) >> 8) * np.int32(x0[t])
-                    acc += np.int32((((b * 3) & 255) * 3) >> 8) * np.int32(x1[t])
-                    acc += np.int32((((b * 9) & 255) * 3) >> 8) * np.int32(x2[t])
-                    acc += np.int32((((b * 27) & 255) * 3) >> 8) * np.int32(x3[t])
-                    acc += np.int32((((b * 81) & 255) * 3) >> 8) * np.int32(x4[t])
-                z_sum = zeros[n, r, g] if asym else np.int32(0)
-                total[r - r0] += group_value_int(
-                    np.int32(acc), z_sum, xsum[n, g], sc, r, g, asym, has_offset
-                )
-        for r in range(r0, r1):
-            y[n, r] = total[r - r0] * inv_s[n]
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _code_sums_i8(
+                codes,
+                t0,
+                seg,
+                x[0, t0:t1],
+                x[1, t0:t1],
+                x[2, t0:t1],
+                x[3, t0:t1],
+                x[4, t0:t1],
+                r0,
+                r1,
+                sums,
+            )
+            add_group_int(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
+        finish_rows(total, inv_s[n], bias, has_bias, relu, r0, y[n])
 
 
 @njit(nogil=True)
@@ -220,25 +278,25 @@ def zeros_i8(codes, xs, r0, r1, zeros):
     """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
     n_groups = zeros.shape[2]
     seg = codes.shape[1] // n_groups
+    sums = np.empty(r1 - r0, np.int32)
     for n in range(xs.shape[0]):
         for g in range(n_groups):
-            t0 = g * seg
-            x0 = xs[n, 0, t0 : t0 + seg]
-            x1 = xs[n, 1, t0 : t0 + seg]
-            x2 = xs[n, 2, t0 : t0 + seg]
-            x3 = xs[n, 3, t0 : t0 + seg]
-            x4 = xs[n, 4, t0 : t0 + seg]
-            for r in range(r0, r1):
-                cr = codes[r, t0 : t0 + seg]
-                acc = 0
-                for t in range(seg):
-                    b = np.int32(cr[t])
-                    acc += np.int32(((b * 3) >> 8) & 1) * np.int32(x0[t])
-                    acc += np.int32(((((b * 3) & 255) * 3) >> 8) & 1) * np.int32(x1[t])
-                    acc += np.int32(((((b * 9) & 255) * 3) >> 8) & 1) * np.int32(x2[t])
-                    acc += np.int32(((((b * 27) & 255) * 3) >> 8) & 1) * np.int32(x3[t])
-                    acc += np.int32(((((b * 81) & 255) * 3) >> 8) & 1) * np.int32(x4[t])
-                zeros[n, r, g] = acc
+            t0, t1 = g * seg, (g + 1) * seg
+            x = xs[n]
+            _zero_sums_i8(
+                codes,
+                t0,
+                seg,
+                x[0, t0:t1],
+                x[1, t0:t1],
+                x[2, t0:t1],
+                x[3, t0:t1],
+                x[4, t0:t1],
+                r0,
+                r1,
+                sums,
+            )
+            zeros[n, r0:r1, g] = sums
 
 
 def _trits(codes_cols):
@@ -247,14 +305,20 @@ def _trits(codes_cols):
     return [((byte * p) & 255) * 3 >> 8 for p in POW3]
 
 
-def dot_f32_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y):
+def dot_f32_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """NumPy twin of :func:`dot_f32`: the same streams and sums, vectorised over the rows."""
-    _dot_numpy(codes, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, r0, r1, y, None)
+    b = bias[r0:r1] if has_bias else None
+    _dot_numpy(codes, xs.astype(np.float64), xsum, sc, zeros, asym, has_offset, b, relu, r0, r1,
+               y, None)  # fmt: skip
 
 
-def dot_i8_numpy(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, r0, r1, y):
+def dot_i8_numpy(
+    codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y
+):
     """NumPy twin of :func:`dot_i8` (int64 arithmetic: the same exact sums)."""
-    _dot_numpy(codes, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s)
+    b = bias[r0:r1] if has_bias else None
+    _dot_numpy(codes, xs.astype(np.int64), xsum, sc, zeros, asym, has_offset, b, relu, r0, r1,
+               y, inv_s)  # fmt: skip
 
 
 def zeros_f32_numpy(codes, xs, r0, r1, zeros):
@@ -272,7 +336,7 @@ def zeros_f32_numpy(codes, xs, r0, r1, zeros):
 zeros_i8_numpy = zeros_f32_numpy
 
 
-def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
+def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, bias, relu, r0, r1, y, inv_s):
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
     rows = codes[r0:r1]
@@ -284,7 +348,7 @@ def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, r0, r1, y, inv_s):
             q_sum = sum(t @ x[s] for s, t in enumerate(trits))
             z_sum = zeros[n, r0:r1, g].astype(q_sum.dtype) if asym else 0
             yr += group_value_numpy(q_sum, z_sum, xsum[n, g], sc[:, r0:r1, g], asym, has_offset)
-        y[n, r0:r1] = yr if inv_s is None else yr * inv_s[n]
+        finish_rows_numpy(yr, 1.0 if inv_s is None else inv_s[n], bias, relu, y[n, r0:r1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +398,7 @@ def gemm_f32(codes, xp, lut, r0, r1, n0, n1, y):
 def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_i8`, with this format's :func:`dequant_row`."""
     length = xq.shape[1]
-    rows = tile_rows(r1 - r0, length)
+    rows = tile_rows(r1 - r0, 4 * length)
     buf = np.empty((rows, length), np.float32)
     abs_buf = np.empty((rows if asym else 0, length), np.float32)
     for t0 in range(r0, r1, rows):
