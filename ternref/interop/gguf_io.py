@@ -156,6 +156,7 @@ from ternref.packed.layers import (
     ACTIVATIONS,
     PackedConv2d,
     PackedLinear,
+    PackedSequential,
     check_export_state,
     inference_type_name,
     rebuild_inference_layer,
@@ -1163,7 +1164,7 @@ def _read_sequential(reader, meta: _Metadata, dequantize: bool, fmt: str) -> Seq
             UserWarning,
             stacklevel=3,
         )
-    model = Sequential(*layers)
+    model = PackedSequential(*layers)
     model.training = False
     return model
 

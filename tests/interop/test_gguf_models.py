@@ -95,12 +95,13 @@ def test_lenet5_rows_of_800_and_1600_need_padding(tmp_path):
     model = build_model("lenet5", (1, 28, 28), 10, rng)
     methods.quantize_model(model, methods.get("twn"))
     _randomize_batchnorm(model, rng)
-    with pytest.raises(ValueError, match=r"'layers\.4\.weight'.*800 weights, not a multiple"):
+    with pytest.raises(ValueError, match=r"'layers\.3\.weight'.*800 weights, not a multiple"):
         save_gguf(model, tmp_path / "lenet.gguf")
     report = save_gguf(model, tmp_path / "lenet.gguf", pad=True)
     stored = {r.name: r.stored_shape for r in report.tensors}
-    assert stored["layers.4.weight"] == (64, 1024)  # 32 * 5 * 5 = 800 -> 1024
-    assert stored["layers.8.weight"] == (512, 1792)  # 64 * 5 * 5 = 1600 -> 1792
+    # BatchNorm folded into the first conv at export: conv, ReLU, pool, then the packed conv
+    assert stored["layers.3.weight"] == (64, 1024)  # 32 * 5 * 5 = 800 -> 1024
+    assert stored["layers.7.weight"] == (512, 1792)  # 64 * 5 * 5 = 1600 -> 1792
     assert stored["layers.0.weight"] == (32, 1, 5, 5)  # the first conv stays F32, 4-D
     x = rng.normal(size=(2, 1, 28, 28)).astype(np.float32)
     loaded = load_gguf(tmp_path / "lenet.gguf")

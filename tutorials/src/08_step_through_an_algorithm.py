@@ -181,7 +181,9 @@ print("updated w equal:    ", np.allclose(layer.weight.data, w_new, rtol=1e-12, 
 #
 # Every jitted kernel in `ternref.packed` has a NumPy twin (`i2.dot_f32` and
 # `i2.dot_f32_numpy`, ...) running the same algorithm with whole-array operations, which is
-# the quickest thing to read and to step through. `linear(..., backend="numpy")` runs it:
+# the quickest thing to read and to step through. `linear(..., backend="numpy")` runs it. The
+# jitted float32 kernel lets LLVM reorder its sums (as BLAS does), so the two agree to float32
+# rounding; the int8 kernels sum exact integers and agree bit for bit:
 
 # %%
 M, K = 4, 256
@@ -192,15 +194,20 @@ xk = rng.standard_normal((1, K)).astype(np.float32)
 y_kernel = linear(xk, p)
 y_twin = linear(xk, p, backend="numpy")
 print("jitted kernel:", type(i2.dot_f32).__name__)
-print("kernel == twin (bitwise):", np.array_equal(y_kernel, y_twin))
+print(f"max |kernel - twin| = {np.abs(y_kernel - y_twin).max():.2e}")
 print(f"max |kernel - dense| = {np.abs(y_kernel - xk @ t.dense().T).max():.2e}")
+y8_kernel, y8_twin = linear(xk, p, "int8"), linear(xk, p, "int8", backend="numpy")
+print("int8 kernel == int8 twin (bitwise):", np.array_equal(y8_kernel, y8_twin))
 
 # %% [markdown]
 # ## Kernels: the jitted code itself, as Python
 #
 # With `NUMBA_DISABLE_JIT=1` (set before Python starts, so in a fresh process), `i2.dot_f32` is
-# the plain Python function it is written as. Run it that way, check it against the dense
-# product, and stop inside it after the 32 lanes of the first block have been accumulated:
+# the plain Python function it is written as, and so is the helper that does the arithmetic,
+# `i2._code_sums_f32`: for each row it decodes the four 2-bit codes `q = c + 1` of every byte
+# and multiplies them with four *streams* of activations (the activations rearranged once so
+# that byte `t` meets its four weights' activations at position `t` of each stream). Run it that
+# way, check it against the dense product, and stop inside it after one row's sum:
 
 # %%
 kernel_script = """
@@ -224,19 +231,19 @@ result = subprocess.run(
 print(result.stdout or result.stderr)
 
 # %%
-path, line = find_line(i2.dot_f32.py_func, "s = np.float32(0.0)")
-print(f"breakpoint: {Path(path).name}:{line} (after the lane loop of one scale group)")
+path, line = find_line(i2._code_sums_f32.py_func, "out[r - r0] = acc")
+print(f"breakpoint: {Path(path).name}:{line} (the sum Q = sum q x of one row is complete)")
 transcript = pdb_session(
     kernel_script,
-    [f"b {path}:{line}", "c", "p r, n, g", "p acc[:8]", "p acc.sum()", "q"],
+    [f"b {path}:{line}", "c", "p r, t0, seg", "p acc", "p float(x0.sum() + x1.sum() + x2.sum() + x3.sum())", "q"],
     env={"NUMBA_DISABLE_JIT": "1"},
 )
 print(transcript)
 
 # %% [markdown]
-# `acc` holds the 32 float32 lanes of `sum q * x` (with `q = c + 1`) for row `r = 0`; the
-# epilogue below the breakpoint subtracts `sum x` and multiplies by the scale. That is the
-# i2 identity of notebook 6, in the kernel's own variables.
+# `acc` holds `Q = sum q * x` (with `q = c + 1`) for row `r = 0`, and the last line printed is
+# `sum x`; the epilogue (`ternref.packed._gemm.group_value`) computes `alpha * (Q - sum x)`. That
+# is the i2 identity of notebook 6, in the kernel's own variables.
 #
 # ## Exercises
 #
@@ -245,7 +252,7 @@ print(transcript)
 #    print `dw_hat.shape` and its norm. Which layer is it?
 # 2. Repeat the hand-computed step with TTQ (`projections.ttq(w, t=0.05)`, learned scales): add
 #    the gradients of `W_p` and `W_n` (notebook 3) and check them against `TTQQuantizer`.
-# 3. Under `NUMBA_DISABLE_JIT=1`, step into `tq1.dot_f32` and watch a byte turn into five
-#    trits (`p tq1.decode_trit(codes_g[j], 0)` etc.).
-# 4. Set a *conditional* breakpoint (`b file:line, r == 3`) in the i2 kernel and compare its
-#    `acc.sum()` with a NumPy expression you compute yourself from `pack(t).arrays["codes"]`.
+# 3. Under `NUMBA_DISABLE_JIT=1`, step into `tq1._code_sums_f32` and watch a byte turn into five
+#    trits (`p tq1.decode_trit(cr[t], 0)` etc.).
+# 4. Set a *conditional* breakpoint (`b file:line, r == 3`) in the i2 helper and compare its
+#    `acc` with a NumPy expression you compute yourself from `pack(t).arrays["codes"]`.

@@ -1,0 +1,71 @@
+"""The int8 GEMV kernels use the CPU's integer dot-product instructions (issue: no int32
+multiply in the inner loop). Checked in the machine code LLVM generated, on CPUs that have them.
+
+Run in a fresh interpreter with an empty Numba cache: ``inspect_asm`` only works on code compiled
+in the process, not on code loaded from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+FLAGS = _cpu_flags()
+HAS_VNNI = bool(FLAGS & {"avx512_vnni", "avx_vnni"})
+HAS_AVX2 = "avx2" in FLAGS
+
+SCRIPT = r"""
+import json, re, numpy as np
+from ternref import Ternary
+from ternref.packed import i2, tq1, linear, pack
+rng = np.random.default_rng(0)
+t = Ternary(rng.integers(-1, 2, (8, 512)).astype(np.int8), np.float32(0.5))
+x = rng.standard_normal((1, 512)).astype(np.float32)
+for fmt in ("i2", "tq1"):
+    linear(x, pack(t, fmt), "int8")
+found = {}
+for name, fn in (("i2", i2._code_sums_i8), ("tq1", tq1._code_sums_i8)):
+    asm = "\n".join(fn.inspect_asm(sig) for sig in fn.signatures)
+    found[name] = {op: len(re.findall(r"\b" + op + r"\b", asm))
+                   for op in ("vpdpwssd", "vpdpbusd", "vpmaddwd", "vpmaddubsw", "vpmulld")}
+print(json.dumps(found))
+"""
+
+
+def _instructions(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "empty-cache")
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2 (no vpmaddwd to look for)")
+def test_int8_gemv_inner_loops_use_integer_dot_instructions(tmp_path):
+    found = _instructions(tmp_path)
+    for fmt, counts in found.items():
+        dot = counts["vpdpwssd"] + counts["vpdpbusd"] + counts["vpmaddwd"] + counts["vpmaddubsw"]
+        assert dot > 0, f"{fmt}: no integer dot-product instruction in the int8 GEMV: {counts}"
+        assert counts["vpmulld"] == 0, f"{fmt}: an int32 multiply in the int8 GEMV: {counts}"
+    if HAS_VNNI:
+        # i2's 2-bit codes times int8 activations: LLVM fuses vpmaddwd + vpaddd into VNNI
+        assert found["i2"]["vpdpwssd"] + found["i2"]["vpdpbusd"] > 0, found["i2"]
