@@ -277,11 +277,6 @@ class PackedSequential(Sequential):
             x = step(x)
         return x
 
-    def train(self, mode: bool = True):
-        if mode:
-            raise ValueError("a packed model is inference-only; it has no training mode")
-        return super().train(False)
-
 
 def _inference_plan(layers) -> list:
     """The steps of :meth:`PackedSequential.forward` (see its docstring)."""
