@@ -93,14 +93,36 @@ tensors = st.builds(
     seed=st.integers(0, 2**32 - 1),
 )
 
-# Always run: two full GEMM tiles and one row of a third (m = 33), rows of x not a multiple of
-# the 4 x 4 register block, full blocks plus a partial one holding every i2/tq1 sub-block;
-# blocks that are all full (K a multiple of every BLOCK's chunk); a single weight; all-zero codes.
+
+def _fixed(**kw):
+    base = dict(
+        group_size=100, batch_extra=0, density=0.7, zero_scale=False, zero_row=False,
+        x_scale=1.0, float64_scales=False,
+    )  # fmt: skip
+    return Tensors(**{**base, **kw})
+
+
 FIXED = (
-    Tensors(2 * TILE_ROWS + 1, 2, 97, 100, 3, 0.7, False, True, 1.0, False, 1),
-    Tensors(TILE_ROWS + 3, 3, 0, 256, 0, 1.0, True, False, 50.0, True, 2),
-    Tensors(1, 0, 1, 1, 9, 1.0, False, False, 1.0, False, 3),
-    Tensors(5, 1, 3, 64, 1, 0.0, False, False, 1.0, False, 4),
+    # two full GEMM tiles and one row of a third; rows of x not a multiple of the 4 x 4
+    # register block; two full blocks and a partial one reaching every i2/tq1 sub-block
+    _fixed(m=2 * TILE_ROWS + 1, blocks=2, extra=97, batch_extra=3, zero_row=True, seed=1),
+    # K a multiple of the block, groups spanning several blocks, a zero scale, float64 scales,
+    # the smallest GEMM batch (n = GEMM_MIN_BATCH)
+    _fixed(
+        m=TILE_ROWS + 3,
+        blocks=3,
+        extra=0,
+        group_size=256,
+        density=1.0,
+        zero_scale=True,
+        x_scale=50.0,
+        float64_scales=True,
+        seed=2,
+    ),
+    # a single weight
+    _fixed(m=1, blocks=0, extra=1, group_size=1, batch_extra=9, density=1.0, seed=3),
+    # all-zero codes (the output is the offset term alone, or 0)
+    _fixed(m=5, blocks=1, extra=3, group_size=64, batch_extra=1, density=0.0, seed=4),
 )
 
 
@@ -181,7 +203,7 @@ def test_kernel_path_threaded(fmt, batch, activations, scales):
     n = GEMM_MIN_BATCH - 1 if batch == "1<n<8" else GEMM_MIN_BATCH + 5
     m = 6 * TILE_ROWS + 5
     k = -(-SERIAL_BELOW // (n * m)) + 37
-    case = Tensors(m, 0, k, 100, 0, 0.7, False, False, 1.0, False, 5)
+    case = _fixed(m=m, blocks=0, extra=k, seed=5)
     t, rng = build(case, fmt, scales, "group", f"threaded-{fmt}-{batch}-{activations}-{scales}")
     x = (rng.standard_normal((n, k))).astype(np.float32)
     assert n * m * k >= SERIAL_BELOW and (n < GEMM_MIN_BATCH) == (batch == "1<n<8")
@@ -211,7 +233,7 @@ def test_linear_runs_the_kernel_the_path_is_named_after(monkeypatch, fmt, batch,
         spy(FORMATS[fmt], name)
     for name in ("_gemm_f32_numpy", "_gemm_i8_numpy"):
         spy(kernels, name)
-    case = Tensors(3, 1, 5, 64, 0, 0.7, False, False, 1.0, False, 6)
+    case = _fixed(m=3, blocks=1, extra=5, seed=6)
     t, rng = build(case, fmt, "asymmetric", "tensor", "dispatch")
     x = activations_for(case, batch, t.shape[1], rng)
     p = pack(t, fmt)
