@@ -47,7 +47,8 @@ from ternref.packed.kernels import GEMM_MIN_BATCH, SERIAL_BELOW
 sys.path.insert(0, str(Path(__file__).parent))
 from kernel_checks import check_linear, kernel_names  # noqa: E402
 
-BATCHES = ("n=1", "1<n<8", "n>=8")
+SMALL_BATCH, GEMM_BATCH = f"1<n<{GEMM_MIN_BATCH}", f"n>={GEMM_MIN_BATCH}"
+BATCHES = ("n=1", SMALL_BATCH, GEMM_BATCH)
 SCALES = ("symmetric", "asymmetric", "symmetric+offset", "asymmetric+offset")
 GRANULARITIES = ("tensor", "channel", "group")
 ACTIVATIONS = ("float32", "int8")
@@ -129,7 +130,7 @@ FIXED = (
 def batch_size(batch: str, extra: int) -> int:
     if batch == "n=1":
         return 1
-    if batch == "1<n<8":
+    if batch == SMALL_BATCH:
         return 2 + extra % (GEMM_MIN_BATCH - 2)
     return GEMM_MIN_BATCH + extra
 
@@ -167,7 +168,7 @@ def activations_for(case: Tensors, batch: str, k: int, rng) -> np.ndarray:
 
 
 def _path_id(fmt, batch, activations):
-    n = {"n=1": 1, "1<n<8": 2, "n>=8": GEMM_MIN_BATCH}[batch]
+    n = {"n=1": 1, SMALL_BATCH: 2, GEMM_BATCH: GEMM_MIN_BATCH}[batch]
     return kernel_names(fmt, n, activations)[0]
 
 
@@ -200,13 +201,13 @@ def test_kernel_path(fmt, batch, activations, scales, granularity, case):
 def test_kernel_path_threaded(fmt, batch, activations, scales):
     """Products of at least ``SERIAL_BELOW`` multiply-adds run the prange loops on every thread
     (below it ``linear`` pins one thread): per-thread buffers and row ranges must not collide."""
-    n = GEMM_MIN_BATCH - 1 if batch == "1<n<8" else GEMM_MIN_BATCH + 5
+    n = GEMM_MIN_BATCH - 1 if batch == SMALL_BATCH else GEMM_MIN_BATCH + 5
     m = 6 * TILE_ROWS + 5
     k = -(-SERIAL_BELOW // (n * m)) + 37
     case = _fixed(m=m, blocks=0, extra=k, seed=5)
     t, rng = build(case, fmt, scales, "group", f"threaded-{fmt}-{batch}-{activations}-{scales}")
     x = (rng.standard_normal((n, k))).astype(np.float32)
-    assert n * m * k >= SERIAL_BELOW and (n < GEMM_MIN_BATCH) == (batch == "1<n<8")
+    assert n * m * k >= SERIAL_BELOW and (n < GEMM_MIN_BATCH) == (batch == SMALL_BATCH)
     check_linear(t, pack(t, fmt), x, activations)
 
 
