@@ -204,7 +204,7 @@ def test_kernel_path_threaded(fmt, batch, activations, scales):
     n = GEMM_MIN_BATCH - 1 if batch == SMALL_BATCH else GEMM_MIN_BATCH + 5
     m = 6 * TILE_ROWS + 5
     k = -(-SERIAL_BELOW // (n * m)) + 37
-    case = _fixed(m=m, blocks=0, extra=k, seed=5)
+    case = _fixed(m=m, blocks=0, extra=k, group_size=200, seed=5)  # groups reach every sub-block
     t, rng = build(case, fmt, scales, "group", f"threaded-{fmt}-{batch}-{activations}-{scales}")
     x = (rng.standard_normal((n, k))).astype(np.float32)
     assert n * m * k >= SERIAL_BELOW and (n < GEMM_MIN_BATCH) == (batch == SMALL_BATCH)
