@@ -59,9 +59,38 @@ def _train_and_save(path, seed):
     return result, arrays
 
 
+def _compare_run_of_seed(seed, tmp_path):
+    """The arrays ``ternref compare`` trains for TWN on digits with ``seed`` (1 epoch), saved
+    as ``ternref train --save`` saves them."""
+    from ternref import packed
+    from ternref.compare import _run_one
+    from ternref.data import load_dataset
+    from ternref.recipes import recipe
+
+    class NoBar:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kwargs):
+            pass
+
+    r = recipe("mlp", "digits")
+    args = {
+        "model": "mlp", "epochs": 1, "batch_size": r.batch_size, "optimizer": r.optimizer,
+        "lr": r.lr, "schedule": r.schedule, "keep_full_precision": "first_last",
+    }  # fmt: skip
+    run = _run_one("twn", load_dataset("digits"), args, seed, NoBar())
+    path = tmp_path / "compare.npz"
+    packed.save(path, packed.export(run["model"]))
+    with np.load(path) as f:
+        return run["accuracy"], {k: f[k] for k in f.files if k != HEADER_KEY}
+
+
 def test_train_seed_decides_the_run(tmp_path):
     """Equal seeds give the same run (every number and every saved array); another seed gives
-    another initialisation and shuffle, so every trained array differs."""
+    another initialisation and shuffle, so every trained array differs; and the run of a seed is
+    the one ``ternref compare`` makes for that seed (the seed decides initialisation *and*
+    shuffling in both, so a seed applied to only one of them fails here)."""
     first, weights = _train_and_save(tmp_path / "a.npz", seed=3)
     again, weights_again = _train_and_save(tmp_path / "b.npz", seed=3)
     other, weights_other = _train_and_save(tmp_path / "c.npz", seed=4)
@@ -74,6 +103,11 @@ def test_train_seed_decides_the_run(tmp_path):
     same = [k for k in weights if np.array_equal(weights[k], weights_other[k])]
     assert same == [], f"seed 4 reproduced seed 3's {same}"
     assert other["train_accuracy"] != first["train_accuracy"]
+    accuracy, weights_compare = _compare_run_of_seed(3, tmp_path)
+    assert accuracy == first["test_accuracy"]
+    assert weights_compare.keys() == weights.keys()
+    for key in weights:
+        assert np.array_equal(weights[key], weights_compare[key]), key
 
 
 def test_unknown_model_is_one_clear_error():
