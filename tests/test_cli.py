@@ -1,12 +1,15 @@
 """The ``ternref`` command, run as a user runs it: in a subprocess."""
 
 import json
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import ternref
+from ternref.packed.io import HEADER_KEY
 
 
 def run(*args, env=None, timeout=600):
@@ -41,10 +44,70 @@ def test_train_mlp_on_digits_reaches_a_useful_accuracy():
     assert result["test_accuracy"] > 0.9
 
 
-def test_train_is_reproducible_for_a_seed():
-    a = json.loads(run("train", "--epochs", "2", "--quiet", "--json").stdout)
-    b = json.loads(run("train", "--epochs", "2", "--quiet", "--json").stdout)
-    assert a["test_accuracy"] == b["test_accuracy"]
+def _train_and_save(path, seed):
+    """``ternref train`` (TWN, 1 epoch) with a seed; its JSON result and the saved arrays."""
+    out = run(
+        "train", "--method", "twn", "--epochs", "1", "--quiet", "--json", "--seed", str(seed),
+        "--save", str(path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for timing in ("seconds_per_epoch", "seconds_total", "saved"):
+        del result[timing]
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != HEADER_KEY}
+    return result, arrays
+
+
+def _compare_run_of_seed(seed, tmp_path):
+    """The arrays ``ternref compare`` trains for TWN on digits with ``seed`` (1 epoch), saved
+    as ``ternref train --save`` saves them."""
+    from ternref import packed
+    from ternref.compare import _run_one
+    from ternref.data import load_dataset
+    from ternref.recipes import recipe
+
+    class NoBar:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kwargs):
+            pass
+
+    r = recipe("mlp", "digits")
+    args = {
+        "model": "mlp", "epochs": 1, "batch_size": r.batch_size, "optimizer": r.optimizer,
+        "lr": r.lr, "schedule": r.schedule, "keep_full_precision": "first_last",
+    }  # fmt: skip
+    run = _run_one("twn", load_dataset("digits"), args, seed, NoBar())
+    path = tmp_path / "compare.npz"
+    packed.save(path, packed.export(run["model"]))
+    with np.load(path) as f:
+        return run["accuracy"], {k: f[k] for k in f.files if k != HEADER_KEY}
+
+
+def test_train_seed_decides_the_run(tmp_path):
+    """Equal seeds give the same run (every number and every saved array); another seed gives
+    another initialisation and shuffle, so every trained array differs; and the run of a seed is
+    the one ``ternref compare`` makes for that seed (the seed decides initialisation *and*
+    shuffling in both, so a seed applied to only one of them fails here)."""
+    first, weights = _train_and_save(tmp_path / "a.npz", seed=3)
+    again, weights_again = _train_and_save(tmp_path / "b.npz", seed=3)
+    other, weights_other = _train_and_save(tmp_path / "c.npz", seed=4)
+    assert first == again
+    assert weights.keys() == weights_again.keys() == weights_other.keys()
+    for key in weights:
+        assert np.array_equal(weights[key], weights_again[key]), key
+    assert first["seed"] == 3 and other["seed"] == 4
+    # weights and biases of the full-precision layers, ternary codes and scale: all moved
+    same = [k for k in weights if np.array_equal(weights[k], weights_other[k])]
+    assert same == [], f"seed 4 reproduced seed 3's {same}"
+    assert other["train_accuracy"] != first["train_accuracy"]
+    accuracy, weights_compare = _compare_run_of_seed(3, tmp_path)
+    assert accuracy == first["test_accuracy"]
+    assert weights_compare.keys() == weights.keys()
+    for key in weights:
+        assert np.array_equal(weights[key], weights_compare[key]), key
 
 
 def test_unknown_model_is_one_clear_error():
@@ -149,7 +212,71 @@ def test_eval_refuses_a_corrupt_file_in_one_line(tmp_path):
     assert out.returncode == 2 and "no such file" in out.stderr
 
 
-def test_bench_runs_a_small_size():
-    out = run("bench", "--sizes", "64", "--batches", "1", "--reps", "7")
+BENCH_ROW = re.compile(
+    r"^\s*(?P<size>\d+)\s+(?P<batch>\d+)\s+(?P<kernel>\S+(?: \S+)*?)\s+(?P<ms>[\d.]+)\s+"
+    r"(?P<ratio>[\d.]+)x\s+(?P<mb>[\d.]+)\s+(?P<gbs>[\d.]+)\s+(?P<bits>[\d.]+)\s+"
+    r"(?P<min_ms>[\d.]+)\s+(?P<min_ratio>[\d.]+)x$"
+)
+
+
+def _packed_bytes(fmt, size):
+    """Bytes the bench's weight (size x size, one float32 scale per row) takes in ``fmt``, from
+    the format's definition: rows padded to its block, its bits per code, 4 bytes per scale."""
+    from ternref.packed import FORMATS
+
+    module = FORMATS[fmt]
+    padded = -(-size // module.BLOCK) * module.BLOCK
+    return size * padded * module.BITS_PER_CODE / 8 + 4 * size
+
+
+def _ratio_interval(num, den, half_ulp=0.0005):
+    """Where num / den lies when both were printed with 3 decimals."""
+    return (num - half_ulp) / (den + half_ulp), (num + half_ulp) / max(den - half_ulp, 1e-12)
+
+
+def test_bench_prints_one_consistent_row_per_kernel():
+    """``ternref bench`` on two sizes (one awkward for every block) and two batches: one row per
+    (size, batch, kernel) in order, bytes and bits per weight equal to what the format and
+    ``pack`` give for the weight, and the ratio and GB/s columns follow from the times."""
+    from ternref import Ternary
+    from ternref.packed import pack
+    from ternref.packed.bench import CASES
+
+    sizes, batches = (300, 64), (1, 3)
+    out = run(
+        "bench", "--sizes", *map(str, sizes), "--batches", *map(str, batches), "--reps", "7"
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "i2 float32" in out.stdout and "numpy W @ x" in out.stdout
+    assert out.stdout.startswith("machine: ") and "numba" in out.stdout.splitlines()[0]
+    rows = [m.groupdict() for m in map(BENCH_ROW.match, out.stdout.splitlines()) if m]
+    expected_order = [
+        (size, n, numpy_name)
+        for size in sizes
+        for n in batches
+        for numpy_name in ["numpy W @ x" if n == 1 else "numpy X @ W.T"]
+        + [f"{fmt} {act}" for fmt, act in CASES]
+    ]
+    assert [(int(r["size"]), int(r["batch"]), r["kernel"]) for r in rows] == expected_order
+    for i, r in enumerate(rows):
+        size, kernel = int(r["size"]), r["kernel"]
+        ms, min_ms = float(r["ms"]), float(r["min_ms"])
+        numpy_row = rows[i - i % (1 + len(CASES))]
+        if kernel.startswith("numpy"):
+            n_bytes, bits = 4 * size * size, 32.0
+            assert r["ratio"] == r["min_ratio"] == "1.00"
+        else:
+            fmt = kernel.split()[0]
+            n_bytes = _packed_bytes(fmt, size)
+            codes = np.zeros((size, size), np.int8)
+            p = pack(Ternary(codes, np.ones(size, np.float32), granularity="channel"), fmt)
+            assert p.nbytes == n_bytes and p.bits_per_weight_with_scales == 8 * n_bytes / size**2
+            bits = 8 * n_bytes / size**2
+            assert ms > 0 and min_ms > 0, r  # a packed product takes microseconds, not zero
+            for ratio, mine, ref in (("ratio", ms, "ms"), ("min_ratio", min_ms, "min_ms")):
+                low, high = _ratio_interval(float(numpy_row[ref]), mine)
+                assert low - 0.005 <= float(r[ratio]) <= high + 0.005, (r, numpy_row)
+        assert r["bits"] == f"{bits:.3f}" and r["mb"] == f"{n_bytes / 1e6:.2f}", r
+        assert min_ms <= ms, r  # the fastest run is no slower than the median
+        if ms > 0:
+            low, high = _ratio_interval(n_bytes / 1e6, ms)  # bytes / (ms 1e-3) / 1e9 = MB / ms
+            assert low - 0.05 <= float(r["gbs"]) <= high + 0.05, r

@@ -1,8 +1,12 @@
 """``ternref compare``: the table, its files, and failures reported per row."""
 
+import csv
 import json
+import math
+import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -55,7 +59,71 @@ SETTINGS_KEYS = {
 }
 
 
+MLP_SIZES = [64, 256, 256, 10]  # the digits mlp recipe: 8x8 images, two hidden layers, 10 classes
+
+
+def expected_bits_per_weight(ternaries, fmt="i2"):
+    """Bits per weight of packed ternary layers from the format's definition alone: each row of
+    each scale group padded to the format's BLOCK at BITS_PER_CODE bits, plus every stored scale
+    at its dtype's size, over the real weights."""
+    from ternref.packed import FORMATS
+
+    module = FORMATS[fmt]
+    bits = weights = 0
+    for t in ternaries:
+        m, k = t.shape[0], math.prod(t.shape[1:])
+        logical = t.group_size if t.granularity == "group" else k
+        padded = -(-k // logical) * (-(-logical // module.BLOCK) * module.BLOCK)
+        bits += module.BITS_PER_CODE * m * padded + 8 * t.dtype.itemsize * t.n_scales
+        weights += m * k
+    return bits / weights
+
+
+def method_ternaries(name):
+    """The Ternary of every quantized layer of a freshly built digits mlp under ``name`` (the
+    granularity and number of scales do not depend on the values)."""
+    from ternref.methods.base import quantized_layers
+    from ternref.recipes import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, np.random.default_rng(0))
+    methods.quantize_model(model, methods.get(name))
+    layers = quantized_layers(model)
+    return [layer.weight_quantizer.to_ternary(layer.weight.data) for layer in layers]
+
+
+def table_cells(text, n_rows):
+    """The text table as {method: {column: cell}}, cut at the column widths of the dash line."""
+    lines = text.splitlines()
+    starts = [m.start() for m in re.finditer(r"-+", lines[1])]
+    ends = [m.end() for m in re.finditer(r"-+", lines[1])]
+    header = [lines[0][a:b].strip() for a, b in zip(starts, ends)]
+    rows = {}
+    for line in lines[2 : 2 + n_rows]:
+        cells = [line[a:b].strip() for a, b in zip(starts, ends)]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def printed_number(cell):
+    """(value, half of the last printed digit) of a cell such as '91.64', '+0.00', '95.6 KiB'."""
+    number, _, unit = cell.partition(" ")
+    decimals = len(number.partition(".")[2])
+    scale = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2}[unit]
+    return float(number) * scale, 0.5 * 10.0**-decimals * scale
+
+
+def assert_printed(cell, value, factor=1.0):
+    got, half = printed_number(cell)
+    assert abs(got - factor * value) <= half * (1 + 1e-9), (cell, value)
+
+
 def test_compare_cli_writes_table_and_files(tmp_path):
+    """The files and the table hold the same numbers, and the numbers are the right ones for
+    what ran: agreement 1.0, bits per weight of i2 on the mlp's layer sizes, bytes of float32
+    parameters, accuracies and sparsities that are fractions of the test set and the weights."""
+    from ternref.data import load_dataset
+
+    start = time.perf_counter()
     out = subprocess.run(
         [
             sys.executable,
@@ -74,6 +142,7 @@ def test_compare_cli_writes_table_and_files(tmp_path):
         text=True,
         timeout=600,
     )
+    wall = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     table = out.stdout.splitlines()
     assert table[0].split()[:3] == ["method", "paper", "ternary"]
@@ -84,21 +153,64 @@ def test_compare_cli_writes_table_and_files(tmp_path):
     assert doc["settings"]["command"].startswith("ternref compare --methods twn,inq")
     assert doc["settings"]["seed_values"] == [0] and doc["settings"]["epochs"] == 1
     assert [r["method"] for r in doc["rows"]] == ["fp", "twn", "inq"]
+    n_test = len(load_dataset("digits").y_test)
+    n_float = sum(a * b + b for a, b in zip(MLP_SIZES, MLP_SIZES[1:]))
     for row in doc["rows"]:
         assert set(row) == ROW_KEYS
         assert row["status"] == "ok" and 0.5 < row["accuracy_mean"] <= 1.0
-    assert doc["rows"][0]["gap_to_fp"] == 0.0
+        assert row["accuracies"] == [row["accuracy_mean"]] and row["accuracy_std"] == 0.0
+        assert row["accuracy_mean"] * n_test == round(row["accuracy_mean"] * n_test)
+        assert row["packed_agreement"] == 1.0  # float activations: the same predictions
+        assert row["float_bytes"] == 4 * n_float
+        assert 0 < row["train_seconds_per_epoch"] < wall
+        assert 0 < row["packed_inference_seconds"] < wall
+    fp = doc["rows"][0]
+    assert fp["gap_to_fp"] == 0.0 and fp["sparsity"] is None and fp["bits_per_weight"] is None
+    assert fp["packed_bytes"] >= 4 * n_float  # a full-precision export stores every float
     for row in doc["rows"][1:]:
+        ternaries = method_ternaries(row["method"])
+        n_ternary = sum(t.codes.size for t in ternaries)
         assert 0 < row["sparsity"] < 1
-        assert row["gap_to_fp"] == pytest.approx(
-            row["accuracy_mean"] - doc["rows"][0]["accuracy_mean"]
-        )
+        assert row["sparsity"] * n_ternary == round(row["sparsity"] * n_ternary)
+        assert row["bits_per_weight"] == expected_bits_per_weight(ternaries)
+        assert row["gap_to_fp"] == pytest.approx(row["accuracy_mean"] - fp["accuracy_mean"])
+        # the file: the float layers, the codes and scales, and a small header
+        least = 4 * (n_float - n_ternary) + row["bits_per_weight"] * n_ternary / 8
+        assert least <= row["packed_bytes"] <= least + 16 * 1024
+
+    # the printed table shows the JSON's numbers, to the printed precision
+    cells = table_cells(out.stdout, len(doc["rows"]))
+    for row in doc["rows"]:
+        c = cells[row["method"]]
+        assert_printed(c["test acc (%)"], row["accuracy_mean"], 100)
+        assert_printed(c["gap (pt)"], row["gap_to_fp"], 100)
+        assert_printed(c["packed size"], row["packed_bytes"])
+        assert_printed(c["train s/ep"], row["train_seconds_per_epoch"])
+        assert_printed(c["packed infer s"], row["packed_inference_seconds"])
+        for column, key in (("sparsity", "sparsity"), ("bits/w", "bits_per_weight")):
+            if row[key] is None:
+                assert c[column] == ""
+            else:
+                assert_printed(c[column], row[key])
 
     csv_lines = (tmp_path / "compare.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,paper,year,ternary,status")
     assert len(csv_lines) == 4
+    for record, row in zip(csv.DictReader(csv_lines), doc["rows"]):
+        for key, cell in record.items():
+            value = row[key]
+            if value is None:
+                assert cell == "", key
+            elif isinstance(value, (int, float)):
+                assert float(cell) == value, key
+            else:
+                assert cell == str(value), key
     md = (tmp_path / "compare.md").read_text()
-    assert "| method | paper |" in md and "| twn |" in md and "Command: `ternref compare" in md
+    assert "| method | paper |" in md and "Command: `ternref compare" in md
+    md_rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    for line, row in zip(md_rows, doc["rows"]):
+        md_cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert md_cells == list(cells[row["method"]].values())
 
 
 class Exploding(WeightQuantizer):
@@ -167,13 +279,116 @@ def test_interrupt_keeps_the_finished_rows(monkeypatch):
     assert "Interrupted" in result.to_markdown()
 
 
-def test_seeds_give_mean_and_std():
-    result = compare("digits", "mlp", ["twn"], epochs=1, seeds=2, progress=False)
-    row = result.records()[1]
-    assert len(row["accuracies"]) == 2
-    assert row["accuracy_mean"] == pytest.approx(np.mean(row["accuracies"]))
-    assert row["accuracy_std"] == pytest.approx(np.std(row["accuracies"]))
-    assert "±" in result.to_text()
+@pytest.fixture(scope="module")
+def two_seeds():
+    """``compare`` of fp and TWN over seeds 0 and 1 (1 epoch), with every trained model kept:
+    ``(result, {(method, seed): model})``."""
+    import ternref.compare as cmp
+
+    models = {}
+    real = cmp._run_one
+
+    def keep_model(name, dataset, args, seed, *rest, **kwargs):
+        run = real(name, dataset, args, seed, *rest, **kwargs)
+        models[name, seed] = run["model"]
+        return run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cmp, "_run_one", keep_model)
+        result = compare("digits", "mlp", ["twn"], epochs=1, seeds=2, progress=False)
+    return result, models
+
+
+def _accuracy(model, data):
+    """Test accuracy by a direct forward pass in evaluation mode (not ternref.train.evaluate)."""
+    model.eval()
+    return float(np.mean(np.argmax(model.forward(data.x_test), axis=1) == data.y_test))
+
+
+def test_seeds_give_distinct_runs_and_their_mean_and_std(two_seeds):
+    from ternref.data import load_dataset
+
+    result, models = two_seeds
+    data = load_dataset("digits")
+    assert sorted(models) == [("fp", 0), ("fp", 1), ("twn", 0), ("twn", 1)]
+    for name in ("fp", "twn"):
+        first, second = (models[name, seed].parameters() for seed in (0, 1))
+        assert all(not np.array_equal(a.data, b.data) for a, b in zip(first, second)), name
+    for row in result.records():
+        per_seed = [_accuracy(models[row["method"], seed], data) for seed in (0, 1)]
+        assert row["accuracies"] == per_seed
+        assert row["accuracy_mean"] == pytest.approx((per_seed[0] + per_seed[1]) / 2, abs=1e-15)
+        assert row["accuracy_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2, abs=1e-15)
+        cell = table_cells(result.to_text(), 2)[row["method"]]["test acc (%)"]
+        mean, _, std = cell.partition(" ± ")
+        assert_printed(mean, row["accuracy_mean"], 100)
+        assert_printed(std, row["accuracy_std"], 100)
+
+
+def test_row_values_are_recomputed_from_the_trained_models(two_seeds, tmp_path):
+    """Sparsity from the codes of the exported models, packed size from saving the export of
+    seed 0, bits per weight from its layer sizes and the i2 format, agreement 1.0 from its
+    predictions, float bytes from the parameters."""
+    from ternref import packed
+    from ternref.data import load_dataset
+
+    result, models = two_seeds
+    data = load_dataset("digits")
+    for row in result.records():
+        exported = {seed: packed.export(models[row["method"], seed]) for seed in (0, 1)}
+        terms = {
+            seed: [t for layer in m.modules() for t in getattr(layer, "terms", None) or ()]
+            for seed, m in exported.items()
+        }
+        path = tmp_path / f"{row['method']}.npz"
+        packed.save(path, exported[0])
+        assert row["packed_bytes"] == path.stat().st_size
+        model = models[row["method"], 0]
+        assert row["float_bytes"] == 4 * sum(p.data.size for p in model.parameters())
+        loaded = packed.load(path)
+        same = np.argmax(loaded.forward(data.x_test), 1) == np.argmax(model.forward(data.x_test), 1)
+        assert row["packed_agreement"] == float(np.mean(same)) == 1.0
+        if row["method"] == "fp":
+            assert terms[0] == [] and row["sparsity"] is None and row["bits_per_weight"] is None
+            continue
+        ternaries = [packed.unpack(t) for t in terms[0]]
+        assert [t.shape for t in ternaries] == [(256, 256)]  # first and last layer stay float
+        assert row["bits_per_weight"] == expected_bits_per_weight(ternaries)
+        sparsity = [
+            sum(int(np.count_nonzero(packed.unpack(t).codes == 0)) for t in terms[seed])
+            / sum(t.shape[0] * t.shape[1] for t in terms[seed])
+            for seed in (0, 1)
+        ]
+        assert sparsity[0] != sparsity[1]
+        assert row["sparsity"] == pytest.approx(np.mean(sparsity), abs=1e-15)
+
+
+def test_packed_agreement_measures_the_exported_models_predictions(monkeypatch):
+    """An export that swaps the logits of classes 0 and 1 changes exactly the predictions of
+    those classes: the agreement is the rest of the test set, and the table notes it."""
+    from ternref import packed
+    from ternref.data import load_dataset
+
+    real_export, trained = packed.export, []
+
+    def swapped_export(model, *args, **kwargs):
+        trained.append(model)
+        out = real_export(model, *args, **kwargs)
+        last = out.layers[-1]
+        last.weight.data[[0, 1]] = last.weight.data[[1, 0]]
+        last.bias.data[[0, 1]] = last.bias.data[[1, 0]]
+        return out
+
+    monkeypatch.setattr(packed, "export", swapped_export)
+    result = compare("digits", "mlp", [], epochs=1, progress=False)
+    (row,) = result.records()
+    predicted = np.argmax(trained[0].forward(load_dataset("digits").x_test), axis=1)
+    expected = float(np.mean(predicted > 1))
+    assert 0.5 < expected < 1.0
+    assert row["packed_agreement"] == expected
+    assert f"agree with the trained model on {100 * expected:.2f}% of the test set" in (
+        result.to_text()
+    )
 
 
 def test_unknown_methods_are_refused_before_training():

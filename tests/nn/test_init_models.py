@@ -180,6 +180,25 @@ def test_rel_error():
 
 
 def test_unused_imports_are_exercised():
-    # the public names exported by ternref.nn construct and run
-    for layer in (Dropout(0.1, np.random.default_rng(0)), Flatten(), ReLU(), MaxPool2d(2)):
-        assert layer(np.ones((2, 1, 4, 4), np.float32)).shape[0] == 2
+    # the public layers exported by ternref.nn that no other test here builds: their values
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4, 6)).astype(np.float32)  # signs of both kinds, odd N
+
+    np.testing.assert_array_equal(ReLU()(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(Flatten()(x), x.reshape(3, 48))  # C order: (c, h, w)
+    windows = x.reshape(3, 2, 2, 2, 3, 2)  # (n, c, oh, a, ow, b): 2x2 windows of stride 2
+    np.testing.assert_array_equal(MaxPool2d(2)(x), windows.max(axis=(3, 5)))
+
+    # inverted dropout: each element kept with probability 1 - p (its generator's uniform draw
+    # >= p) and scaled by 1 / (1 - p); in evaluation mode the identity
+    p = 0.25
+    drop = Dropout(p, np.random.default_rng(7))
+    big = rng.standard_normal((200, 1, 10, 10)).astype(np.float32)
+    y = drop(big)
+    keep = np.random.default_rng(7).random(big.shape, dtype=np.float32) >= p
+    np.testing.assert_array_equal(y, np.where(keep, big * np.float32(1 / (1 - p)), 0))
+    assert abs(keep.mean() - (1 - p)) < 4 * math.sqrt(p * (1 - p) / keep.size)
+    scale = np.float32(1 / (1 - p))
+    np.testing.assert_array_equal(drop.backward(np.ones_like(big)), np.where(keep, scale, 0))
+    drop.eval()
+    np.testing.assert_array_equal(drop(big), big)

@@ -1,14 +1,12 @@
-"""Kernel == NumPy twin == dense, for every format, granularity, awkward K, batch size and both
-activation types. Float results are checked against a float64 dense product with a bound derived
-from K; int8 results are checked for exact equality with an independent integer product."""
+"""Packed ``linear``: constant codes, conv-shaped weights, dtypes, the int8 activation quantizer,
+argument checks, the JIT-disabled debugger path, GEMM == GEMV for int8. Every kernel path on
+random codes: test_kernel_paths.py; what "correct" means: kernel_checks.py."""
 
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ternref import Ternary
 from ternref.packed import FORMATS, linear, pack, quantize_activations
@@ -16,116 +14,29 @@ from ternref.packed._gemm import TILE_ROWS
 from ternref.packed.kernels import GEMM_MIN_BATCH
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategies import ternaries  # noqa: E402
+from kernel_checks import check_linear, float_bound  # noqa: E402
 
-EPS32 = float(np.finfo(np.float32).eps)
-BATCHES = (1, 3, GEMM_MIN_BATCH + 1)  # GEMV kernel, small-batch kernel, tiled BLAS path
-
-
-def _dense2d(t):
-    return t.dense().reshape(t.shape[0], -1).astype(np.float64)
-
-
-def _scale_bound(t):
-    """max |alpha_pos| + max |alpha_neg| + max |offset|: bounds every |w| and every partial sum."""
-    b = float(np.max(t.alpha_pos)) + float(np.max(t.alpha_neg))
-    return b + (float(np.max(np.abs(t.offset))) if t.offset is not None else 0.0)
-
-
-def _float_tolerance(t, x2d):
-    # Each output is a sum of K products computed in float32; the i2/tq1 identity
-    # sum c x = sum q x - sum x has intermediates up to 3 sum|x|. Error <= c K eps S sum|x|.
-    k = x2d.shape[1]
-    return 4 * (k + 8) * EPS32 * _scale_bound(t) * np.abs(x2d).sum(axis=1, keepdims=True) + 1e-30
-
-
-def _int8_expected(t, x2d):
-    """Independent statement of the int8 path: exact integer dot products per scale group
-    (int64 matmul on the codes), then the documented float64 epilogue, group by group."""
-    xq, inv_s = quantize_activations(x2d)
-    m = t.shape[0]
-    codes = t.codes.reshape(m, -1).astype(np.int64)
-    k = codes.shape[1]
-    gs = t.group_size if t.granularity == "group" else k
-    n_groups = -(-k // gs)
-
-    def per_group(a):
-        if t.granularity == "tensor":
-            return np.full((m, n_groups), float(a))
-        return np.broadcast_to(a.reshape(m, -1), (m, n_groups)).astype(np.float64)
-
-    sp, sn = per_group(t.alpha_pos), per_group(t.alpha_neg)
-    so = per_group(t.offset) if t.offset is not None else None
-    xq64 = xq.astype(np.int64)
-    yr = np.zeros((x2d.shape[0], m))
-    for g in range(n_groups):
-        cols = slice(g * gs, min(k, (g + 1) * gs))
-        c, xg = codes[:, cols], xq64[:, cols]
-        if t.symmetric:
-            yr += sp[:, g] * (xg @ c.T).astype(np.float64)
-        else:
-            p = (xg @ (c == 1).T.astype(np.int64)).astype(np.float64)
-            n = (xg @ (c == -1).T.astype(np.int64)).astype(np.float64)
-            yr += sp[:, g] * p - sn[:, g] * n
-        if so is not None:
-            yr += so[:, g] * xg.sum(axis=1, keepdims=True).astype(np.float64)
-    return (yr * inv_s[:, None]).astype(np.float32), xq, inv_s
-
-
-def _check(t, fmt, n, rng):
-    p = pack(t, fmt)
-    k = p.shape[1]
-    x2d = (rng.standard_normal((n, k)) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
-    if n > 1:
-        x2d[rng.integers(n)] = 0.0  # an all-zero activation row: no NaN from absmax
-    w = _dense2d(t)
-    ref = x2d.astype(np.float64) @ w.T
-
-    y = linear(x2d, p)
-    y_twin = linear(x2d, p, backend="numpy")
-    assert y.dtype == np.float32 and y.shape == (n, t.shape[0])
-    tol = _float_tolerance(t, x2d)
-    if n < GEMM_MIN_BATCH:
-        assert np.array_equal(y, y_twin)  # same algorithm, same order: bit for bit
-    else:  # the GEMM tile loop reassociates (like BLAS in the twin): equal within the bound
-        assert np.all(np.abs(y - y_twin) <= 2 * tol)
-    assert np.all(np.abs(y - ref) <= tol)
-    assert np.all(np.abs(y_twin - ref) <= tol)
-
-    yq = linear(x2d, p, "int8")
-    yq_twin = linear(x2d, p, "int8", backend="numpy")
-    expected, _, inv_s = _int8_expected(t, x2d)
-    assert np.array_equal(yq, expected)
-    assert np.array_equal(yq_twin, expected)
-    # and close to the float product: |x - xq inv_s| <= inv_s / 2 per entry
-    bound = 0.5 * inv_s[:, None] * np.abs(w).sum(axis=1) + _float_tolerance(t, x2d) + 1e-6
-    assert np.all(np.abs(yq - ref) <= bound * 1.001)
-
-
-@settings(max_examples=40)
-@given(
-    t=ternaries(dtype=np.float32),
-    fmt=st.sampled_from(sorted(FORMATS)),
-    n=st.sampled_from(BATCHES),
-    seed=st.integers(0, 2**16),
-)
-def test_kernel_equals_twin_equals_dense(t, fmt, n, seed):
-    _check(t, fmt, n, np.random.default_rng(seed))
+BATCHES = (1, 3, GEMM_MIN_BATCH + 1)  # GEMV kernel, small-batch GEMV, tiled GEMM
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @pytest.mark.parametrize("fill", ["zero", "one", "minus"])
 @pytest.mark.parametrize("n", BATCHES)
 def test_constant_codes(fmt, fill, n):
+    """All codes equal: the i2/tq1 identity sum c x = sum q x - sum x at its extremes (q all
+    0, 1 or 2), where the float32 sums cancel most. (Random codes: test_kernel_paths.py.)"""
     rng = np.random.default_rng(1)
     for gran, gs in (("tensor", None), ("group", 64)):
         codes = np.full((5, 257), {"zero": 0, "one": 1, "minus": -1}[fill], np.int8)
         shape = Ternary.scale_shape(codes.shape, gran, gs)
         ap = (rng.random(shape) + 0.5).astype(np.float32)
         an = (rng.random(shape) + 0.5).astype(np.float32)
-        for neg in (None, an):
-            t = Ternary(codes, ap, neg, granularity=gran, group_size=gs)
-            _check(t, fmt, n, rng)
+        off = rng.standard_normal(shape).astype(np.float32)
+        for neg, offset in ((None, None), (an, None), (None, off), (an, off)):
+            t = Ternary(codes, ap, neg, granularity=gran, group_size=gs, offset=offset)
+            x = (rng.standard_normal((n, 257)) * 50).astype(np.float32)
+            for activations in ("float32", "int8"):
+                check_linear(t, pack(t, fmt), x, activations)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -137,8 +48,8 @@ def test_conv_shaped_weight_and_vector_input(fmt):
     x = rng.standard_normal(75).astype(np.float32)
     y = linear(x, p)
     assert y.shape == (6,)
-    ref = _dense2d(t) @ x.astype(np.float64)
-    assert np.all(np.abs(y - ref) <= _float_tolerance(t, x[None])[0])
+    ref = t.dense().reshape(6, -1).astype(np.float64) @ x.astype(np.float64)
+    assert np.all(np.abs(y - ref) <= float_bound(t, x[None])[0])
 
 
 def test_float64_input_gives_float64_output():
