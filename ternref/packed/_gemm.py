@@ -12,9 +12,10 @@ with ``X = sum x`` over the group::
     P = sum_{c=+1} x = (S + D) / 2,   N = sum_{c=-1} x = (S - D) / 2
 
 and the group contributes ``alpha_pos D`` (symmetric) or ``alpha_pos P - alpha_neg N``
-(asymmetric), plus ``offset X`` when there is an offset (:func:`group_value`). With int8
-activations ``Q``, ``Z`` and ``X`` are exact integers and ``S + D = 2 P`` is even, so ``P`` and
-``N`` are exact too (:func:`group_value_int`).
+(asymmetric), then ``offset X`` is added when there is an offset (:func:`add_group`; the
+int8 twins and tests add the terms in this order, so the float64 totals agree bit for bit).
+With int8 activations ``Q``, ``Z`` and ``X`` are exact integers and ``S + D = 2 P`` is even,
+so ``P`` and ``N`` are exact too (:func:`group_value_int`).
 
 GEMM tiles
 ----------
@@ -52,6 +53,8 @@ TILE_BYTES = 1 << 17
 """Target size of one decoded tile (128 KiB: fits the L2 cache beside a block of ``X``)."""
 
 MIN_TILE_ROWS = 4
+TILE_ROWS = 16
+"""At most this many weight rows per decoded tile (fewer when rows are long)."""
 
 X_BLOCK = 64
 """Rows of ``X`` multiplied by one tile at a time (a block stays in L1/L2 across the tile)."""
@@ -59,42 +62,36 @@ X_BLOCK = 64
 
 @njit(nogil=True)
 def tile_rows(n_rows, bytes_per_row):
-    """Weight rows per decoded tile: as many as fit in :data:`TILE_BYTES`, a multiple of 4."""
-    rows = max(MIN_TILE_ROWS, (TILE_BYTES // max(bytes_per_row, 1)) // 4 * 4)
+    """Weight rows per decoded tile: :data:`TILE_ROWS`, or fewer (a multiple of 4, at least 4)
+    when that many rows would not fit in :data:`TILE_BYTES`."""
+    rows = max(MIN_TILE_ROWS, min(TILE_ROWS, (TILE_BYTES // max(bytes_per_row, 1)) // 4 * 4))
     return min(rows, max(n_rows, 1))
 
 
 # ------------------------------------------------------------------------------ epilogues
 @njit(nogil=True)
-def group_value(q_sum, z_sum, x_sum, sc, r, g, asym, has_offset):
-    """Contribution of group ``g`` of row ``r`` from ``Q``, ``Z``, ``X`` (float64; module doc)."""
+def group_value(q_sum, z_sum, x_sum, sc, r, g, asym):
+    """Scaled code sum of group ``g`` of row ``r`` from ``Q``, ``Z``, ``X`` (float64; module
+    doc), without the offset term (callers add ``offset X`` after it, in that order)."""
     d = q_sum - x_sum
     if asym:
         s = x_sum - z_sum
-        value = sc[0, r, g] * (0.5 * (s + d)) - sc[1, r, g] * (0.5 * (s - d))
-    else:
-        value = sc[0, r, g] * d
-    if has_offset:
-        value += sc[2, r, g] * x_sum
-    return value
+        return sc[0, r, g] * (0.5 * (s + d)) - sc[1, r, g] * (0.5 * (s - d))
+    return sc[0, r, g] * d
 
 
 @njit(nogil=True)
-def group_value_int(q_sum, z_sum, x_sum, sc, r, g, asym, has_offset):
+def group_value_int(q_sum, z_sum, x_sum, sc, r, g, asym):
     """:func:`group_value` from exact integer sums (``P``, ``N`` formed in int64)."""
     d = np.int64(q_sum) - x_sum
     if asym:
         s = x_sum - np.int64(z_sum)
-        value = sc[0, r, g] * np.float64((s + d) // 2) - sc[1, r, g] * np.float64((s - d) // 2)
-    else:
-        value = sc[0, r, g] * np.float64(d)
-    if has_offset:
-        value += sc[2, r, g] * np.float64(x_sum)
-    return value
+        return sc[0, r, g] * np.float64((s + d) // 2) - sc[1, r, g] * np.float64((s - d) // 2)
+    return sc[0, r, g] * np.float64(d)
 
 
-def group_value_numpy(q_sum, z_sum, x_sum, sc_rows, asym, has_offset):
-    """NumPy twin of :func:`group_value` / :func:`group_value_int` for a column of rows;
+def add_group_numpy(total, q_sum, z_sum, x_sum, sc_rows, asym, has_offset):
+    """NumPy twin of :func:`add_group` / :func:`add_group_int` for a column of rows (in place);
     ``sc_rows`` is ``sc[:, rows, g]`` (3, R). Integer sums stay integers until the scales."""
     d = q_sum - x_sum
     if asym:
@@ -103,12 +100,11 @@ def group_value_numpy(q_sum, z_sum, x_sum, sc_rows, asym, has_offset):
             pos, neg = (s + d) // 2, (s - d) // 2
         else:
             pos, neg = 0.5 * (s + d), 0.5 * (s - d)
-        value = sc_rows[0] * pos - sc_rows[1] * neg
+        total += sc_rows[0] * pos - sc_rows[1] * neg
     else:
-        value = sc_rows[0] * d
+        total += sc_rows[0] * d
     if has_offset:
-        value = value + sc_rows[2] * np.float64(x_sum)
-    return value
+        total += sc_rows[2] * np.float64(x_sum)
 
 
 @njit(nogil=True)
@@ -118,7 +114,9 @@ def add_group(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset):
     x_sum = xsum[n, g]
     for i in range(total.shape[0]):
         z_sum = np.float64(zeros[n, r0 + i, g]) if asym else 0.0
-        total[i] += group_value(np.float64(sums[i]), z_sum, x_sum, sc, r0 + i, g, asym, has_offset)
+        total[i] += group_value(np.float64(sums[i]), z_sum, x_sum, sc, r0 + i, g, asym)
+        if has_offset:
+            total[i] += sc[2, r0 + i, g] * x_sum
 
 
 @njit(nogil=True)
@@ -127,7 +125,9 @@ def add_group_int(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset):
     x_sum = xsum[n, g]
     for i in range(total.shape[0]):
         z_sum = np.int64(zeros[n, r0 + i, g]) if asym else np.int64(0)
-        total[i] += group_value_int(sums[i], z_sum, x_sum, sc, r0 + i, g, asym, has_offset)
+        total[i] += group_value_int(sums[i], z_sum, x_sum, sc, r0 + i, g, asym)
+        if has_offset:
+            total[i] += sc[2, r0 + i, g] * np.float64(x_sum)
 
 
 @njit(nogil=True)
@@ -274,7 +274,9 @@ def tile_product_i8(xq, buf, abs_buf, nr, r0, n0, n1, xsum, inv_s, sc, asym, has
                     x_sum = xsum[n, g]
                     q_sum = d[n - b0, i, g] + x_sum
                     z_sum = x_sum - s[n - b0, i, g] if asym else np.int64(0)
-                    acc += group_value_int(q_sum, z_sum, x_sum, sc, r0 + i, g, asym, has_offset)
+                    acc += group_value_int(q_sum, z_sum, x_sum, sc, r0 + i, g, asym)
+                    if has_offset:
+                        acc += sc[2, r0 + i, g] * np.float64(x_sum)
                 y[n, r0 + i] = acc * inv_s[n]
 
 

@@ -39,9 +39,9 @@ from ternref.packed._gemm import (
     REASSOC,
     add_group,
     add_group_int,
+    add_group_numpy,
     finish_rows,
     finish_rows_numpy,
-    group_value_numpy,
     quantize_rows,
     tile_matmul,
     tile_matmul_blocked,
@@ -268,7 +268,7 @@ def _dot_numpy(pos, neg, xs, xsum, sc, zeros, asym, has_offset, bias, relu, r0, 
             d_sum = signed.reshape(r1 - r0, -1).astype(x.dtype) @ x
             x_sum = xsum[n, g]
             z_sum = zeros[n, r0:r1, g].astype(d_sum.dtype) if asym else 0
-            yr += group_value_numpy(d_sum + x_sum, z_sum, x_sum, sc[:, r0:r1, g], asym, has_offset)
+            add_group_numpy(yr, d_sum + x_sum, z_sum, x_sum, sc[:, r0:r1, g], asym, has_offset)
         finish_rows_numpy(yr, 1.0 if inv_s is None else inv_s[n], bias, relu, y[n, r0:r1])
 
 

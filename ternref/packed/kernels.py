@@ -39,11 +39,14 @@ import numpy as np
 from ternref._jit import njit
 from ternref._validate import describe, float_array, one_of
 from ternref.packed import _threads
-from ternref.packed._gemm import INT8_MAX, X_BLOCK, group_value_numpy
+from ternref.packed._gemm import INT8_MAX, X_BLOCK, add_group_numpy
 from ternref.packed.packed import Packed, pad_activations
 
 GEMM_MIN_BATCH = 8
 """Batches at least this large go through the tiled GEMM kernels."""
+
+SERIAL_BELOW = _threads.SERIAL_BELOW
+"""Products with fewer multiply-adds run on the calling thread alone (see ``_threads``)."""
 
 
 def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +344,7 @@ def _gemm_i8_numpy(p: Packed, xq, xsum, inv_s, sc, asym, has_offset, y) -> None:
             d = x64[:, cols] @ codes[: r1 - r0, cols].T.astype(np.int64)  # sum c x
             q_sum = d + x_sum
             z_sum = x_sum - x64[:, cols] @ mags[: r1 - r0, cols].T.astype(np.int64) if asym else 0
-            acc += group_value_numpy(q_sum, z_sum, x_sum, sc["sc"][:, r0:r1, g], asym, has_offset)
+            add_group_numpy(acc, q_sum, z_sum, x_sum, sc["sc"][:, r0:r1, g], asym, has_offset)
         y[:, r0:r1] = acc * inv_s[:, None]
 
 

@@ -59,9 +59,9 @@ from ternref.packed._gemm import (
     REASSOC,
     add_group,
     add_group_int,
+    add_group_numpy,
     finish_rows,
     finish_rows_numpy,
-    group_value_numpy,
     quantize_rows,
     tile_matmul,
     tile_matmul_blocked,
@@ -347,7 +347,7 @@ def _dot_numpy(codes, xs, xsum, sc, zeros, asym, has_offset, bias, relu, r0, r1,
             x = xs[n, :, g * seg : (g + 1) * seg]  # (5, seg)
             q_sum = sum(t @ x[s] for s, t in enumerate(trits))
             z_sum = zeros[n, r0:r1, g].astype(q_sum.dtype) if asym else 0
-            yr += group_value_numpy(q_sum, z_sum, xsum[n, g], sc[:, r0:r1, g], asym, has_offset)
+            add_group_numpy(yr, q_sum, z_sum, xsum[n, g], sc[:, r0:r1, g], asym, has_offset)
         finish_rows_numpy(yr, 1.0 if inv_s is None else inv_s[n], bias, relu, y[n, r0:r1])
 
 

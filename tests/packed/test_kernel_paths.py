@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from ternref import Ternary
 from ternref.packed import FORMATS, kernels, pack
-from ternref.packed._gemm import TILE_ROWS
+from ternref.packed._gemm import TILE_ROWS  # the most rows per decoded GEMM tile
 from ternref.packed.kernels import GEMM_MIN_BATCH, SERIAL_BELOW
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -85,7 +85,8 @@ def test_tq1_decode_formula_for_all_243_words():
 
 def test_tq1_decoders_use_no_division():
     # every line that decodes a trit (the "& 255" wrap) multiplies and shifts only
-    for fn in (tq1.decode_trit, tq1._trits, tq1.dot_f32.py_func, tq1.dot_i8.py_func):
+    kernels = (tq1._code_sums_f32, tq1._zero_sums_f32, tq1._code_sums_i8, tq1._zero_sums_i8)
+    for fn in (tq1.decode_trit, tq1._trits, *(k.py_func for k in kernels)):
         lines = [ln for ln in inspect.getsource(fn).splitlines() if "& 255" in ln]
         assert lines, fn
         for ln in lines:

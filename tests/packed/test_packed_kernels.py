@@ -10,7 +10,7 @@ import pytest
 
 from ternref import Ternary
 from ternref.packed import FORMATS, linear, pack, quantize_activations
-from ternref.packed._gemm import TILE_ROWS
+from ternref.packed._gemm import TILE_ROWS  # the most rows per decoded GEMM tile
 from ternref.packed.kernels import GEMM_MIN_BATCH
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -103,6 +103,18 @@ def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
                 for act in ("float32", "int8"):
                     y = linear(x, pack(t, fmt), act)
                     assert np.allclose(y, ref, rtol=0.05, atol=0.05 * np.abs(ref).max()), (fmt, act)
+        # the blocked convolution (gather, quantize, tile product, NCHW store), asymmetric
+        from ternref.packed import conv2d
+        w = rng.integers(-1, 2, (5, 3, 3, 3)).astype(np.int8)
+        tc = Ternary(w, rng.random((5, 1, 1, 1)).astype(np.float32),
+                     rng.random((5, 1, 1, 1)).astype(np.float32), granularity="channel")
+        xc = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+        for fmt in FORMATS:
+            for act in ("float32", "int8"):
+                pc = pack(tc, fmt)
+                y = conv2d(xc, pc, 1, 1, act, relu=True)
+                y_twin = conv2d(xc, pc, 1, 1, act, relu=True, backend="numpy")
+                assert np.allclose(y, y_twin, rtol=1e-5, atol=1e-5), (fmt, act)
         print("ok")
         """
     run_without_jit(script)
