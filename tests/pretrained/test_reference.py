@@ -60,7 +60,9 @@ def test_the_real_model_shape(real_minilm):
 def test_real_layers_meet_the_int8_bound(real_minilm):
     from ternref.pretrained import ptq
 
-    tern, ternaries = ptq.ternarize_encoder(real_minilm.encoder, ptq.ProjectionSpec("twn", "tensor"))
+    tern, ternaries = ptq.ternarize_encoder(
+        real_minilm.encoder, ptq.ProjectionSpec("twn", "tensor")
+    )
     assert len(ternaries) == 36
     ids, mask = real_minilm.batch_ids(["A short sentence.", "Another, longer one, with commas."])
     check = ptq.layer_int8_check(tern, ternaries, ids, mask)
