@@ -278,7 +278,7 @@ def distill_minilm(
                 f", attention {terms['attention']:.4f}, embedding {terms['embedding']:.4f})  "
                 f"lr {lr * factor:.2e}  {elapsed:.0f} s"
             )
-        if max_seconds is not None and elapsed > max_seconds:
+        if max_seconds is not None and elapsed > max_seconds and step + 1 < steps:
             log(f"stopped after {step + 1} steps: {elapsed:.0f} s > max_seconds={max_seconds}")
             break
     student.eval()
