@@ -90,6 +90,7 @@ def main(argv=None) -> int:
                                   f"ternarybert KD ({len(history)} steps)")  # fmt: skip
     report = PTQReport(rows=[ptq_row, kd_row], packed=packed)
     results = {
+        **report.to_dict(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "settings": {**vars(args), "train_sentences": len(train), "held_out": len(held_out)},
         "machine": {
@@ -101,7 +102,6 @@ def main(argv=None) -> int:
         "steps_done": len(history),
         "train_cpu_seconds": history[-1]["cpu_seconds"],
         "sentences_seen": int(sum(h["sentences"] for h in history)),
-        **report.to_dict(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(history) + "\n")
