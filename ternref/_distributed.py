@@ -347,7 +347,10 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
             submitted.append(future)
             if spec["return_state"]:
                 fp_futures[task["seed"]] = future
-                future = client.submit(record_of, future, key=key + "-record", pure=False)
+                # ahead of the queued runs, so the baseline's row arrives when it is trained
+                future = client.submit(
+                    record_of, future, key=key + "-record", pure=False, priority=10
+                )
                 submitted.append(future)
             watched[future] = task
         completed = as_completed(list(watched))
@@ -385,7 +388,8 @@ def _record(future, task, failed_record, parent=None) -> dict:
     """The record a finished future holds, or a failed record for an erred/cancelled one
     (``parent``: the full-precision future it depends on, if any)."""
     if future.status == "finished":
-        return future.result()
+        value = future.result()
+        return value[0] if isinstance(value, tuple) else value  # (record, None) of run_task
     if future.status == "error":
         exc = future.exception()
         message = f"{type(exc).__name__}: {exc}"
