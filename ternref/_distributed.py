@@ -176,7 +176,7 @@ def local_cluster(jobs: int, threads: int):
                 n_workers=jobs,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # a free port: several clusters may run here
                 silence_logs=logging.ERROR,
                 env=env,
             )

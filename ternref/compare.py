@@ -883,14 +883,7 @@ def compare(
                 file=sys.stderr,
             )
 
-    # On a cluster the workers load the data set, each from its own disk; this process may not
-    # have it at all.
-    if on_cluster:
-        _validate.one_of(dataset, "dataset", DATASETS)
-        data, dataset_name = None, dataset
-    else:
-        data = load_dataset(dataset, data_dir=data_dir)
-        dataset_name = data.name
+    _validate.one_of(dataset, "dataset", DATASETS)
     if jobs is not None:
         per_run = threads if threads is not None else _distributed.threads_for(jobs)
     elif scheduler is not None:
@@ -900,7 +893,7 @@ def compare(
 
     settings = {
         "command": command or "ternref compare",
-        "dataset": dataset_name,
+        "dataset": dataset,
         "model": model,
         "methods": names,
         "epochs": epochs,
@@ -937,6 +930,9 @@ def compare(
     for name in names:
         meta[name] = _method_meta(name)
     packed_seed = settings["seed_values"][0]  # the packed model is measured on this seed's run
+    # On a cluster the workers load the data set, each from its own disk; this process may not
+    # have it at all. Here it loads after the resume check, so a refusal costs nothing.
+    data = None if on_cluster else load_dataset(dataset, data_dir=data_dir)
     sitting = {
         "command": settings["command"],
         "date": settings["date"],
