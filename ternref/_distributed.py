@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import platform
+import queue
 import time
 import uuid
 
@@ -298,8 +299,24 @@ def run_task(spec: dict, parent=None):
         model = None
     record["worker"] = worker
     record["threads"] = cmp.thread_report()
-    state = cmp.model_state(model) if spec["return_state"] and model is not None else None
+    state = None
+    if spec["return_state"]:
+        if model is not None and record.get("reproduces", True):
+            state = cmp.model_state(model)
+        _announce(spec, record)
     return record, state
+
+
+def _announce(spec: dict, record: dict) -> None:
+    """Send the record of a run whose result (with the state) stays on this worker to the client
+    now, as a Dask event: a worker that has queued its next run starts it before the scheduler
+    could send it the small task that extracts the record, which would delay the row by a run."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(spec["topic"], {"task": spec["task"], "record": record})
+    except (ImportError, ValueError):  # not on a worker: the future's result is the fallback
+        pass
 
 
 def record_of(result):
@@ -335,11 +352,14 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
         seed = depends_on(task)
         if seed is not None:
             users[seed] = users.get(seed, 0) + 1
-    watched = {}
-    submitted = []
+    watched, submitted = {}, []
+    topic = f"ternref-records-{uuid.uuid4().hex}"
+    announced = queue.SimpleQueue()  # records the workers sent as events, ahead of the futures
+    client.subscribe_topic(topic, lambda event: announced.put(event[1]))
     try:
-        for task in sorted(tasks, key=lambda t: t["method"] != FULL_PRECISION):
-            spec = spec_of(task)
+        for number, task in enumerate(sorted(tasks, key=lambda t: t["method"] != FULL_PRECISION)):
+            task["number"] = number
+            spec = {**spec_of(task), "topic": topic, "task": number}
             key = f"ternref-{task['method']}-seed{task['seed']}-{uuid.uuid4().hex[:8]}"
             seed = depends_on(task)
             parent = fp_futures.get(seed) if seed is not None else None
@@ -354,19 +374,29 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
                 submitted.append(future)
             watched[future] = task
         completed = as_completed(list(watched))
+        by_number = {task["number"]: future for future, task in watched.items()}
         no_worker_since = None
         while watched:
             ready = completed.next_batch(block=False) if completed.has_ready() else []
-            for future in ready:
+            early = []
+            while not announced.empty():
+                message = announced.get()
+                future = by_number.get(message["task"])
+                if future in watched:  # not yet reported (a retried run announces again)
+                    early.append((future, message["record"]))
+            for future, record in [*early, *((f, None) for f in ready)]:
+                if future not in watched:
+                    continue  # its record was announced before the future finished
                 task = watched.pop(future)
                 seed = depends_on(task)
-                record = _record(future, task, failed_record, fp_futures.get(seed))
+                if record is None:
+                    record = _record(future, task, failed_record, fp_futures.get(seed))
                 if seed is not None:
                     users[seed] -= 1
                     if users[seed] == 0 and seed in fp_futures:
                         fp_futures.pop(seed).release()  # the state can leave the worker
                 on_record(task, record)
-            if ready:
+            if ready or early:
                 continue
             time.sleep(_POLL)
             if client.scheduler_info().get("workers"):
@@ -379,6 +409,7 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
                     on_record(task, failed_record(task["method"], task["seed"], message))
                     del watched[future]
     finally:
+        client.unsubscribe_topic(topic)
         pending = [f for f in submitted if not f.done()]
         if pending:
             client.cancel(pending, force=True)
