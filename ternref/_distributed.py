@@ -373,7 +373,7 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
                 )
                 submitted.append(future)
             watched[future] = task
-        completed = as_completed(list(watched))
+        completed = as_completed(list(watched), loop=client.loop)
         by_number = {task["number"]: future for future, task in watched.items()}
         no_worker_since = None
         while watched:
@@ -426,6 +426,9 @@ def _record(future, task, failed_record, parent=None) -> dict:
         message = f"{type(exc).__name__}: {exc}"
         if parent is not None and parent.status == "error":
             message = f"the full-precision baseline of this seed failed: {message}"
-    else:
-        message = f"the Dask scheduler reports this run as {future.status}"
+    else:  # "cancelled" by Dask, not by us: the client lost the scheduler
+        message = (
+            f"the Dask scheduler reports this run as {future.status} (the connection to the "
+            f"scheduler was lost, or another client cancelled it)"
+        )
     return failed_record(task["method"], task["seed"], message)

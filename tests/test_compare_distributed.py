@@ -191,6 +191,8 @@ def test_a_run_whose_worker_dies_too_often_is_a_failed_row():
 
 
 def test_a_data_set_missing_on_the_workers_is_a_failed_row(client, tmp_path):
+    # the command a user runs against a running cluster, in a process of its own (no default
+    # Dask client there)
     from ternref.data import load_dataset
 
     try:
@@ -198,12 +200,31 @@ def test_a_data_set_missing_on_the_workers_is_a_failed_row(client, tmp_path):
         pytest.skip("MNIST is installed here, so it is not missing on the workers")
     except FileNotFoundError:
         pass
-    result = compare(
-        "mnist", "mlp", ["twn"], epochs=1, scheduler=client, data_dir=tmp_path, progress=False
-    )
-    assert [r.status for r in result.rows] == ["failed", "failed"]
-    for row in result.rows:
-        assert row.error.startswith("FileNotFoundError") and "(on tcp://" in row.error
+    cmd = [
+        sys.executable,
+        "-m",
+        "ternref",
+        "compare",
+        "--dataset",
+        "mnist",
+        "--methods",
+        "twn",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tmp_path),
+        "--scheduler",
+        client.scheduler.address,
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for row in rows:
+        assert row["error"].startswith("FileNotFoundError") and "(on tcp://" in row["error"]
+    assert "failed: FileNotFoundError" in out.stdout
 
 
 def _unused_port() -> int:
