@@ -247,6 +247,16 @@ def test_a_scheduler_that_is_down_is_a_clear_error_after_the_timeout(capsys):
     assert f"ternref: error: could not reach the Dask scheduler at {address} within 1 s" in err
 
 
+def test_the_sequential_default_needs_none_of_the_extra(monkeypatch):
+    for name in ("dask", "distributed", "threadpoolctl"):
+        monkeypatch.setitem(sys.modules, name, None)  # import NAME -> ImportError
+    result = compare("digits", "mlp", [], epochs=1, progress=False)
+    assert [r.status for r in result.rows] == ["ok"]
+    assert result.runs[0]["threads"]["blas"] is None  # unknown without threadpoolctl
+    with pytest.raises(ImportError, match="threadpoolctl"):
+        compare("digits", "mlp", [], epochs=1, threads=1, progress=False)
+
+
 def test_without_the_extra_the_message_names_it(monkeypatch, capsys):
     from ternref.cli import main
 
