@@ -17,11 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
 from ternref import compare as cmp
 from ternref.compare import compare, read_comparison, write_outputs
+from ternref.methods.base import Method, MethodInfo, WeightQuantizer
 
 distributed = pytest.importorskip("distributed")
 from ternref import _distributed  # noqa: E402
@@ -132,6 +135,51 @@ def test_a_two_worker_cluster_gives_the_bits_of_the_sequential_run(client):
 
 
 # ------------------------------------------------------------------------------ faults
+class _Exploding(WeightQuantizer):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def project(self, w):
+        from ternref.projections import twn
+
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("projection exploded on purpose")
+        return twn(w)
+
+
+@dataclass
+class _Broken(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(
+        "broken", "Nobody: A method that raises", 2026, None, "W", "twn", "STE", "any"
+    )
+
+    def weight_quantizer(self, layer):
+        return _Exploding()
+
+
+def test_a_method_registered_here_runs_on_the_workers_and_its_error_is_its_row(client, monkeypatch):
+    import cloudpickle
+
+    from ternref import methods
+
+    # a method defined in this process only: its class travels with the run (by value, as
+    # cloudpickle sends classes of a notebook or a script)
+    monkeypatch.setitem(methods.base._METHODS, "broken", _Broken)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        result = compare(
+            "digits", "mlp", ["broken", "twn"], epochs=1, scheduler=client, progress=False
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    rows = {r["method"]: r for r in result.records()}
+    assert rows["broken"]["status"] == "failed"
+    assert rows["broken"]["error"] == "RuntimeError: projection exploded on purpose"
+    assert rows["fp"]["status"] == rows["twn"]["status"] == "ok"
+
+
 def _kill_the_worker_running(client, method: str, after: float = 0.5) -> dict:
     """In a thread: once a ``method`` run has been processing on a worker for ``after`` s,
     SIGKILL that worker's process. Returns a dict that gets the killed worker's address."""
@@ -161,6 +209,7 @@ def _kill_the_worker_running(client, method: str, after: float = 0.5) -> dict:
     return killed
 
 
+@pytest.mark.slow
 def test_a_run_whose_worker_is_killed_runs_again_elsewhere(client):
     kwargs = {"epochs": 20, "progress": False}
     killed = _kill_the_worker_running(client, "twn")
