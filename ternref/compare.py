@@ -993,11 +993,14 @@ def compare(
         else:
             outcome = f"{record['status']}: {record['error']}"
         if task["role"] == "baseline":
-            outcome += (
-                " (trained again for the runs that need it; reproduces the stored run)"
+            verdict = (
+                ""
+                if record["status"] != "ok"
+                else "; reproduces the stored run"
                 if record.get("reproduces")
-                else " (trained again for the runs that need it; DIFFERS from the stored run)"
+                else "; DIFFERS from the stored run"
             )
+            outcome += f" (trained again for the runs that need it{verdict})"
         if on_cluster:
             bar.update(1)
             bar.set_postfix(method=name, seed=seed)
