@@ -455,6 +455,20 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, capsys):
     assert "--resume needs --out" in capsys.readouterr().err
 
 
+def test_a_baseline_that_no_longer_reproduces_fails_the_runs_that_need_it(tmp_path):
+    first = compare("digits", "mlp", [], epochs=1, threads=THREADS, progress=False)
+    write_outputs(first, str(tmp_path))
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    doc["runs"][0]["accuracy"] -= 0.01  # as if another library version had trained it
+    (tmp_path / "compare.json").write_text(json.dumps(doc))
+    second = compare(
+        "digits", "mlp", ["kd"], epochs=1, threads=THREADS, progress=False, resume=tmp_path
+    )
+    rows = {r.method: r for r in second.rows}
+    assert rows["fp"].accuracies == [doc["runs"][0]["accuracy"]]  # the stored run stays
+    assert rows["kd"].status == "failed" and "not the stored" in rows["kd"].error
+
+
 def test_resume_in_an_empty_folder_starts_a_new_sweep(tmp_path):
     result = compare(
         "digits", "mlp", [], epochs=1, threads=THREADS, progress=False, resume=tmp_path / "new"
