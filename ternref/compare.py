@@ -748,6 +748,10 @@ def _check_resumable(previous: Comparison, settings: dict, threads, where: str) 
                 f"{settings[key]!r}; run with the same {key}, or write to another --out folder"
             )
     old_threads = previous.sittings[-1].get("threads_per_run") if previous.sittings else None
+    if old_threads is None:  # a cluster whose workers set their own limits: what the runs had
+        had = {(r.get("threads") or {}).get("blas") for r in previous.runs}
+        old_threads = had.pop() if len(had) == 1 else None
+        old_threads = old_threads if isinstance(old_threads, int) else None
     if old_threads is not None and threads is not None and old_threads != threads:
         raise ValueError(
             f"cannot resume {where}: its runs had {old_threads} thread(s) per run, this command "
