@@ -186,12 +186,34 @@ def local_cluster(jobs: int, threads: int):
     try:
         client = Client(cluster)
         try:
+            client.register_plugin(_interrupts_are_for_the_client(), name="ternref-no-sigint")
             yield client
         finally:
             client.close()
     finally:
         cluster.close()
         _restore_environment(saved)  # a restarted worker's Nanny writes them again
+
+
+def _interrupts_are_for_the_client():
+    """A worker plugin that makes the workers of a LocalCluster ignore SIGINT.
+
+    Ctrl-C in a terminal reaches the whole process group, the worker processes too. Without
+    this, each worker dies of it, its Nanny starts a new one, and the client's orderly stop
+    (cancel what is waiting, close the cluster) waits for processes that are restarting. The
+    client alone handles the interrupt; a plugin is also given to restarted workers.
+    """
+    from distributed import WorkerPlugin
+
+    class IgnoreInterrupt(WorkerPlugin):
+        def setup(self, worker):
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreInterrupt()
 
 
 def _restore_environment(saved: dict) -> None:

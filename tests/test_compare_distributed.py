@@ -503,8 +503,10 @@ def test_ctrl_c_on_the_command_line_keeps_the_finished_runs(tmp_path):
     assert path.exists(), proc.communicate()[1]
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
     begin = time.monotonic()
-    out, err = proc.communicate(timeout=120)
-    assert time.monotonic() - begin < 60
+    out, err = proc.communicate(timeout=240)
+    # 8-10 s here with the machine shared, 83 s once with the whole suite on 2 xdist workers
+    # beside it: a bound for "stops", not a timing
+    assert time.monotonic() - begin < 180
     assert proc.returncode == 130, err
     doc = json.loads(path.read_text())
     assert doc["interrupted"] and 1 <= len(doc["runs"]) < 5
