@@ -287,8 +287,50 @@ def _add_compare(sub):
     )
     p.add_argument("--out", default=None, help="folder for compare.json/.csv/.md (and .png)")
     p.add_argument("--plot", action="store_true", help="also write compare.png (needs --out)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the (Fashion-)MNIST IDX files (with --jobs/--scheduler: on each worker)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the runs on a local Dask cluster of N worker processes, each with cores/N "
+        "BLAS and Numba threads (needs the 'distributed' extra; default: one after the other "
+        "in this process)",
+    )
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="run the runs on the running Dask cluster of this scheduler; each worker loads the "
+        "data set from its own disk",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="BLAS and Numba threads per run (default: all cores; cores/N with --jobs; as each "
+        "worker was started with --scheduler)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="extend the sweep in --out: run only the (method, seed) pairs its compare.json "
+        "lacks (or whose run failed); its settings must match",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for --scheduler and its first worker (default 10)",
+    )
     p.set_defaults(run=_run_compare)
 
 
@@ -303,6 +345,11 @@ def _run_compare(args) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out (the folder whose compare.json it extends)")
     names = None
     if args.methods:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -312,20 +359,28 @@ def _run_compare(args) -> int:
         if args.out:
             write_outputs(partial, args.out)
 
-    result = compare(
-        args.dataset,
-        args.model,
-        names,
-        epochs=args.epochs,
-        seeds=args.seeds,
-        first_seed=args.first_seed,
-        keep_full_precision=args.keep_full_precision,
-        start=args.start,
-        data_dir=args.data_dir,
-        progress=not args.quiet,
-        command=command,
-        on_row=write,
-    )
+    try:
+        result = compare(
+            args.dataset,
+            args.model,
+            names,
+            epochs=args.epochs,
+            seeds=args.seeds,
+            first_seed=args.first_seed,
+            keep_full_precision=args.keep_full_precision,
+            start=args.start,
+            data_dir=args.data_dir,
+            progress=not args.quiet,
+            command=command,
+            on_row=write,
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            threads=args.threads,
+            resume=args.out if args.resume else None,
+            connect_timeout=args.connect_timeout,
+        )
+    except (ImportError, ConnectionError) as exc:  # the extra is missing; the cluster is down
+        raise UserError(str(exc)) from None
     print(result.to_text())
     if args.out:
         written = write_outputs(result, args.out, plot=args.plot and not result.interrupted)

@@ -19,6 +19,17 @@ trained full-precision baseline of the same seed (its weights and BatchNorm stat
 trains it for ``epochs`` more: the recipe of the papers that fine-tune a pretrained network (TTQ
 and ProxQuant on CIFAR, INQ, ADMM, EC2T). The table then states that the methods had the
 baseline's epochs on top of their own.
+
+Where the runs run: one after the other in this process (default), on a Dask ``LocalCluster`` of
+``jobs`` worker processes, or on a running Dask cluster (``scheduler``); see
+:mod:`ternref._distributed`. Every run has its own seeded generators and shares nothing with the
+others, so for the same seeds and threads per run all three give the same bits. With
+``start="fp"`` or a distillation method, the full-precision run of a seed goes first and its
+trained model is the start (or the teacher) of the runs that need it.
+
+``compare.json`` keeps one record per (method, seed) run beside the aggregated rows, so a sweep
+can be resumed (``resume``): only the pairs it lacks (or whose run failed) run, the rows are
+recomputed from all records, and the settings that decide the numbers must match.
 """
 
 from __future__ import annotations
@@ -41,6 +52,20 @@ from ternref import _validate
 
 FULL_PRECISION = "fp"
 STARTS = ("scratch", "fp")
+#: Statuses of runs a resumed sweep keeps; a "failed" run (an exception, a lost worker) runs again.
+KEPT_STATUSES = ("ok", "diverged")
+#: Settings a resumed sweep must share with the one it extends (they decide the numbers).
+RESUME_KEYS = (
+    "dataset",
+    "model",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "schedule",
+    "keep_full_precision",
+    "start",
+)
 
 
 @dataclass
@@ -102,6 +127,10 @@ class Comparison:
     rows: list
     settings: dict
     interrupted: bool = False
+    #: one record per (method, seed) run, the source of ``rows`` (see :func:`rows_from_runs`)
+    runs: list = field(default_factory=list)
+    #: one entry per invocation that added runs: command, date, machine, jobs, threads per run
+    sittings: list = field(default_factory=list)
 
     @property
     def fp_accuracy(self) -> float | None:
@@ -115,9 +144,36 @@ class Comparison:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"settings": self.settings, "interrupted": self.interrupted, "rows": self.records()},
+            {
+                "settings": self.settings,
+                "interrupted": self.interrupted,
+                "rows": self.records(),
+                "runs": sorted(self.runs, key=_run_order(self.settings.get("methods", []))),
+                "sittings": self.sittings,
+            },
             indent=2,
             default=str,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Comparison:
+        """Read what :meth:`to_json` wrote; the rows are recomputed from the run records."""
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or "settings" not in doc or "rows" not in doc:
+            raise ValueError("not a compare.json: it has no 'settings' and 'rows'")
+        if "runs" not in doc:
+            raise ValueError(
+                "this compare.json was written by a ternref without per-run records (no 'runs'), "
+                "so its rows cannot be extended; start a new --out folder"
+            )
+        settings = doc["settings"]
+        meta = {r["method"]: (r["paper"], r["year"], r["ternary"]) for r in doc["rows"]}
+        return cls(
+            rows=rows_from_runs(settings["methods"], doc["runs"], meta),
+            settings=settings,
+            interrupted=bool(doc.get("interrupted", False)),
+            runs=list(doc["runs"]),
+            sittings=list(doc.get("sittings", [])),
         )
 
     def to_csv(self) -> str:
@@ -221,6 +277,7 @@ class Comparison:
             f"Machine: {s['machine']}. ternref {s['ternref']}, numpy {s['numpy']}, "
             f"numba {s['numba']}, Python {s['python']}. Date: {s['date']}.",
             "",
+            *_sittings_paragraph(self.sittings),
             "| " + " | ".join(rows[0]) + " |",
             "|" + "|".join("---" for _ in rows[0]) + "|",
         ]
@@ -231,6 +288,33 @@ class Comparison:
         if self.interrupted:
             lines += ["", "**Interrupted**: the rows above are the ones finished before the stop."]
         return "\n".join(lines) + "\n"
+
+
+def _sittings_paragraph(sittings: list) -> list[str]:
+    """How the runs ran (threads per run, jobs or cluster); for a resumed sweep, each sitting."""
+    if not sittings:
+        return []
+    last = sittings[-1]
+    threads = last.get("threads_per_run")
+    where = (
+        f"on a local Dask cluster of {last['jobs']} worker processes"
+        if last.get("jobs")
+        else f"on the Dask cluster at {last['scheduler']}"
+        if last.get("scheduler")
+        else "one after the other in one process"
+    )
+    text = (
+        f"Runs ran {where}, with {threads} BLAS/Numba thread(s) each."
+        if threads is not None
+        else f"Runs ran {where}, with the thread limits of each worker (see `runs` in "
+        f"compare.json)."
+    )
+    if len(sittings) > 1:
+        text += f" The table was filled in {len(sittings)} sittings: " + "; ".join(
+            f"`{p['command']}` ({p['date']}, {p['runs']} runs)" for p in sittings
+        )
+        text += "."
+    return [text, ""]
 
 
 def _start_sentence(settings: dict) -> str:
@@ -340,8 +424,9 @@ def _run_one(method_name, dataset, args, seed, bar, teacher=None, start_from=Non
 
     class Tick(Callback):
         def on_epoch_end(self, model, epoch, record):
-            bar.update(1)
-            bar.set_postfix(method=method_name, seed=seed, acc=f"{record['test_acc']:.3f}")
+            if bar is not None:  # None on a Dask worker: the client's bar counts whole runs
+                bar.update(1)
+                bar.set_postfix(method=method_name, seed=seed, acc=f"{record['test_acc']:.3f}")
 
     init_rng, shuffle_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
@@ -425,6 +510,280 @@ def _packed_stats(model, dataset) -> dict:
     }
 
 
+# ------------------------------------------------------------------------- one run, anywhere
+def failed_record(method: str, seed: int, error: str | None, status: str = "failed") -> dict:
+    """The record of a (method, seed) run that produced no model (also the template of a run)."""
+    return {
+        "method": method,
+        "seed": seed,
+        "status": status,
+        "error": error,
+        "accuracy": None,
+        "sparsity": None,
+        "epoch_seconds": None,
+        "packed": None,
+        "packing_error": None,
+        "worker": None,
+        "threads": None,
+    }
+
+
+def thread_report() -> dict:
+    """The BLAS and Numba threads this thread has now (BLAS ``None`` without threadpoolctl)."""
+    from ternref._distributed import effective_limits
+
+    limits = effective_limits()
+    return {"blas": limits["blas"], "numba": limits["numba"]}
+
+
+def baseline_problem(record: dict) -> str:
+    """Why the full-precision run ``record`` cannot start or teach the runs of its seed."""
+    if record["status"] != "ok":
+        return f"the full-precision baseline of this seed {record['status']}: {record['error']}"
+    return (
+        f"the full-precision run of seed {record['seed']}, trained again in this sitting for the "
+        f"runs that start from it or learn from it, gave test accuracy {record['accuracy']!r}, "
+        f"not the stored {record['expected_accuracy']!r}: something that decides the bits "
+        f"changed (library versions, threads per run, machine), so those runs would not belong "
+        f"in this table"
+    )
+
+
+def execute_run(
+    name,
+    data,
+    args,
+    seed,
+    bar,
+    fp_model,
+    start,
+    *,
+    measure_packed,
+    fp_problem=None,
+    expected=None,
+):
+    """Train one (method, seed) and measure it; return ``(record, trained model or None)``.
+
+    The same function runs in this process (sequential) and on a Dask worker, so both give the
+    same record. ``fp_model``: the trained full-precision model of the seed (the start of
+    ``start="fp"`` and the teacher of distillation), or ``None`` with ``fp_problem`` saying why.
+    ``expected``: for a full-precision run trained again only for its dependents (a resumed
+    sweep), the stored record it must reproduce; ``record["reproduces"]`` says whether it did.
+    A failure becomes the record's status (``"failed"``, or ``"diverged"`` for a
+    FloatingPointError); KeyboardInterrupt goes on.
+    """
+    from ternref import methods as registry
+
+    record = failed_record(name, seed, None, status="ok")
+    try:
+        if name != FULL_PRECISION and fp_model is None and fp_problem is not None:
+            if start == "fp" or registry.requires_teacher(name):
+                raise RuntimeError(fp_problem)
+        from_fp = start == "fp" and name != FULL_PRECISION
+        if from_fp and fp_model is None:
+            raise RuntimeError("the full-precision baseline of this seed failed")
+        begin = fp_model if from_fp else None
+        run = _run_one(name, data, args, seed, bar, fp_model, start_from=begin)
+    except KeyboardInterrupt:
+        raise
+    except FloatingPointError as exc:
+        record["status"], record["error"] = "diverged", str(exc)
+        return record, None
+    except Exception as exc:  # noqa: BLE001 - reported in the row, the sweep goes on
+        record["status"], record["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        return record, None
+    record["accuracy"] = float(run["accuracy"])
+    record["sparsity"] = None if run["sparsity"] is None else float(run["sparsity"])
+    record["epoch_seconds"] = float(run["epoch_seconds"])
+    if expected is not None:
+        record["expected_accuracy"] = expected["accuracy"]
+        record["reproduces"] = (
+            expected["status"] == "ok" and expected["accuracy"] == record["accuracy"]
+        )
+    if measure_packed:
+        try:
+            record["packed"] = _packed_stats(run["model"], data)
+        except Exception as exc:  # noqa: BLE001
+            record["packing_error"] = f"packing failed: {type(exc).__name__}: {exc}"
+    return record, run["model"]
+
+
+def model_state(model) -> list:
+    """The trained state of ``model``: its parameters and BatchNorm statistics, in module order.
+
+    A list of ``(attribute, array or int)`` pairs, copies; :func:`model_from_state` rebuilds the
+    model. This is what travels from the worker that trained a full-precision model to the
+    workers whose runs start from it or learn from it.
+    """
+    from ternref.nn.module import Parameter
+
+    state = []
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if isinstance(value, Parameter):
+                state.append((key, value.data.copy()))
+            elif key in ("running_mean", "running_var"):
+                state.append((key, np.array(value, copy=True)))
+            elif key == "num_batches_tracked":
+                state.append((key, int(value)))
+    return state
+
+
+def model_from_state(model_name: str, data, state: list):
+    """Build model ``model_name`` for ``data`` and load ``state`` (from :func:`model_state`)."""
+    from ternref.nn.module import Parameter
+    from ternref.recipes import build_model
+
+    model = build_model(model_name, data.image_shape, data.n_classes, np.random.default_rng(0))
+    slots = []
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if isinstance(value, Parameter) or key in (
+                "running_mean",
+                "running_var",
+                "num_batches_tracked",
+            ):
+                slots.append((module, key))
+    if [k for _, k in slots] != [k for k, _ in state]:
+        raise ValueError(
+            f"model_from_state: the state does not fit model {model_name!r} "
+            f"({len(state)} entries, the model has {len(slots)})"
+        )
+    for (module, key), (_, value) in zip(slots, state):
+        target = getattr(module, key)
+        if key == "num_batches_tracked":
+            setattr(module, key, value)
+            continue
+        array = target.data if isinstance(target, Parameter) else target
+        if array.shape != value.shape:
+            raise ValueError(
+                f"model_from_state: {type(module).__name__}.{key} has shape {array.shape}, "
+                f"the state {value.shape}"
+            )
+        array[...] = value
+    return model
+
+
+# ------------------------------------------------------------------------- rows from runs
+def _run_order(names: list):
+    position = {name: i for i, name in enumerate(names)}
+    return lambda run: (position.get(run["method"], len(position)), run["method"], run["seed"])
+
+
+def rows_from_runs(names: list, runs: list, meta: dict) -> list[Row]:
+    """Aggregate run records into the table's rows: one per method of ``names`` that has a run.
+
+    The runs of a method are taken in seed order, whatever order they finished in, so a row's
+    mean and standard deviation are the same bits for a sequential, a parallel and a resumed
+    sweep. A failed or diverged run sets the row's status and error (the last such seed wins);
+    the packed statistics are those of the lowest seed that measured them.
+    ``meta[name]`` is ``(paper, year, ternary)``.
+    """
+    by_method: dict = {}
+    for run in runs:
+        by_method.setdefault(run["method"], []).append(run)
+    rows = []
+    for name in names:
+        mine = sorted(by_method.get(name, []), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        row = Row(name, *meta[name])
+        packed_done = False
+        for run in mine:
+            if run["status"] != "ok":
+                row.status, row.error = run["status"], run["error"]
+                continue
+            row.accuracies.append(run["accuracy"])
+            if run["sparsity"] is not None:
+                row.sparsities.append(run["sparsity"])
+            row.epoch_seconds.append(run["epoch_seconds"])
+            if packed_done or (run["packed"] is None and run["packing_error"] is None):
+                continue
+            packed_done = True
+            if run["packing_error"] is not None:
+                row.error = run["packing_error"]
+            else:
+                stats = run["packed"]
+                row.packed_bytes = stats["packed_bytes"]
+                row.float_bytes = stats["float_bytes"]
+                row.bits_per_weight = stats["bits_per_weight"]
+                row.packed_seconds = stats["seconds"]
+                row.packed_agreement = stats["agreement"]
+        rows.append(row)
+    return rows
+
+
+def _method_meta(name: str) -> tuple:
+    from ternref import methods as registry
+
+    if name == FULL_PRECISION:
+        return ("full-precision baseline", None, "-")
+    info = registry.info(name)
+    return (info.paper.split(":")[0], info.year, info.ternary)
+
+
+def read_comparison(path) -> Comparison:
+    """The :class:`Comparison` in ``path`` (an output folder or its ``compare.json``)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "compare.json")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return Comparison.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot resume from {path}: {exc}") from None
+
+
+def _check_resumable(previous: Comparison, settings: dict, threads, where: str) -> None:
+    """Refuse (ValueError naming the setting) to extend a sweep whose numbers were decided
+    differently; warn when only library versions differ."""
+    import warnings
+
+    old = previous.settings
+    for key in RESUME_KEYS:
+        if old.get(key) != settings[key]:
+            raise ValueError(
+                f"cannot resume {where}: its {key} is {old.get(key)!r}, this command's is "
+                f"{settings[key]!r}; run with the same {key}, or write to another --out folder"
+            )
+    old_threads = previous.sittings[-1].get("threads_per_run") if previous.sittings else None
+    if old_threads is None:  # a cluster whose workers set their own limits: what the runs had
+        had = {(r.get("threads") or {}).get("blas") for r in previous.runs}
+        old_threads = had.pop() if len(had) == 1 else None
+        old_threads = old_threads if isinstance(old_threads, int) else None
+    if old_threads is not None and threads is not None and old_threads != threads:
+        raise ValueError(
+            f"cannot resume {where}: its runs had {old_threads} thread(s) per run, this command "
+            f"gives {threads} (BLAS results depend on the thread count, so the new runs would "
+            f"not reproduce a one-sitting sweep); pass --threads {old_threads}, or write to "
+            f"another --out folder"
+        )
+    changed = [k for k in ("ternref", "numpy", "numba") if old.get(k) != settings[k]]
+    if changed:
+        warnings.warn(
+            f"resuming {where}, whose runs used "
+            + ", ".join(f"{k} {old.get(k)}" for k in changed)
+            + "; this sitting uses "
+            + ", ".join(f"{k} {settings[k]}" for k in changed),
+            stacklevel=3,
+        )
+
+
+def _default_threads() -> int | None:
+    """The BLAS threads this process runs with when nobody limits them."""
+    from ternref._distributed import effective_limits, usable_cores
+
+    blas = effective_limits()["blas"]
+    if isinstance(blas, int):
+        return blas
+    for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return usable_cores()
+
+
+# ------------------------------------------------------------------------- the sweep
 def compare(
     dataset: str = "digits",
     model: str = "mlp",
@@ -439,6 +798,11 @@ def compare(
     progress: bool = True,
     command: str | None = None,
     on_row=None,
+    jobs: int | None = None,
+    scheduler=None,
+    threads: int | None = None,
+    resume=None,
+    connect_timeout: float = 10.0,
 ) -> Comparison:
     """Train the full-precision baseline and each method under one recipe; see the module doc.
 
@@ -456,19 +820,49 @@ def compare(
         Where each method starts: the seeded initialisation, or the trained full-precision
         baseline of the same seed (then trained ``epochs`` more; see the module doc).
     on_row : callable, optional
-        Called with the :class:`Comparison` after each finished row (the CLI writes files there,
+        Called with the :class:`Comparison` after each finished run (the CLI writes files there,
         so an interrupt leaves the finished rows on disk).
+    jobs : int, optional
+        Run on a Dask ``LocalCluster`` of ``jobs`` worker processes (the ``distributed``
+        extra), each running one training at a time with ``threads`` threads.
+    scheduler : str or distributed.Client, optional
+        Run on the Dask cluster whose scheduler is at this address (``tcp://HOST:PORT``), or
+        through this client. Each worker loads the data set from its own disk (``data_dir`` is
+        a folder on the worker). Not with ``jobs``.
+    threads : int, optional
+        BLAS and Numba threads per run. Default: all this process has (sequential),
+        ``cores // jobs`` (``jobs``), as each worker was started (``scheduler``).
+    resume : Comparison, str or os.PathLike, optional
+        A previous sweep (or its output folder, or its ``compare.json``) to extend: only the
+        (method, seed) pairs it lacks, or whose run failed, are run; its settings must match
+        (ValueError naming the first that differs). A folder without ``compare.json`` starts a
+        new sweep.
+    connect_timeout : float
+        Seconds to wait for a remote scheduler and its first worker (ConnectionError after).
+
+    Returns
+    -------
+    Comparison
     """
+    from ternref import _distributed
     from ternref import methods as registry
     from ternref._progress import progress_bar, progress_line
-    from ternref.data import load_dataset
+    from ternref.data import DATASETS, load_dataset
     from ternref.recipes import recipe
 
-    data = load_dataset(dataset, data_dir=data_dir)
     r = recipe(model, dataset)
     epochs = r.epochs if epochs is None else _validate.integer(epochs, "epochs", low=1)
     seeds = _validate.integer(seeds, "seeds", low=1)
     _validate.one_of(start, "start", STARTS)
+    if jobs is not None:
+        jobs = _validate.integer(jobs, "jobs", low=1)
+    if threads is not None:
+        threads = _validate.integer(threads, "threads", low=1)
+    if jobs is not None and scheduler is not None:
+        raise ValueError("give jobs (a local cluster) or scheduler (a running one), not both")
+    on_cluster = jobs is not None or scheduler is not None
+    if on_cluster:
+        _distributed.require()
     names = registry.names() if methods is None else list(methods)
     unknown = [m for m in names if m != FULL_PRECISION and m not in registry.names()]
     if unknown:
@@ -477,9 +871,33 @@ def compare(
         )
     names = [FULL_PRECISION] + [m for m in names if m != FULL_PRECISION]
     seed_values = list(range(first_seed, first_seed + seeds))
+
+    previous, where = None, None
+    if isinstance(resume, Comparison):
+        previous, where = resume, "the given comparison"
+    elif resume is not None:
+        where = os.fspath(resume)
+        path = os.path.join(where, "compare.json") if os.path.isdir(where) else where
+        if os.path.exists(path):
+            previous = read_comparison(path)
+        else:
+            progress_line(
+                f"compare: nothing to resume in {where} yet; starting a new sweep",
+                enabled=progress,
+                file=sys.stderr,
+            )
+
+    _validate.one_of(dataset, "dataset", DATASETS)
+    if jobs is not None:
+        per_run = threads if threads is not None else _distributed.threads_for(jobs)
+    elif scheduler is not None:
+        per_run = threads
+    else:
+        per_run = threads if threads is not None else _default_threads()
+
     settings = {
         "command": command or "ternref compare",
-        "dataset": data.name,
+        "dataset": dataset,
         "model": model,
         "methods": names,
         "epochs": epochs,
@@ -504,70 +922,217 @@ def compare(
         "schedule": r.schedule,
         "keep_full_precision": keep_full_precision,
     }
-    result = Comparison(rows=[], settings=settings)
-    teachers = {}
+    runs, sittings, meta = [], [], {}
+    if previous is not None:
+        _check_resumable(previous, settings, per_run, where)
+        old_names = previous.settings["methods"]
+        settings["methods"] = old_names + [m for m in names if m not in old_names]
+        all_seeds = sorted(set(previous.settings["seed_values"]) | set(seed_values))
+        settings["seed_values"], settings["seeds"] = all_seeds, len(all_seeds)
+        runs, sittings = list(previous.runs), list(previous.sittings)
+        meta = {row.method: (row.paper, row.year, row.ternary) for row in previous.rows}
+    for name in names:
+        meta[name] = _method_meta(name)
+    packed_seed = settings["seed_values"][0]  # the packed model is measured on this seed's run
+    # On a cluster the workers load the data set, each from its own disk; this process may not
+    # have it at all. Here it loads after the resume check, so a refusal costs nothing.
+    data = None if on_cluster else load_dataset(dataset, data_dir=data_dir)
+    sitting = {
+        "command": settings["command"],
+        "date": settings["date"],
+        "machine": settings["machine"],
+        "jobs": jobs,
+        "scheduler": scheduler if isinstance(scheduler, str) else None,
+        "threads_per_run": per_run,
+        "runs": 0,
+        "interrupted": False,
+    }
+    result = Comparison(rows=[], settings=settings, runs=runs, sittings=[*sittings, sitting])
+    result.rows = rows_from_runs(settings["methods"], runs, meta)
+
+    # The plan: every requested pair without a kept run; the full-precision run of every seed
+    # first. When runs that start from (or learn from) a seed's baseline remain but the baseline
+    # itself was run in an earlier sitting, it is trained again for them (its trained model is
+    # not stored) and must reproduce the stored record.
+    stored = {(run["method"], run["seed"]): run for run in runs}
+    kept = {key for key, run in stored.items() if run["status"] in KEPT_STATUSES}
+    pending = [(n, s) for n in names for s in seed_values if (n, s) not in kept]
+
+    def needs_baseline(name):
+        return name != FULL_PRECISION and (start == "fp" or registry.requires_teacher(name))
+
+    baseline_users = {s for n, s in pending if needs_baseline(n)}
+    plan = []
+    for seed in seed_values:
+        if (FULL_PRECISION, seed) in pending:
+            plan.append({"method": FULL_PRECISION, "seed": seed, "role": "row", "expected": None})
+        elif seed in baseline_users:
+            old = stored[(FULL_PRECISION, seed)]
+            plan.append(
+                {"method": FULL_PRECISION, "seed": seed, "role": "baseline", "expected": old}
+            )
+    plan += [
+        {"method": n, "seed": s, "role": "row", "expected": None}
+        for n, s in pending
+        if n != FULL_PRECISION
+    ]
+    for task in plan:
+        task["measure_packed"] = task["role"] == "row" and task["seed"] == packed_seed
+        task["return_state"] = task["method"] == FULL_PRECISION and task["seed"] in baseline_users
+
+    n_runs, finished = len(plan), 0
     bar = progress_bar(
-        enabled=progress, total=len(names) * seeds * epochs, desc="compare", unit="epoch"
+        enabled=progress,
+        total=n_runs if on_cluster else n_runs * epochs,
+        desc="compare",
+        unit="run" if on_cluster else "epoch",
     )
-    n_runs, runs_done = len(names) * seeds, 0
+
+    def handle(task, record):
+        nonlocal finished
+        finished += 1
+        name, seed = task["method"], task["seed"]
+        if record["status"] == "ok":
+            outcome = f"test accuracy {100 * record['accuracy']:.2f} %"
+        else:
+            outcome = f"{record['status']}: {record['error']}"
+        if task["role"] == "baseline":
+            verdict = (
+                ""
+                if record["status"] != "ok"
+                else "; reproduces the stored run"
+                if record.get("reproduces")
+                else "; DIFFERS from the stored run"
+            )
+            outcome += f" (trained again for the runs that need it{verdict})"
+        if on_cluster:
+            bar.update(1)
+            bar.set_postfix(method=name, seed=seed)
+            if record.get("worker"):
+                outcome += f" [{record['worker']}]"
+        progress_line(
+            f"compare [{finished}/{n_runs}] {name} seed {seed}: {outcome}",
+            enabled=progress,
+            file=sys.stderr,
+        )
+        if task["role"] != "row":
+            return
+        key = (name, seed)
+        result.runs[:] = [r for r in result.runs if (r["method"], r["seed"]) != key]
+        result.runs.append(record)
+        sitting["runs"] += 1
+        result.rows = rows_from_runs(settings["methods"], result.runs, meta)
+        if on_row is not None:
+            on_row(result)
+
     try:
-        for name in names:
-            if name == FULL_PRECISION:
-                row = Row(name, "full-precision baseline", None, "-")
-            else:
-                info = registry.info(name)
-                row = Row(name, info.paper.split(":")[0], info.year, info.ternary)
-            for seed in seed_values:
-                done_before = bar.n
-                try:
-                    fp_model = teachers.get(seed)  # teacher of distillation, start of "fp"
-                    from_fp = start == "fp" and name != FULL_PRECISION
-                    if from_fp and fp_model is None:
-                        raise RuntimeError("the full-precision baseline of this seed failed")
-                    begin = fp_model if from_fp else None
-                    run = _run_one(name, data, args, seed, bar, fp_model, start_from=begin)
-                except KeyboardInterrupt:
-                    raise
-                except FloatingPointError as exc:
-                    row.status, row.error = "diverged", str(exc)
-                    outcome = f"diverged: {exc}"
-                except Exception as exc:  # noqa: BLE001 - reported in the row, run goes on
-                    row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
-                    outcome = f"failed: {row.error}"
-                else:
-                    if name == FULL_PRECISION:
-                        teachers[seed] = run["model"]  # distillation methods learn from it
-                    row.accuracies.append(run["accuracy"])
-                    outcome = f"test accuracy {100 * run['accuracy']:.2f} %"
-                    if run["sparsity"] is not None:
-                        row.sparsities.append(run["sparsity"])
-                    row.epoch_seconds.append(run["epoch_seconds"])
-                    if seed == seed_values[0]:
-                        try:
-                            stats = _packed_stats(run["model"], data)
-                        except Exception as exc:  # noqa: BLE001
-                            row.error = f"packing failed: {type(exc).__name__}: {exc}"
-                        else:
-                            row.packed_bytes = stats["packed_bytes"]
-                            row.float_bytes = stats["float_bytes"]
-                            row.bits_per_weight = stats["bits_per_weight"]
-                            row.packed_seconds = stats["seconds"]
-                            row.packed_agreement = stats["agreement"]
-                bar.update(epochs - (bar.n - done_before))  # a failed run skips its epochs
-                runs_done += 1
-                progress_line(
-                    f"compare [{runs_done}/{n_runs}] {name} seed {seed}: {outcome}",
-                    enabled=progress,
-                    file=sys.stderr,
-                )
-            result.rows.append(row)
-            if on_row is not None:
-                on_row(result)
+        if on_cluster:
+            _run_on_cluster(
+                plan,
+                handle,
+                dataset,
+                data_dir,
+                args,
+                start,
+                per_run,
+                jobs,
+                scheduler,
+                connect_timeout,
+                needs_baseline,
+                sitting,
+            )
+        else:
+            _run_here(plan, handle, data, args, start, threads, epochs, bar)
     except KeyboardInterrupt:
-        result.interrupted = True
+        result.interrupted = sitting["interrupted"] = True
     finally:
         bar.close()
     return result
+
+
+def _run_here(plan, handle, data, args, start, threads, epochs, bar) -> None:
+    """Run the plan in this process, in order (the default, no Dask)."""
+    from ternref._distributed import limited_threads
+
+    fp_models, fp_problems = {}, {}
+    with limited_threads(threads):
+        for task in plan:
+            name, seed = task["method"], task["seed"]
+            done_before = bar.n
+            record, model = execute_run(
+                name,
+                data,
+                args,
+                seed,
+                bar,
+                fp_models.get(seed),
+                start,
+                measure_packed=task["measure_packed"],
+                fp_problem=fp_problems.get(seed),
+                expected=task["expected"],
+            )
+            if name == FULL_PRECISION:
+                if model is not None and record.get("reproduces", True):
+                    fp_models[seed] = model  # the start and the teacher of this seed's runs
+                else:
+                    fp_problems[seed] = baseline_problem(record)
+            bar.update(epochs - (bar.n - done_before))  # a failed run skips its epochs
+            record["threads"] = thread_report()
+            handle(task, record)
+
+
+def _run_on_cluster(
+    plan,
+    handle,
+    dataset,
+    data_dir,
+    args,
+    start,
+    threads,
+    jobs,
+    scheduler,
+    connect_timeout,
+    needs_baseline,
+    sitting,
+) -> None:
+    """Run the plan on a Dask cluster (see :mod:`ternref._distributed`)."""
+    import contextlib
+
+    import ternref
+    from ternref import _distributed
+    from ternref.methods import base
+
+    if jobs is not None:
+        context = _distributed.local_cluster(jobs, threads)
+    elif isinstance(scheduler, str):
+        context = _distributed.connect(scheduler, connect_timeout)
+    else:
+        context = contextlib.nullcontext(scheduler)
+
+    def spec_of(task):
+        name = task["method"]
+        return {
+            "method": name,
+            "seed": task["seed"],
+            "dataset": dataset,
+            "data_dir": None if data_dir is None else os.fspath(data_dir),
+            "args": args,
+            "start": start,
+            "threads": threads,
+            "measure_packed": task["measure_packed"],
+            "expected": task["expected"],
+            "return_state": task["return_state"],
+            "method_class": None if name == FULL_PRECISION else base._METHODS[name],
+            "ternref": ternref.__version__,
+        }
+
+    def depends_on(task):
+        return task["seed"] if needs_baseline(task["method"]) else None
+
+    with context as client:
+        if sitting["scheduler"] is None and jobs is None:
+            sitting["scheduler"] = client.scheduler.address
+        _distributed.run(client, plan, handle, spec_of=spec_of, depends_on=depends_on)
 
 
 def write_outputs(result: Comparison, out_dir: str, plot: bool = False) -> list[str]:
