@@ -31,23 +31,30 @@ weights, weight_shapes, positive_scales, zero_tensors, ternary_codes
 """
 
 from ternref.testing.properties import (
+    DEFAULTS,
+    OPTIMAL_MAX_SIZE,
     ORDER,
     RTOL,
     PropertyViolation,
     check_projection,
     check_registered,
     find_counterexample,
+    fixed_generator,
+    registered_function,
 )
 from ternref.testing.strategies import (
     STYLES,
     positive_scales,
     ternary_codes,
+    weight_pairs,
     weight_shapes,
     weights,
     zero_tensors,
 )
 
 __all__ = [
+    "DEFAULTS",
+    "OPTIMAL_MAX_SIZE",
     "ORDER",
     "RTOL",
     "STYLES",
@@ -55,8 +62,11 @@ __all__ = [
     "check_projection",
     "check_registered",
     "find_counterexample",
+    "fixed_generator",
     "positive_scales",
+    "registered_function",
     "ternary_codes",
+    "weight_pairs",
     "weight_shapes",
     "weights",
     "zero_tensors",
