@@ -6,13 +6,26 @@ one property and hypothesis shrinks it on its own), each from its own seed, and 
 (from :data:`ternref.projections.PROPERTIES`), and shows the shrunk counterexample with the
 expected and the actual output.
 
-The defaults (:data:`DEFAULTS`) are the properties every projection function of the survey has,
+The defaults (:data:`DEFAULTS`) are properties the projection functions of the survey have,
 deterministic or stochastic (under a fixed generator): ``range``, ``dtype_preserving``,
-``zero_safe``, ``sign_preserving`` and ``coordinate_monotone``. The last two tie every output
-entry to its own input entry: flipping signs, giving the codes to the wrong weights (reversed,
-shifted by one, sorted) or mapping a zero weight to a nonzero level each fail one of them.
+``zero_safe``, ``sign_preserving`` and ``coordinate_monotone``. (The one exception among the
+registered ones is STTN's merge of two binary kernels: ``sgn(0) = +1`` makes an entry whose two
+latents are both 0 a nonzero level, so it refutes ``sign_preserving``.) The last two tie every
+output entry to its own input entry: flipping signs, giving the codes to the wrong weights
+(reversed, shifted by one, sorted) or mapping a zero weight to a nonzero level each fail one of
+them.
 ``monotone``, ``odd``, ``scale_equivariant``, ``permutation_equivariant``, ``idempotent`` and
 ``optimal`` are opt-in; any default can be switched off by name.
+
+Why ``coordinate_monotone`` and not ``monotone`` as the default: under a fixed generator a
+stochastic projection (TernaryConnect, TernGrad) draws one random number per position, so a
+smaller weight can be kept while a larger one is dropped (not monotone), yet raising a weight
+never lowers its own code. It still sees codes given to the wrong weights, because raising one
+weight past the others moves the tensor's statistics (the threshold rises): a code that belongs
+to *another* weight can then drop while the raised weight's own could not. The check raises one
+entry (chosen by hypothesis) past the largest magnitude, to another entry's value (forming a
+tie), to the next float, to 0, ``-w_i`` or ``2 w_i``, and compares that entry's code before and
+after.
 
 Equality of two projections (odd, scale, permutation, idempotent) compares ``dense()`` values
 element by element with a *relative* tolerance: ``|a - b| <= rtol * max(|a|, |b|)``, with
@@ -60,8 +73,9 @@ ORDER = (
     "optimal",
 )
 
-#: Properties :func:`check_projection` checks unless switched off by name: the ones every
-#: projection function of the survey has (the stochastic ones under a fixed generator).
+#: Properties :func:`check_projection` checks unless switched off by name: the ones the
+#: registered projection functions have (stochastic ones under a fixed generator; STTN refutes
+#: ``sign_preserving`` at exact zeros).
 DEFAULTS = frozenset(
     {"range", "dtype_preserving", "zero_safe", "sign_preserving", "coordinate_monotone"}
 )
@@ -292,20 +306,37 @@ def _check_sign(r: _Runner, x, data):
         )
 
 
-def _raised_values(a: np.ndarray, i: int) -> list:
-    """Values above ``a.flat[i]`` worth trying: the next float, the other entries (so ties
-    form), sign changes, doubling, and jumps past the largest magnitude (which move any
-    threshold computed from the tensor's statistics). Normal floats or zero only."""
+def _raises(a: np.ndarray, i: int) -> dict:
+    """Values above ``a.flat[i]`` worth trying, by kind (normal floats or zero only).
+
+    The jumps past the largest magnitude move any threshold computed from the tensor's
+    statistics (a mean, a max, an RMS of at most ``a.size`` entries) above every other entry;
+    ties form when an entry is raised to another entry's value."""
     x = float(a.flat[i])
-    top = float(np.max(np.abs(a)))
-    pool = [np.nextafter(a.flat[i], a.dtype.type(np.inf)), 0.0, -x, x + abs(x), 2 * x + top]
-    pool += [0.5 * top, top, 2 * top, 10 * top, *a.ravel().tolist(), *(-a).ravel().tolist()]
-    v = np.asarray(pool, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        v = v[np.isfinite(v)].astype(a.dtype)
+    top = float(np.max(np.abs(a))) or 1.0
+    kinds = {
+        "past the largest magnitude": [2 * top + abs(x)],
+        "far past it": [4 * a.size * top + abs(x)],
+        "to another entry's value": a.ravel().tolist() + (-a).ravel().tolist(),
+        "to the next float": [np.nextafter(a.flat[i], a.dtype.type(np.inf))],
+        "to zero": [0.0],
+        "to its negation": [-x],
+        "to twice itself": [2 * x],
+    }
     tiny = np.finfo(a.dtype).tiny
-    keep = np.isfinite(v) & (v > a.flat[i]) & ((v == 0) | (np.abs(v) >= tiny))
-    return np.unique(v[keep]).tolist()
+    found = {}
+    for kind, values in kinds.items():
+        v = np.asarray(values, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            v = v[np.isfinite(v)].astype(a.dtype)
+        v = v[np.isfinite(v) & (v > a.flat[i]) & ((v == 0) | (np.abs(v) >= tiny))]
+        if v.size:
+            found[kind] = np.unique(v).tolist()
+    return found
+
+
+def _code(c: int) -> str:
+    return {1: "+1", 0: "0", -1: "-1"}.get(c, str(c))
 
 
 def _check_coordinate_monotone(r: _Runner, x, data):
@@ -313,29 +344,41 @@ def _check_coordinate_monotone(r: _Runner, x, data):
     t = r.call(x, prop)
     parts = _parts(x)
     k = data.draw(st.integers(0, len(parts) - 1), label="kernel") if len(parts) > 1 else 0
-    a = parts[k]
-    i = data.draw(st.integers(0, a.size - 1), label="index")
-    candidates = _raised_values(a, i)
-    if not candidates:
-        return  # a.flat[i] is the largest finite float: nothing to raise it to
-    value = a.dtype.type(data.draw(st.sampled_from(candidates), label="raised to"))
-    raised = a.copy()
-    raised.flat[i] = value
-    x2 = tuple(raised if j == k else p for j, p in enumerate(parts)) if len(parts) > 1 else raised
-    t2 = r.call(x2, prop, shown=x)
-    before, after = int(t.codes.flat[i]), int(t2.codes.flat[i])
-    if after < before:
-        idx = _index(a.shape, i)
-        entry = f"w{k + 1}{list(idx)}" if len(parts) > 1 else f"w{list(idx)}"
-        r.fail(
-            prop,
-            f"raising {entry} from {a.flat[i]!r} to {value!r} (every other entry unchanged) "
-            f"lowered its code from {before:+d} to {after:+d}; the raised input is\n"
-            f"      {_src(raised)}",
-            x,
-            expected=np.asarray(t.codes),
-            got=np.asarray(t2.codes),
-        )
+    a, pair = parts[k], len(parts) > 1
+
+    def check_raise(i, value):
+        raised = a.copy()
+        raised.flat[i] = value
+        x2 = tuple(raised if j == k else p for j, p in enumerate(parts)) if pair else raised
+        t2 = r.call(x2, prop, shown=x)
+        before, after = int(t.codes.flat[i]), int(t2.codes.flat[i])
+        if after < before:
+            idx = _index(a.shape, i)
+            entry = f"w{k + 1}{list(idx)}" if pair else f"w{list(idx)}"
+            r.fail(
+                prop,
+                f"raising {entry} from {a.flat[i]!r} to {value!r} (every other entry unchanged) "
+                f"lowered its code from {_code(before)} to {_code(after)}"
+                f"\n    codes before: {_show(t.codes)}\n    codes after:  {_show(t2.codes)}"
+                f"\n    raised input: {_src(raised)}",
+                x,
+            )
+
+    # A code of -1 cannot go lower: raise the entries whose code is 0 or +1. Each of them, in
+    # turn, far past the largest magnitude (so that a code read from another weight drops) ...
+    can_drop = np.flatnonzero(np.asarray(t.codes).ravel() >= 0).tolist()
+    for i in can_drop:
+        far = _raises(a, i).get("far past it")
+        if far:
+            check_raise(i, a.dtype.type(far[0]))
+    if not can_drop:
+        return
+    # ... and one of them, chosen by hypothesis, by a raise of any kind.
+    i = data.draw(st.sampled_from(can_drop), label="index")
+    raises = _raises(a, i)
+    if raises:  # empty only if a.flat[i] is the largest finite float
+        kind = data.draw(st.sampled_from(list(raises)), label="raise")
+        check_raise(i, a.dtype.type(data.draw(st.sampled_from(raises[kind]), label="to")))
 
 
 def _check_monotone(r: _Runner, x, data):
@@ -582,8 +625,8 @@ def check_projection(
     smallest counterexample hypothesis found. Whatever the flags, every call must return a
     :class:`ternref.Ternary` of the input's shape and must not modify its input.
 
-    With the defaults, ``check_projection(fn)`` checks :data:`DEFAULTS`, the properties every
-    projection function of the survey has: ``range``, ``dtype_preserving``, ``zero_safe``,
+    With the defaults, ``check_projection(fn)`` checks :data:`DEFAULTS`, the properties the
+    registered projection functions have: ``range``, ``dtype_preserving``, ``zero_safe``,
     ``sign_preserving`` (no sign flips, and a zero weight maps to 0) and
     ``coordinate_monotone`` (raising one weight never lowers its own code; it fails when codes
     are given to the wrong weights). Switch a default off by name (``sign_preserving=False``)

@@ -144,11 +144,21 @@ def test_the_defaults_catch_the_broken_projections(bug):
 
 @pytest.mark.parametrize("bug", BROKEN)
 def test_coordinate_monotone_alone_catches_them_too(bug):
-    """Not only the sign check: the broken projections also give codes to the wrong weights
-    among weights of one sign (the shrunk counterexample has no negative entry)."""
-    v = violation_of(BROKEN[bug], **only("coordinate_monotone"))
+    """Not only the sign check: the misplaced codes are caught among weights of one sign too
+    (the shrunk counterexample has no negative entry), within a few examples."""
+    v = violation_of(BROKEN[bug], max_examples=10, **only("coordinate_monotone"))
     assert_names(v, "coordinate_monotone")
-    assert "lowered its code" in str(v) and "the raised input is" in str(v)
+    assert "lowered its code" in str(v) and "raised input: np.array(" in str(v)
+    if bug != "every sign flipped":
+        assert not np.any(v.w < 0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_coordinate_monotone_finds_misplaced_codes_from_any_seed(seed):
+    """Not a lucky seed: every one of ten finds each misplaced-code bug in 10 examples."""
+    for bug in (*BROKEN.values(), reversed_magnitudes):
+        v = find_counterexample(bug, "coordinate_monotone", max_examples=10, seed=seed)
+        assert v is not None and v.property == "coordinate_monotone"
 
 
 def binarize(w):
@@ -352,6 +362,13 @@ def test_each_check_catches_a_planted_bug(bug, prop, says):
         v = violation_of(bug, max_examples=100, **only(prop))
     assert_names(v, prop)
     assert says in str(v)
+
+
+def test_zero_safe_checks_the_zero_tensor_even_if_the_strategy_never_draws_one():
+    no_zeros = weights(styles=("continuous", "ties"))
+    v = violation_of(nan_on_zero, weights_strategy=no_zeros, **only("zero_safe"))
+    assert_names(v, "zero_safe")
+    assert not np.any(v.w)
 
 
 def test_sign_check_shrinks_to_a_single_weight():
