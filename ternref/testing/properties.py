@@ -839,12 +839,22 @@ def check_registered(
     unclaimed = chosen - info.claims
     if unclaimed:
         raise ValueError(f"{info.name!r} does not claim {sorted(unclaimed)}")
-    flags = {prop: prop in chosen for prop in PROPERTIES}
-    check_projection(
-        registered_function(info, rng_seed=rng_seed),
-        max_examples=max_examples,
-        name=info.name,
-        input_kind=info.input_kind,
-        **flags,
-        **kwargs,
-    )
+    fn = registered_function(info, rng_seed=rng_seed)
+    strategy = kwargs.pop("weights_strategy", None)
+    for prop in ORDER:
+        if prop not in chosen:
+            continue
+        # All-zero inputs are drawn for every property of a projection that claims zero_safe,
+        # also when zero_safe itself is not among the properties checked now.
+        nonzero = "zero_safe" not in info.claims
+        check_projection(
+            fn,
+            max_examples=max_examples,
+            name=info.name,
+            input_kind=info.input_kind,
+            weights_strategy=(
+                _default_strategy(prop, info.input_kind, nonzero) if strategy is None else strategy
+            ),
+            **{p: p == prop for p in PROPERTIES},
+            **kwargs,
+        )

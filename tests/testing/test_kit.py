@@ -107,6 +107,22 @@ def test_check_registered_handles_stochastic_pair_and_gradient_projections():
         check_registered("sttn", properties=["sign_preserving"])
 
 
+def test_check_registered_draws_zeros_for_a_zero_safe_projection():
+    """Checking one claim of a zero_safe projection still feeds it all-zero tensors."""
+    seen = []
+
+    def spy(w):
+        seen.append(not np.any(w))
+        return twn(w)
+
+    info = P.ProjectionInfo(
+        name="spy", fn=spy, paper="test", year=2026, arxiv=None, symmetric=True,
+        deterministic=True, claims=frozenset({"sign_preserving", "zero_safe"}),
+    )  # fmt: skip
+    check_registered(info, properties=["sign_preserving"], max_examples=100)
+    assert any(seen)
+
+
 def test_fixed_generator_gives_equal_draws_for_equal_shapes():
     w = np.linspace(-1, 1, 12).reshape(3, 4)
     sample = fixed_generator(P.tc, seed=3)
