@@ -155,7 +155,6 @@ def test_the_defaults_catch_the_broken_projections(bug):
     v = violation_of(BROKEN[bug], max_examples=100)  # the defaults, as a user calls it
     assert v.property in DEFAULTS
     assert_names(v, v.property)
-    assert "expected:" in str(v) and "got:" in str(v)
 
 
 @pytest.mark.parametrize("bug", BROKEN)
