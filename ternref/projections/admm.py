@@ -106,6 +106,7 @@ def admm_step(v, codes, granularity: str = "tensor") -> Ternary:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",
@@ -114,6 +115,7 @@ def admm_step(v, codes, granularity: str = "tensor") -> Ternary:
         "dtype_preserving",
         "zero_safe",
     ),
+    refutes=("optimal",),
     summary="ADMM projection: alternate alpha = V'Q/Q'Q and Q = round(V/alpha) from TWN codes.",
 )
 def admm(v, max_iter: int = 20, tol: float = 0.0, granularity: str = "tensor") -> Ternary:

@@ -66,6 +66,7 @@ from ternref.ternary import Ternary
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "permutation_equivariant",

@@ -64,11 +64,13 @@ SOLVERS = ("exact", "twn")
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",
         "idempotent",
         "dtype_preserving",
+        "optimal",
         "zero_safe",
     ),
     refutes=("permutation_equivariant",),

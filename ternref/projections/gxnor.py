@@ -145,6 +145,7 @@ def gxnor_snap(w, n_bits: int = 1, H: float = 1.0) -> np.ndarray:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "permutation_equivariant",

@@ -97,6 +97,7 @@ def inq_exponent(s: float) -> int:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "permutation_equivariant",

@@ -185,12 +185,14 @@ def _lat_exact_rows(rows, d_rows, two_scales):
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",
         "permutation_equivariant",
         "idempotent",
         "dtype_preserving",
+        "optimal",
         "zero_safe",
     ),
     summary="LAT: argmin sum d (w - alpha b)^2 (d = 1 when called as fn(w)).",
@@ -314,6 +316,7 @@ def lat_findalpha(w, d=None) -> Ternary:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",
@@ -322,6 +325,7 @@ def lat_findalpha(w, d=None) -> Ternary:
         "dtype_preserving",
         "zero_safe",
     ),
+    refutes=("optimal",),
     summary="LAT_a: alternate alpha = d-weighted mean, b = I_{alpha/2}(w) from TWN codes.",
 )
 def lat_approx(w, d=None, **kwargs) -> Ternary:

@@ -71,6 +71,7 @@ from ternref.ternary import Ternary
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",

@@ -111,6 +111,7 @@ def rtn_codes(x, alpha=1.0, beta=0.0, delta=0.5) -> np.ndarray:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "permutation_equivariant",

@@ -139,7 +139,18 @@ def sttn_binary_kernels(w1, w2) -> tuple[np.ndarray, np.ndarray]:
     arxiv="2204.01234",
     symmetric=True,
     deterministic=True,
-    claims=("range", "dtype_preserving", "zero_safe"),
+    # Read with w = w1 + w2 (T = B1 + B2 stands for W1 + W2). sgn(0) = +1 makes an entry whose
+    # two latents are both (+-)0 a nonzero level, so neither sign preservation nor oddness holds
+    # at exact zeros; monotonicity in w1 + w2 fails everywhere: (0.1, 0.1) -> +2 alpha but
+    # (0.9, -0.1) -> 0. Codes are nondecreasing in each kernel, alpha is a per-row sum.
+    claims=(
+        "range",
+        "coordinate_monotone",
+        "permutation_equivariant",
+        "dtype_preserving",
+        "zero_safe",
+    ),
+    refutes=("sign_preserving", "monotone", "odd", "scale_equivariant"),
     summary="STTN: merge two binary kernels, T = alpha (sgn W1 + sgn W2) in {-2a, 0, 2a}",
     input_kind="weight_pair",
 )

@@ -64,7 +64,19 @@ _PAPER = "Lin, Courbariaux, Memisevic, Bengio. Neural Networks with Few Multipli
     arxiv="1510.03009",
     symmetric=True,
     deterministic=False,
-    claims=("range", "sign_preserving", "dtype_preserving", "zero_safe"),
+    # Sample by sample under a fixed generator: the gate u < |w_c| depends on |w| only (odd,
+    # coordinate monotone, idempotent on {-1, 0, 1}); each position has its own u (not monotone,
+    # not permutation equivariant); clip and alpha = 1 (not scale equivariant).
+    claims=(
+        "range",
+        "sign_preserving",
+        "coordinate_monotone",
+        "odd",
+        "idempotent",
+        "dtype_preserving",
+        "zero_safe",
+    ),
+    refutes=("monotone", "scale_equivariant", "permutation_equivariant"),
     summary="TernaryConnect: t = sign(w) * Bernoulli(|w|) on w clipped to [-1, 1], alpha = 1",
 )
 def tc(w, rng) -> Ternary:
@@ -108,8 +120,10 @@ def tc(w, rng) -> Ternary:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
+        "permutation_equivariant",
         "idempotent",
         "dtype_preserving",
         "zero_safe",

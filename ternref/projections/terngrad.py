@@ -88,7 +88,20 @@ def clip_by_stddev(g, c: float) -> np.ndarray:
     arxiv="1705.07878",
     symmetric=True,
     deterministic=False,
-    claims=("range", "sign_preserving", "dtype_preserving", "zero_safe"),
+    # Sample by sample under a fixed generator: the gate u < |g|/max|g| is odd, scale free and
+    # nondecreasing in |g_k|; each position has its own u (not monotone, not permutation
+    # equivariant).
+    claims=(
+        "range",
+        "sign_preserving",
+        "coordinate_monotone",
+        "odd",
+        "scale_equivariant",
+        "idempotent",
+        "dtype_preserving",
+        "zero_safe",
+    ),
+    refutes=("monotone", "permutation_equivariant"),
     summary="TernGrad: g~ = max|g| * sign(g) * Bernoulli(|g| / max|g|), unbiased",
     input_kind="gradient",
 )

@@ -96,6 +96,7 @@ def _safe_mean(total, count):
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "permutation_equivariant",

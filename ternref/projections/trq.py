@@ -104,6 +104,7 @@ def trq_parts(w, alpha=None):
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",

@@ -78,6 +78,7 @@ def _sparsity_threshold(a: np.ndarray, p: float) -> np.ndarray:
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",

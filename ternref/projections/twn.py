@@ -86,6 +86,7 @@ def _twn_rows(a: np.ndarray, factor: float, counts=None):
     claims=(
         "range",
         "sign_preserving",
+        "coordinate_monotone",
         "monotone",
         "odd",
         "scale_equivariant",
@@ -94,6 +95,7 @@ def _twn_rows(a: np.ndarray, factor: float, counts=None):
         "dtype_preserving",
         "zero_safe",
     ),
+    refutes=("optimal",),
     summary="TWN: Delta = 0.7*mean|w|, alpha = mean of |w| over |w| > Delta.",
 )
 def twn(w, factor: float = 0.7, granularity: str = "tensor") -> Ternary:

@@ -147,6 +147,40 @@ def weights(
     return (values * scale).astype(dtype)
 
 
+@st.composite
+def weight_pairs(
+    draw,
+    dtypes=(np.float32, np.float64),
+    shapes=None,
+    *,
+    styles=STYLES,
+    magnitudes=_MAGNITUDES,
+):
+    """Pairs ``(w1, w2)`` of kernels of one shape and dtype, for weight-pair projections (STTN).
+
+    Each kernel is drawn by :func:`weights` on its own (so one can be all zero, the two can
+    share zeros, ties or extremes, or be unrelated).
+
+    Parameters
+    ----------
+    dtypes : sequence of numpy float dtypes
+        Drawn uniformly, one for both kernels.
+    shapes : SearchStrategy[tuple], optional
+        Default :func:`weight_shapes` with at least 2 axes: a pair of kernels has an output
+        axis (STTN's scale is per output channel).
+    styles, magnitudes
+        As for :func:`weights`.
+
+    Returns
+    -------
+    SearchStrategy[tuple of two ndarrays]
+    """
+    dtype = draw(st.sampled_from(list(dtypes)))
+    shape = draw(shapes if shapes is not None else weight_shapes(min_dims=2))
+    kernel = weights((dtype,), st.just(shape), styles=styles, magnitudes=magnitudes)
+    return draw(kernel, label="w1"), draw(kernel, label="w2")
+
+
 def positive_scales(exact: bool = True):
     """Positive factors ``c`` for scale-equivariance checks.
 

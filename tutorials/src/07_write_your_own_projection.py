@@ -7,9 +7,10 @@
 # 1. write it as `fn(w) -> Ternary`;
 # 2. check it with the public property kit, `ternref.testing.check_projection`, which searches
 #    awkward inputs with hypothesis (all-zero tensors, ties, `-0.0`, magnitudes from 1e-30 to
-#    1e30, float32 and float64);
-# 3. break it on purpose, three realistic ways, and read the report that catches each bug;
-# 4. compare it with published methods by training, with `ternref.compare.compare`.
+#    1e30, float32 and float64): first with its defaults, then with every property we claim;
+# 3. break it on purpose, and read the report that catches each bug;
+# 4. ask whether it is optimal, with the opt-in brute-force check;
+# 5. compare it with published methods by training, with `ternref.compare.compare`.
 #
 # Source: [`ternref/testing/properties.py`](../ternref/testing/properties.py) (the checks and
 # their messages), [`ternref/testing/strategies.py`](../ternref/testing/strategies.py) (the
@@ -27,7 +28,13 @@ import numpy as np
 from ternref import Ternary, methods, projections
 from ternref.compare import compare
 from ternref.methods import Method, MethodInfo, WeightQuantizer
-from ternref.testing import PropertyViolation, check_projection, find_counterexample, weights
+from ternref.testing import (
+    DEFAULTS,
+    PropertyViolation,
+    check_projection,
+    find_counterexample,
+    weights,
+)
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
@@ -76,16 +83,61 @@ print(f"alpha = {float(t.alpha_pos):.4f} ({t.alpha_pos.dtype}), sparsity = {t.sp
 # %% [markdown]
 # ## Check it
 #
-# Claim every property we believe it has. `range`, `dtype_preserving` and `zero_safe` are on by
-# default; the others are opt-in. Their definitions:
+# The properties the kit knows, and their definitions:
 
 # %%
 for prop, definition in projections.PROPERTIES.items():
     print(f"{prop:24s} {definition}")
 
+# %% [markdown]
+# With no arguments, `check_projection(fn)` checks the *defaults*: the properties every
+# projection function of the survey has, deterministic or stochastic (TernaryConnect and
+# TernGrad under a fixed generator, `ternref.testing.fixed_generator`). Two of them tie each
+# output entry to its own weight: `sign_preserving` (no sign flips, and a zero weight stays 0)
+# and `coordinate_monotone` (raising one weight, all others fixed, never lowers its own code).
+
+# %%
+print("defaults:", ", ".join(sorted(DEFAULTS)))
+check_projection(rms_rule)
+print("rms_rule passed the defaults (100 hypothesis examples each)")
+
+# %% [markdown]
+# Why these defaults: here are three broken versions of TWN, each a one-line slip. A pass with
+# the defaults would have told us nothing if any of them got through.
+
+# %%
+broken = {
+    "every sign flipped": lambda w: projections.twn(-w),
+    "codes given to the reversed weights": lambda w: projections.twn(
+        w.ravel()[::-1].reshape(w.shape)
+    ),
+    "off by one element": lambda w: projections.twn(np.roll(w.ravel(), 1).reshape(w.shape)),
+}
+for what, fn in broken.items():
+    try:
+        check_projection(fn, name=what)
+        print(f"{what}: passed (bad news)")
+    except PropertyViolation as violation:
+        print("\n".join(str(violation).splitlines()[:5]), "\n")
+
+# %% [markdown]
+# Sign preservation catches all three first. Among weights of one sign it cannot see the
+# reversal, but `coordinate_monotone` can: switch the sign check off by name (any default can
+# be switched off, for a projection that breaks it on purpose) and the reversal is still caught.
+# The report shows the weight it raised and the codes before and after: the code that went
+# down belongs to the weight that was raised.
+
+# %%
+try:
+    check_projection(broken["codes given to the reversed weights"], sign_preserving=False)
+except PropertyViolation as violation:
+    print(violation)
+
+# %% [markdown]
+# Now claim every further property we believe our rule has (the defaults stay on):
+
 # %%
 claims = dict(
-    sign_preserving=True,
     monotone=True,
     odd=True,
     scale_equivariant=True,
@@ -102,7 +154,7 @@ print("rms_rule passed every claimed property (50 hypothesis examples each)")
 #
 # ## Break it on purpose
 #
-# Three bugs that real projection code has had. Each time, catch the `AssertionError` (a
+# Three bugs that real projection code has had in our own rule. Each time, catch the `AssertionError` (a
 # `PropertyViolation`) and print its message.
 
 
@@ -188,6 +240,21 @@ found = find_counterexample(
 print(found if found is not None else "still nothing found")
 
 # %% [markdown]
+# ## Is it optimal?
+#
+# `optimal` is opt-in: on inputs of at most 8 elements, the kit enumerates all `3**n` code
+# vectors with their best scale (per scale group, as the output reports its granularity;
+# `alpha_pos` and `alpha_neg` separately when the output is asymmetric) and requires the
+# projection's squared error to be no larger. `exact` solves the least-squares problem by
+# sorting, so it passes; a threshold rule like ours (or TWN's) is a fast approximation, and the
+# brute force finds a small input where it misses, with the better tensor as "expected".
+
+# %%
+check_projection(projections.exact, optimal=True)
+print("exact: optimal on every input tried")
+print(find_counterexample(rms_rule, "optimal"))
+
+# %% [markdown]
 # ## Compare with published methods
 #
 # A projection becomes a training method once it has a weight quantizer (here the identity
@@ -240,6 +307,7 @@ print(result.to_text())
 # 2. Give it two scales (`alpha_pos`, `alpha_neg`, least squares on each side). Which claimed
 #    property fails, and is that a bug or the price of asymmetry?
 # 3. Write a hypothesis strategy that draws Laplace-distributed tensors and use it to test the
-#    claim "our error is never more than 5 % above `projections.exact`". Is it true?
+#    claim "our error is never more than 5 % above `projections.exact`". Is it true? (The
+#    `optimal` check answers the 0 % version of that question on small inputs.)
 # 4. Run `compare` with `seeds=3, epochs=10`. Is the difference between `rms` and `twn` larger
 #    than the spread between seeds?
