@@ -11,16 +11,18 @@ Two forms exist, and they are not the same function.
 microsoft/unilm ``bitnet/``, Hugging Face's ``WeightQuant`` (``transformers/integrations/
 bitnet.py``) and bitnet.cpp's checkpoint converter (``weight_quant``) all compute::
 
-    s     = 1 / max(mean|W|, 1e-5)          (in float32: the code calls .float() first)
+    s     = 1 / max(mean|W|, 1e-5)          (the FAQ: scale = 1.0 / w.abs().mean().clamp_(min=1e-5))
     W~    = clip(round(W * s), -1, 1)
     W_hat = W~ / s
 
-so the scale that multiplies the codes back is ``1 / s``, which is ``max(mean|W|, 1e-5)`` up to the
-last bit of its float. Every deployed BitNet b1.58 checkpoint was made with this rule, so it is
-ternref's default: codes ``round(W * s)`` with ``s`` computed in ``w``'s dtype exactly as above
-(a reciprocal, then a product: ``W * fl(1/g)`` and ``W / g`` can differ in the last bit, which
-changes a code only for a weight on a rounding boundary), and ``alpha = fl(1 / s)``, so that
-``dense()`` equals ``W~ / s`` bit for bit (``+-1 / s`` is the correctly rounded ``fl(1/s)``).
+in the weight's dtype (Hugging Face and bitnet.cpp call ``.float()`` first, so float32 for a
+bf16 or fp16 checkpoint). The scale that multiplies the codes back is ``1 / s``, which is
+``max(mean|W|, 1e-5)`` up to the last bit of its float. Every deployed BitNet b1.58 checkpoint was
+made with this rule, so it is ternref's default: codes ``round(W * s)`` with ``s`` computed in
+``w``'s dtype exactly as above (a reciprocal, then a product: ``W * fl(1/g)`` and ``W / g`` can
+differ in the last bit, which changes a code only for a weight on a rounding boundary; a test has
+one), and ``alpha = fl(1 / s)``, so that ``dense()`` equals ``W~ / s`` bit for bit (``+-1 / s``
+is the correctly rounded ``fl(1/s)``).
 
 **The paper** (``form="paper"``)::
 
@@ -75,9 +77,10 @@ References
 .. [1] S. Ma, H. Wang, L. Ma, L. Wang, W. Wang, S. Huang, L. Dong, R. Wang, J. Xue and F. Wei,
        "The Era of 1-bit LLMs: All Large Language Models are in 1.58 Bits", arXiv:2402.17764,
        2024.
-.. [2] "The Era of 1-bit LLMs: Training Tips, Code and FAQ", microsoft/unilm, ``bitnet/`` (a PDF,
-       not readable as text here; its ``weight_quant`` as transcribed in methods.md section 2.19).
-       Read for this module, with the same arithmetic: Hugging Face ``transformers``,
+.. [2] "The Era of 1-bit LLMs: Training Tips, Code and FAQ", microsoft/unilm, ``bitnet/`` (a PDF;
+       its Figure 3, ``weight_quant`` and ``activation_quant``, was extracted from the PDF at
+       unilm commit 768a3c8 for this module). Read as well, with the same arithmetic after
+       ``.float()``: Hugging Face ``transformers``,
        ``src/transformers/integrations/bitnet.py`` (``WeightQuant.forward``, commit 0b4060e7) and
        microsoft/BitNet, ``utils/convert-hf-to-gguf-bitnet.py`` (``BitnetModel.weight_quant``,
        commit 09074a0e).
