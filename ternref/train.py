@@ -25,6 +25,9 @@ from ternref.nn.module import Module
 class Callback:
     """Hooks called by :func:`fit`. Override the ones you need; all default to doing nothing."""
 
+    def on_fit_begin(self, epochs: int, steps_per_epoch: int) -> None:
+        """Before :meth:`on_train_begin`: the length of the run (e.g. INQ spreads its stages)."""
+
     def on_train_begin(self, model: Module, optimizer) -> None:
         """Before the first epoch."""
 
@@ -145,9 +148,11 @@ def fit(
     callbacks = list(callbacks)
     history = History()
 
+    n_batches = -(-len(dataset.x_train) // batch_size)
+    for cb in callbacks:
+        cb.on_fit_begin(epochs, n_batches)
     for cb in callbacks:
         cb.on_train_begin(model, optimizer)
-    n_batches = -(-len(dataset.x_train) // batch_size)
     for epoch in range(1, epochs + 1):
         model.train()
         lr = optimizer.lr

@@ -4,9 +4,15 @@ Ma, Wang, Ma, Wang, Wang, Huang, Dong, Wang, Xue, Wei, "The Era of 1-bit LLMs: A
 Language Models are in 1.58 Bits", arXiv:2402.17764 (2024; after the survey). Training code:
 "The Era of 1-bit LLMs: Training Tips, Code and FAQ" (microsoft/unilm, ``bitnet/``).
 
-Weights (``ternref.projections.bitnet``, per tensor)::
+Weights (``ternref.projections.bitnet``, per tensor), by default the released training code's
+rule (the FAQ's ``weight_quant``, which Hugging Face and bitnet.cpp reproduce)::
 
-    gamma = mean|W|,   W~ = RoundClip(W / (gamma + eps), -1, 1),   W_hat = gamma * W~
+    s = 1 / max(mean|W|, 1e-5),   W~ = clip(round(W * s), -1, 1),   W_hat = W~ / s
+
+``form="paper"`` gives the paper's ``W~ = RoundClip(W / (gamma + eps), -1, 1)``, ``W_hat = gamma
+W~``; the two differ for the weights with ``0.5 < |W|/gamma < 0.5 (1 + eps/gamma)`` (see the
+projection's docstring). Every released checkpoint was made with the code's rule, so it is the
+default here too.
 
 Activations (``ternref.projections.bitnet_activation``), in a layer of their own
 (:class:`BitNetActivation`) placed in front of every ternary layer::
@@ -23,7 +29,8 @@ Choices
 * The paper quantizes activations right after a normalisation (BitLinear's SubLN / RMSNorm);
   ternref's MLPs have none, so the quantizer sees ReLU outputs (>= 0, codes 0..127).
 * The scale is mean|W| over all weights, not the least-squares scale, so the projection is not
-  idempotent (methods.md P7); the implied threshold is gamma/2, round-half-to-even at ties.
+  idempotent (methods.md P7); the implied threshold is gamma/2, round-half-to-even at ties
+  (``np.round`` and ``torch.round`` both round halves to even).
 * Layers: the paper ternarizes every ``nn.Linear`` of the Transformer blocks; the embedding and
   the output head (``lm_head``) stay in full precision in the released models. ternref's default
   ``keep_full_precision="first_last"`` is the analogue (input layer and classifier in full
@@ -44,22 +51,26 @@ from ternref.methods.base import Method, MethodInfo, WeightQuantizer, register
 from ternref.nn.module import Module
 from ternref.packed.layers import expect_state_keys, register_inference_layer
 from ternref.projections import bitnet as bitnet_projection
-from ternref.projections.bitnet import bitnet_activation
+from ternref.projections.bitnet import FORMS, bitnet_activation
 
 
 class BitNetQuantizer(WeightQuantizer):
-    """w -> absmean ternary (gamma * RoundClip(w / (gamma + eps))); identity STE (inherited)."""
+    """w -> absmean ternary (clip(round(w s), -1, 1) / s, s = 1/max(mean|w|, eps)); identity STE.
 
-    def __init__(self, eps: float = 1e-5, granularity: str = "tensor"):
+    ``form="paper"`` uses the paper's ``gamma * RoundClip(w / (gamma + eps))`` instead.
+    """
+
+    def __init__(self, eps: float = 1e-5, granularity: str = "tensor", form: str = "code"):
         super().__init__()
         self.eps = eps
         self.granularity = granularity
+        self.form = form
 
     def project(self, w):
-        return bitnet_projection(w, eps=self.eps, granularity=self.granularity)
+        return bitnet_projection(w, eps=self.eps, granularity=self.granularity, form=self.form)
 
     def extra_repr(self):
-        return f"eps={self.eps}, granularity={self.granularity!r}"
+        return f"eps={self.eps}, granularity={self.granularity!r}, form={self.form!r}"
 
 
 @register_inference_layer
@@ -116,11 +127,15 @@ class BitNet(Method):
     Parameters
     ----------
     eps : float > 0
-        Added to gamma (weights) and the lower clamp of max|x| (activations); code: 1e-5.
+        The lower clamp of mean|W| (``form="code"``; added to it for ``form="paper"``) and of
+        max|x| (activations); code: 1e-5.
     granularity : {"tensor", "channel"}
         One gamma per weight tensor (paper) or per output channel.
     quantize_activations : bool
         Insert the 8-bit activation quantizer in front of each ternary layer (paper: yes).
+    form : {"code", "paper"}
+        Weight rule: the released training code's (default, what every BitNet checkpoint was made
+        with) or the paper's ``W / (mean|W| + eps)``.
     """
 
     info: ClassVar[MethodInfo] = MethodInfo(
@@ -129,17 +144,20 @@ class BitNet(Method):
         year=2024,
         arxiv="2402.17764",
         ternary="W",
-        projection="absmean: gamma*RoundClip(W/(gamma+eps),-1,1); int8 absmax activations",
+        projection="absmean: clip(round(W s),-1,1)/s, s = 1/max(mean|W|,1e-5) (released code); "
+        "int8 absmax activations",
         estimator="identity STE (weights and activations)",
         optimizer="AdamW (paper); any",
     )
     eps: float = 1e-5
     granularity: str = "tensor"
     quantize_activations: bool = True
+    form: str = "code"
 
     def validate(self):
         _validate.real_number(self.eps, "eps", low=0.0, low_open=True)
         _validate.one_of(self.granularity, "granularity", ("tensor", "channel"))
+        _validate.one_of(self.form, "form", FORMS)
         if not isinstance(self.quantize_activations, bool):
             raise TypeError(
                 "quantize_activations must be a bool, got "
@@ -147,7 +165,7 @@ class BitNet(Method):
             )
 
     def weight_quantizer(self, layer):
-        return BitNetQuantizer(self.eps, self.granularity)
+        return BitNetQuantizer(self.eps, self.granularity, self.form)
 
     def activation_quantizer(self, layer):
         return BitNetActivation(self.eps) if self.quantize_activations else None

@@ -2,45 +2,80 @@
 
 Marbán, Becking, Wiedemann, Samek, "Learning Sparse & Ternary Neural Networks with
 Entropy-Constrained Trained Ternarization (EC2T)", CVPR Workshops 2020, arXiv:2004.01077.
-Official engine code: a public PyTorch file headed "engine for entropy controlled ternary
-quantization".
+Official code: d-becking/efficientCNNs (read at commit 750247d), ``model_quantization/
+quantizer.py``, "engine for entropy controlled ternary quantization" (``get_pmf``,
+``apply_entropy_constraint``, ``quantize``, ``get_grads``, ``optimization_step``) and
+``model_quantization/main_trained_quantization.py`` (initial centroids, optimizers).
 
 Each quantized layer learns two centroids w_p, w_n >= 0 (``Parameter`` s of the quantizer) and
 assigns every latent weight to the cheapest of {-w_n, 0, +w_p} (``ternref.projections.ec2t``)::
 
     cost_c(w) = (w - c)^2 + lambda * I_c,     I_c = -log2 P_c
-    lambda    = lambda_max(w, w_p, w_n) * lambda_max_divider * lambda_decay
+    lambda    = lambda_max(w, w_p, w_n) * lambda_max_divider * lambda_decay_l
 
 where P_c is the PMF of a preliminary nearest-centroid assignment with P_0 forced >= 1/2
 (so the zero centroid is always the cheapest in information and a larger lambda zeroes more
 weights), and lambda_max (``ternref.projections.ec2t_lambda_max``) is the lambda at which the
 most extreme weight on one side would collapse to 0. ``lambda_max_divider`` is the sparsity knob
 the paper grid-searches; lambda = 0 is nearest-centroid assignment (TTQ-like thresholds at
-w_p/2 and -w_n/2). lambda is recomputed at every forward pass from the current weights.
+w_p/2 and -w_n/2). lambda is recomputed at every forward pass from the current weights (the
+code re-quantizes after every step, the same thing).
+
+**Per-layer lambda** (the code's ``lambda_decay``, ``optimization_step``): with ``n_l`` the number
+of weights of layer l and ``n_largest`` that of the largest quantized layer::
+
+    lambda_decay_l = (n_l / n_largest + 0.05) / (1 + 0.05)        (``lambda_sustain = 0.05``)
+
+so smaller layers are pushed less towards sparsity. This is the default
+(``lambda_decay="layer_size"``; the factor is fixed when ``quantize_model`` builds the method's
+callbacks, which see all quantized layers); a number gives every layer that constant factor.
+
+**Centroid floor** (``optimization_step``): after every optimizer step the code raises each
+centroid to at least 0.675 times the standard deviation of the layer's full-precision weights
+(``torch.std``, i.e. with Bessel's correction), "to prevent that w_n or w_p become very small or
+equal to 0 which would result in a binary/unary layer"::
+
+    w_p <- max(w_p, 0.675 std(W_l)),    w_n <- max(w_n, 0.675 std(W_l))
+
+This is the default (``centroid_floor=0.675``); ``centroid_floor=0`` gives ternref's former
+clamp at 0. Without the floor a centroid that shrinks moves its threshold w/2 towards 0 and the
+layer's assignment drifts; the floor keeps both levels at a size comparable to the weights.
 
 Gradients (``estimators.ttq_scaled_ste``, as TTQ, Zhu et al. 2017, Eq. 7-8)::
 
     dL/dw   = w_p g on I_p,  1 g on I_0,  w_n g on I_n          (scaled STE)
     dL/dw_p = sum_{I_p} g,    dL/dw_n = -sum_{I_n} g            (chain rule of w_hat = -w_n on I_n)
 
-The minus sign of dL/dw_n is the chain rule (methods.md §5.2; TTQ's printed Eq. 7 has +); a
-finite-difference test pins it.
+The minus sign of dL/dw_n is the chain rule (methods.md §5.2); a finite-difference test pins it.
+**The official ``get_grads`` returns ``+sum_{I_n} g``** for w_n (as TTQ's printed Eq. 7 and the
+TTQ PyTorch port it cites), which is the gradient with respect to the *level* -w_n, not to w_n:
+a descent step along it moves w_n in the direction that increases the loss to first order.
+ternref keeps the chain rule.
 
 Sparsity (fraction of zero codes) is reported per epoch by ``TernaryStats`` (``record["sparsity"]``
-and per layer).
+and per layer), each layer's lambda as ``record["ec2t_lambda"]``.
 
-Choices and assumptions:
+Differences with the official code, all four named in issue 16, and the rest:
 
-* **Centroid initialisation.** The paper initialises from a pretrained model. ternref starts from
-  the projection's default: the mean of the weights beyond +-0.7 mean|w| on each side (TWN's
-  threshold per sign); an empty side takes the other side's value.
-* ``lambda_decay`` (the code scales lambda with the layer size; the exact formula was not
-  checked) is a constant hyper-parameter, default 1.
-* ``lambda_max_divider`` default 0.2 (ternref's choice for the digits MLP; the paper grid-searches
-  it per network). The centroids are clamped >= 0 after each step.
-* Procedure of the paper: compound-scale a pretrained model into a super-network, then prune and
-  ternarize simultaneously while training (SGD/Adam). ternref implements the ternarization
-  step; the first and last layers stay in full precision by default (``quantize_model``).
+1. *centroid floor at 0.675 std* — implemented, default (above);
+2. *per-layer lambda (n_l / n_largest + 0.05) / 1.05* — implemented, default (above);
+3. *sign of the w_n gradient* — official ``+sum``, ternref ``-sum`` (chain rule, above);
+4. *centroid initialisation*: the code starts from a pretrained model with
+   ``w_p = max(W) * c`` and ``w_n = |min(W)| * c``, ``c`` from a grid (``--ini-c-divrs``, default
+   0.15, 0.3, 0.5; or k-means). ternref's default is the projection's: the mean of the weights
+   beyond +-0.7 mean|w| on each side (TWN's threshold per sign; an empty side takes the other
+   side's value), which suits the random initialisations ternref also trains from;
+   ``init_scaler=c`` gives the code's rule.
+5. The code trains the full-precision weights and the centroids with two Adam optimizers (lr
+   1e-4 and 1e-5, batch 256, 20 epochs, weight decay 5e-6); ternref uses whatever optimizer
+   ``fit`` is given, for all parameters.
+6. Ties and empty PMF cells: see ``ternref.projections.ec2t``.
+
+Other choices: ``lambda_max_divider`` default 0.2 (ternref's choice for the digits MLP; the code's
+grid default is 0.125, 0.15, 0.175). Procedure of the paper: compound-scale a pretrained model into
+a super-network, then prune and ternarize simultaneously while training. ternref implements the
+ternarization step; the first and last layers stay in full precision by default
+(``quantize_model``).
 """
 
 from __future__ import annotations
@@ -59,6 +94,12 @@ from ternref.projections.ec2t import ec2t as ec2t_projection
 from ternref.projections.ec2t import ec2t_lambda_max
 from ternref.train import Callback
 
+#: The official code's floor on the centroids, in units of the layer's weight std.
+CENTROID_FLOOR = 0.675
+
+#: The official code's ``lambda_sustain`` in the per-layer lambda factor.
+LAMBDA_SUSTAIN = 0.05
+
 
 class EC2TQuantizer(WeightQuantizer):
     """w -> argmin_c (w - c)^2 + lambda I_c over {-w_n, 0, w_p}; TTQ's scaled STE backward.
@@ -70,7 +111,7 @@ class EC2TQuantizer(WeightQuantizer):
     divider : float
         ``lambda_max_divider`` (0 = nearest-centroid assignment).
     decay : float
-        ``lambda_decay``.
+        ``lambda_decay`` of this layer (``EC2T.callbacks`` sets the per-layer value).
     dtype : float dtype
         Of the centroid parameters.
     """
@@ -116,24 +157,47 @@ class EC2TQuantizer(WeightQuantizer):
         return f"w_p={w_p:.4g}, w_n={w_n:.4g}, divider={self.divider}, decay={self.decay}"
 
 
-def initial_centroids(w: np.ndarray) -> tuple[float, float]:
-    """The projection's default centroids (per-sign means beyond 0.7 mean|w|), never 0."""
-    t = ec2t_projection(w)
-    w_p, w_n = float(t.alpha_pos), float(t.alpha_neg)
+def initial_centroids(w: np.ndarray, init_scaler: float | None = None) -> tuple[float, float]:
+    """Initial ``(w_p, w_n)``, never 0.
+
+    ``init_scaler=None``: the projection's default centroids (per-sign means beyond
+    0.7 mean|w|; an empty side takes the other side's value). ``init_scaler=c``: the official
+    code's ``w_p = max(w) c`` and ``w_n = |min(w)| c``.
+    """
+    if init_scaler is None:
+        t = ec2t_projection(w)
+        w_p, w_n = float(t.alpha_pos), float(t.alpha_neg)
+    else:
+        w_p = abs(float(np.max(w))) * init_scaler
+        w_n = abs(float(np.min(w))) * init_scaler
     fallback = max(w_p, w_n) or float(np.mean(np.abs(w))) or 1.0
     return (w_p or fallback), (w_n or fallback)
 
 
-class ClampCentroids(Callback):
-    """After each step, w_p <- max(w_p, 0) and w_n <- max(w_n, 0); records each layer's lambda."""
+def layer_size_decay(sizes: list[int], sustain: float = LAMBDA_SUSTAIN) -> list[float]:
+    """The code's per-layer lambda factor ``(n_l / n_largest + sustain) / (1 + sustain)``."""
+    largest = max(sizes)
+    return [(n / largest + sustain) / (1 + sustain) for n in sizes]
 
-    def __init__(self, quantizers):
-        self.quantizers = list(quantizers)
+
+class ClampCentroids(Callback):
+    """After each step, ``w_c <- max(w_c, floor * std(W))`` for both centroids; records lambda.
+
+    ``floor = 0.675`` is the official code's (``std`` with Bessel's correction, as
+    ``torch.std``); ``floor = 0`` only keeps the centroids non-negative.
+    """
+
+    def __init__(self, layers, floor: float = CENTROID_FLOOR):
+        self.layers = list(layers)
+        self.quantizers = [layer.weight_quantizer for layer in self.layers]
+        self.floor = floor
 
     def on_step_end(self, model, optimizer):
-        for q in self.quantizers:
-            np.maximum(q.w_p.data, 0, out=q.w_p.data)
-            np.maximum(q.w_n.data, 0, out=q.w_n.data)
+        for layer, q in zip(self.layers, self.quantizers):
+            w = layer.weight.data
+            lowest = self.floor * float(np.std(w, ddof=1)) if self.floor and w.size > 1 else 0.0
+            np.maximum(q.w_p.data, lowest, out=q.w_p.data)
+            np.maximum(q.w_n.data, lowest, out=q.w_n.data)
 
     def on_epoch_end(self, model, epoch, record):
         record["ec2t_lambda"] = [q.lam for q in self.quantizers]
@@ -148,8 +212,16 @@ class EC2T(Method):
     ----------
     lambda_max_divider : float >= 0
         Sparsity knob: lambda = lambda_max * divider * decay (0: nearest centroid).
-    lambda_decay : float >= 0
-        Extra constant factor on lambda (the code's per-layer ``lambda_decay``).
+    lambda_decay : "layer_size" or float >= 0
+        Per-layer factor on lambda. ``"layer_size"`` (default, the official code):
+        ``(n_l / n_largest + 0.05) / 1.05``; a number: that constant for every layer.
+    centroid_floor : float >= 0
+        After every step the centroids are raised to at least ``centroid_floor * std(W)`` of
+        their layer (official code: 0.675, the default); 0 only keeps them non-negative.
+    init_scaler : float > 0 or None
+        ``None`` (default): start the centroids at the per-sign means beyond 0.7 mean|w|;
+        ``c``: the official code's ``w_p = max(W) c``, ``w_n = |min(W)| c`` (its grid: 0.15,
+        0.3, 0.5).
     """
 
     info: ClassVar[MethodInfo] = MethodInfo(
@@ -161,24 +233,39 @@ class EC2T(Method):
         ternary="W",
         projection="argmin (w - c)^2 - lambda log2 P_c over learned {-w_n, 0, w_p}",
         estimator="scaled STE (w_p, 1, w_n); dw_p = sum_Ip g, dw_n = -sum_In g",
-        optimizer="same optimizer for latent weights and centroids; centroids clamped >= 0",
+        optimizer="same optimizer for latent weights and centroids; centroids floored at "
+        "0.675 std(W) after each step; per-layer lambda by layer size",
     )
     lambda_max_divider: float = 0.2
-    lambda_decay: float = 1.0
+    lambda_decay: float | str = "layer_size"
+    centroid_floor: float = CENTROID_FLOOR
+    init_scaler: float | None = None
 
     def validate(self):
         _validate.real_number(self.lambda_max_divider, "lambda_max_divider", low=0.0)
-        _validate.real_number(self.lambda_decay, "lambda_decay", low=0.0)
+        if isinstance(self.lambda_decay, str):
+            _validate.one_of(self.lambda_decay, "lambda_decay", ("layer_size",))
+        else:
+            _validate.real_number(self.lambda_decay, "lambda_decay", low=0.0)
+        _validate.real_number(self.centroid_floor, "centroid_floor", low=0.0)
+        if self.init_scaler is not None:
+            _validate.real_number(self.init_scaler, "init_scaler", low=0.0, low_open=True)
 
     def weight_quantizer(self, layer):
         w = layer.weight.data
-        w_p, w_n = initial_centroids(w)
-        return EC2TQuantizer(w_p, w_n, self.lambda_max_divider, self.lambda_decay, dtype=w.dtype)
+        w_p, w_n = initial_centroids(w, self.init_scaler)
+        # a per-layer decay is set by callbacks(model), which sees every quantized layer
+        decay = 1.0 if isinstance(self.lambda_decay, str) else float(self.lambda_decay)
+        return EC2TQuantizer(w_p, w_n, self.lambda_max_divider, decay, dtype=w.dtype)
 
     def callbacks(self, model):
-        qs = [
-            layer.weight_quantizer
+        layers = [
+            layer
             for layer in quantized_layers(model)
             if isinstance(layer.weight_quantizer, EC2TQuantizer)
         ]
-        return [ClampCentroids(qs)]
+        if layers and self.lambda_decay == "layer_size":
+            sizes = [layer.weight.data.size for layer in layers]
+            for layer, decay in zip(layers, layer_size_decay(sizes)):
+                layer.weight_quantizer.decay = decay
+        return [ClampCentroids(layers, self.centroid_floor)]

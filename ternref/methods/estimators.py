@@ -68,12 +68,18 @@ def ttq_scaled_ste(
 
 
 def gxnor_window(g: np.ndarray, x: np.ndarray, r: float = 1.0, a: float = 0.5) -> np.ndarray:
-    """GXNOR's derivative of the ternary neuron phi(x) = sign(x) * 1[|x| > r] [4].
+    """GXNOR's derivative of the ternary neuron phi_r(x) = sign(x) * 1[|x| > r] [4].
+
+    ``phi_r`` is the paper's definition (0 on ``|x| <= r``), as
+    ``ternref.projections.gxnor_activation`` computes it by default; the official code's neuron
+    is ``1[|x| >= r]`` (``form="code"`` there). The two differ only at ``|x| = r``, where this
+    window is 1/(2a) either way.
 
     d phi / dx := 1/(2a) * 1[r - a < |x| < r + a]: a rectangle of width 2a around each jump,
-    of height 1/(2a) so that it integrates to the jump height 1. The official code uses r = 1,
-    a = 0.5 (height 1 on 0.5 < |x| < 1.5). Unlike TTQ's estimator it is zero inside the zero
-    zone, so a neuron far from its thresholds receives no gradient.
+    of height 1/(2a) so that it integrates to the jump height 1 (the paper writes the window on
+    the closed interval; the open one differs only at |x| = r +- a). The official code uses
+    r = 1, a = 0.5 (height 1 on 0.5 < |x| < 1.5). Unlike TTQ's estimator it is zero inside the
+    zero zone, so a neuron far from its thresholds receives no gradient.
     """
     _validate.real_number(r, "r", low=0.0, low_open=True)
     _validate.real_number(a, "a", low=0.0, low_open=True)
@@ -92,27 +98,36 @@ def sttn_coupled(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact-coupling gradient of STTN's two binary kernels (Xu et al. 2020, arXiv 2204.01234).
 
-    With B_k = alpha * sign(W_k) and the shared per-output-channel scale
-    alpha = (||W_1||_1 + ||W_2||_1) / (2n), n = fan-in, and upstream gradients g_k = dL/dB_k::
+    With B_k = alpha * sgn(W_k) (sgn(0) = +1, as ``projections.sttn``), the shared
+    per-output-channel scale alpha = (||W_1||_1 + ||W_2||_1) / (2n), n = fan-in, and upstream
+    gradients g_k = dL/dB_k::
 
-        dL/dW_k,i = alpha * g_k,i * 1[|W_k,i| <= clip]                  (STE through sign)
-                  + sign(W_k,i) / (2n) * sum_j (g_1,j sign W_1,j + g_2,j sign W_2,j)
+        dL/dW_k,i = alpha * g_k,i * 1[|W_k,i| <= clip]                  (STE through sgn)
+                  + sign(W_k,i) / (2n) * sum_j (g_1,j sgn W_1,j + g_2,j sgn W_2,j)
 
-    where the sum runs over the output channel of i (the dependence of alpha on W_k,
-    d alpha / d W_k,i = sign(W_k,i) / (2n)). The official code's ``updateBinaryGradWeight``
-    uses an XNOR-Net-style approximation of the second term with a 1.96 clip; ternref
-    implements the exact chain rule of the first term's surrogate and says so.
+    where the sum runs over the output channel of i. The second term is the chain rule through
+    alpha (d alpha / d W_k,i = sign(W_k,i) / (2n), the derivative of |W_k,i|, 0 at 0); the sum
+    uses the forward's sgn values, so an exact-zero weight counts as +1 there.
+
+    This is *not* the official ``updateBinaryGradWeight``, which computes
+    ``g_k + sgn(W_k) / n * sum_j g_k,j sgn(W_k,j)``: no alpha on the straight-through term, a
+    division by n instead of 2n, and each kernel's own sum instead of the sum over both (they
+    differ at the zeros of the merged kernel, where sgn W_1 = -sgn W_2). Its 1.96 clip never
+    acts, since the latent kernels are clamped to [-1, 1] first. ``ternref.methods.sttn``
+    records the comparison.
 
     Arrays are shaped ``(out, ...)``; the reduction is over all axes but the first.
     """
     _validate.real_number(clip, "clip", low=0.0, low_open=True)
     axes = tuple(range(1, w1.ndim))
     n = w1[0].size
+    # values of sgn in the forward pass (sgn(0) = +1) and derivatives of |W| (sign(0) = 0)
+    b1, b2 = np.where(w1 >= 0, 1.0, -1.0), np.where(w2 >= 0, 1.0, -1.0)
     s1, s2 = np.sign(w1), np.sign(w2)
     alpha = (
         np.abs(w1).sum(axis=axes, keepdims=True) + np.abs(w2).sum(axis=axes, keepdims=True)
     ) / (2 * n)
-    coupling = (g1 * s1 + g2 * s2).sum(axis=axes, keepdims=True) / (2 * n)
+    coupling = (g1 * b1 + g2 * b2).sum(axis=axes, keepdims=True) / (2 * n)
     d1 = alpha * g1 * (np.abs(w1) <= clip) + s1 * coupling
     d2 = alpha * g2 * (np.abs(w2) <= clip) + s2 * coupling
     return d1.astype(g1.dtype, copy=False), d2.astype(g2.dtype, copy=False)

@@ -23,11 +23,12 @@ ordinary step; a callback replaces it by a stochastic move on the grid
                      W = clip(W_before + (kappa + sign(Delta) Bernoulli(tanh(m |nu| / L))) L,
                               -H, H)                     (m = 3, L = 2H / 2^N = H for N = 1)
 
-**Ternary activation** (replaces the ReLU in front of a quantized layer, ``replaces_relu``):
-phi(x) = sign(x) * 1[|x| >= r] with r = 1 (``ternref.projections.gxnor_activation``; the official
-code's rounding sends |x| = r to the nonzero state), and GXNOR's rectangular window derivative
-``estimators.gxnor_window``: d phi / dx := 1/(2a) 1[r - a < |x| < r + a], a = 1/2 (height 1 on
-0.5 < |x| < 1.5), zero inside the zero zone.
+**Ternary activation** (replaces the ReLU in front of a quantized layer, ``replaces_relu``): the
+paper's phi_r(x) = sign(x) * 1[|x| > r] with r = 1 (0 on |x| <= r;
+``ternref.projections.gxnor_activation``; the official code's C rounding sends |x| = r to the
+nonzero state instead, ``form="code"`` there, a difference only at |x| = r exactly), and GXNOR's
+rectangular window derivative ``estimators.gxnor_window``: d phi / dx := 1/(2a)
+1[r - a < |x| < r + a], a = 1/2 (height 1 on 0.5 < |x| < 1.5), zero inside the zero zone.
 
 Paper recipe (MNIST script): Adam, lr 0.1 decayed exponentially to 1e-7 over 4000 epochs, batch
 10000, BatchNorm (momentum 0.1, eps 1e-4) after every layer, squared hinge loss, all layers
@@ -95,7 +96,7 @@ class GXNORQuantizer(WeightQuantizer):
 
 @register_inference_layer
 class GXNORActivation(Module):
-    """phi(x) = sign(x) 1[|x| >= r]; backward = GXNOR's window 1/(2a) 1[r - a < |x| < r + a].
+    """phi(x) = sign(x) 1[|x| > r] (paper); backward = the window 1/(2a) 1[r - a < |x| < r + a].
 
     Packed export: a registered inference layer (``ternref.packed``), state ``r`` and ``a``.
     """

@@ -34,7 +34,10 @@ Assumptions (the paper's body could not be checked; methods.md marks the details
 * **Granularity.** Weights: one (alpha, beta) per output channel by default (``granularity=
   "tensor"`` for one per layer); activations: one (alpha, beta) per layer (a per-feature offset
   would break the ``beta sum x_i`` factorisation of the encoding).
-* **The code t** is the projection module's nearest-level rule on the reparameterized input.
+* **The code t** is the projection module's nearest-level rule on the reparameterized input,
+  ``t = T((x - beta) / alpha)``. Whether the paper takes it on ``(x - beta) / alpha`` or on ``x``
+  itself is not settled: the method section and any official code were out of reach, and the
+  abstract supports both readings (``ternref.projections.rtn`` lists what was checked).
 * **Initialisation.** Weights: alpha = 1.4 mean|w| per channel and beta = 0, so that the initial
   threshold alpha/2 is TWN's 0.7 mean|w|. Activations: ``act_alpha = 1, act_beta = 1``: the
   levels {0, 1, 2} suit the non-negative input the activation quantizer sees after a ReLU.

@@ -1,8 +1,8 @@
 """STTN — Soft Threshold Ternary Networks: two binary kernels whose sum is ternary.
 
 Xu, He, Zhao, Hu, Wang, Cheng, "Soft Threshold Ternary Networks", IJCAI 2020, arXiv:2204.01234.
-Official PyTorch code: github.com/WeixiangXu/STTN (``util.py`` ``BinOp``,
-``merge_from_bwx2_to_ternary.py``, ``TerActivateFunc``).
+Official PyTorch code: github.com/WeixiangXu/STTN (``util.py`` ``BinOp``, ``main.py``,
+``merge_from_bwx2_to_ternary.py``, ``TerActivateFunc``; re-read at commit 295bd64).
 
 Weights (an *indirect* projection: there is no hard threshold Delta). Each quantized layer trains
 two latent kernels W1, W2 of the same shape; the forward pass uses (``ternref.projections.sttn``)::
@@ -17,15 +17,37 @@ by where W1 and W2 disagree. Training computes ``x @ B1.T + x @ B2.T``, which is
 ternref computes the merged form directly (it is the same number, methods.md P15, and the test
 pins ``W_hat == B1 + B2`` bit for bit).
 
-Backward (``estimators.sttn_coupled``): with ``g = dL/dW_hat`` (so dL/dB1 = dL/dB2 = g)::
+Backward (``estimators.sttn_coupled``): with ``g = dL/dW_hat`` (so dL/dB1 = dL/dB2 = g), ternref
+takes the exact chain rule through the shared alpha, with an STE for sgn::
 
-    dL/dW_k,i = alpha * g_i * 1[|W_k,i| <= 1]   (STE through sgn)
+    dL/dW_k,i = alpha * g_i * 1[|W_k,i| <= 1]                                  (STE through sgn)
               + sgn(W_k,i) / (2n) * sum_{j in channel} g_j (sgn W1_j + sgn W2_j)   (d alpha / d W_k)
 
-the exact chain rule through the shared alpha (the paper derives d alpha / d W_k,i =
-sgn(W_k,i)/(2n)); the official ``updateBinaryGradWeight`` approximates the second term
-XNOR-Net style with a 1.96 clip. ternref uses the exact coupling and a test checks it against
-finite differences.
+(the paper derives d alpha / d W_k,i = sgn(W_k,i)/(2n)); a test checks the second term, and the
+whole gradient for a fixed sign pattern, against finite differences.
+
+The official ``util.py`` ``BinOp.updateBinaryGradWeight`` (read at commit 295bd64; ``main.py``
+calls it after ``loss.backward()`` and ``restore()``, so ``W_k`` is the clamped latent kernel and
+``g`` is dL/dB_k) computes instead::
+
+    dL/dW_k,i = g_i + sgn(W_k,i) / n * sum_{j in channel} g_j sgn(W_k,j)
+
+It differs from ternref's in three places:
+
+* **no alpha on the straight-through term** (``g``, where the chain rule through
+  ``B_k = alpha sgn(W_k)`` gives ``alpha g``);
+* **division by n, not 2n**, and
+* **only the kernel's own sum**: ``sum_j g_j sgn(W_k,j)`` over kernel k's signs, where the exact
+  coupling sums ``g_j (sgn W1_j + sgn W2_j)`` over both kernels. The two agree where the kernels
+  agree; at the positions where they disagree (the zeros of the ternary kernel, whose output
+  does not depend on alpha) the exact sum gets 0 and the official one ``g_j sgn(W_k,j)``.
+
+Its STE clip, ``1[|W_k| <= 1.96]``, never acts: the weights were clamped to [-1, 1] before the
+gradient is formed. ternref's ``1[|W_k| <= clip]`` with ``clip = 1`` does not act either (the
+clamp callback keeps |W_k| <= 1). ``torch.sign(0) = 0`` in the official sums; ternref's forward
+uses sgn(0) = +1 (``projections.sttn``), and its coupling sum uses the same values.
+ternref keeps the exact chain rule of its forward pass (an STE only where sgn has no
+derivative); the official rule is recorded here and not implemented.
 
 Activations (``ternref.projections.sttn_activation``, the official CUDA kernel): -1 for x < -0.5,
 0 for -0.5 <= x < 0.5, +1 for x >= 0.5, with a clipped STE, dL/dx = dL/dy * 1[|x| <= 1].

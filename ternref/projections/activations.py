@@ -8,8 +8,8 @@ function                   definition (ties in brackets)                        
 =========================  ======================================================  =============
 ``sttn_activation(x)``     -1 if x < -0.5, 0 if -0.5 <= x < 0.5, +1 if x >= 0.5    STTN 2020
                            [asymmetric: -0.5 -> 0, +0.5 -> +1; official CUDA]
-``gxnor_activation(x, r)`` sign(x) * 1[|x| >= r], r = 1                            GXNOR 2018
-                           [|x| = r -> +-1: C round of 1/2 away from zero]
+``gxnor_activation(x, r)`` sign(x) * 1[|x| > r], r = 1 (the paper)               GXNOR 2018
+                           [|x| = r -> 0; form="code": +-1, the code's C round]
 ``rtn_activation(x, a, b)``a * t + b, t = sign(u) 1[|u| > 1/2], u = (x - b)/a       RTN 2020
                            [|u| = 1/2 -> t = 0; normalisation is an assumption]
 =========================  ======================================================  =============

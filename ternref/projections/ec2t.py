@@ -4,9 +4,9 @@ Paper
 -----
 Arturo Marban, Daniel Becking, Simon Wiedemann, Wojciech Samek, "Learning Sparse & Ternary Neural
 Networks with Entropy-Constrained Trained Ternarization (EC2T)", arXiv:2004.01077, CVPR Workshops
-2020. Official engine code: a public PyTorch file headed "engine for entropy controlled ternary
-quantization" (functions ``get_pmf``, ``get_distances``, ``apply_entropy_constraint``,
-``quantize``).
+2020. Official engine code: d-becking/efficientCNNs, ``model_quantization/quantizer.py`` ("engine
+for entropy controlled ternary quantization"; functions ``get_pmf``, ``get_distances``,
+``apply_entropy_constraint``, ``quantize``), re-read at commit 750247d.
 
 What is implemented
 -------------------
@@ -40,10 +40,14 @@ Paper vs code vs ternref choices
   substitutes a count of 1 for the missing entries; ternref keeps ``P_c = 0``, so ``I_c = inf`` and
   (for ``lambda > 0``) nothing is assigned to that centroid. For ``lambda = 0`` the information term
   is skipped entirely, as in the code (``if Lambda == 0``).
-* **Default centroids.** ``w_p``/``w_n`` are learned in EC2T (initialized from a pretrained model).
-  So that ``ec2t(w)`` is callable on its own, ternref defaults them to the per-sign means of the
-  weights beyond ``0.7 mean|w|`` (TWN's threshold rule applied to each sign separately); 0 if a
-  side is empty. This default is a convenience, not part of the paper.
+* **Default centroids.** ``w_p``/``w_n`` are learned in EC2T (initialized from a pretrained model;
+  the official code starts them at ``max(W) c`` and ``|min(W)| c``, ``c`` from a grid). So that
+  ``ec2t(w)`` is callable on its own, ternref defaults them to the per-sign means of the weights
+  beyond ``0.7 mean|w|`` (TWN's threshold rule applied to each sign separately); 0 if a side is
+  empty. This default is a convenience, not part of the paper.
+* ``lambda_max`` uses the extreme weights ``max W`` and ``|min W|`` as the code does; the code's
+  per-layer ``lambda_decay``, its floor on the centroids and its centroid gradients belong to the
+  training method (``ternref.methods.ec2t`` lists every difference).
 
 Gradients (TTQ-style scaled STE on the latent weights; per-region sums for the centroids) belong to
 the training method.

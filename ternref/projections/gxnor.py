@@ -32,24 +32,35 @@ linear ``tau = |nu| / L`` (``tau="linear"``) the step is unbiased before clippin
 ``E[(kappa + sign(Delta) b) L] = Delta``; the paper's ``tanh`` makes it biased upward (faster
 transitions), e.g. ``E = tanh(0.9) = 0.716`` for ``Delta = 0.3``, ``L = 1`` (methods.md P13).
 
-**Ternary activation** (:func:`gxnor_activation`, code ``discrete_neuron_3states``)::
+**Ternary activation** (:func:`gxnor_activation`). The paper defines the ternary neuron with a
+dead zone that includes its edges::
+
+    phi_r(x) = +1 if x > r,   0 if |x| <= r,   -1 if x < -r        i.e. sign(x) * 1[|x| > r]
+
+(paper, multi-step activation discretization, ternary case; this transcription is methods.md
+section 2.4's and issue 16's reading of the paper, whose body could not be re-read from here:
+only its abstract was reachable). This is ternref's default (``form="paper"``), and it is also
+ternref's tie rule (a value exactly at the threshold goes to 0, DESIGN.md principle 7).
+
+The official code (``mnist_GXNOR.py`` ``discrete_neuron_3states``, AcrossV/Gated-XNOR, re-read
+at commit faea1b0) computes::
 
     phi(x) = round(hardsig(2(x - 1)) + hardsig(2(x + 1)) - 1),  hardsig(z) = clip((z + 1)/2, 0, 1)
 
 For ``x >= -1/2`` the inner value is ``clip(x - 1/2, 0, 1)``, which is exactly 1/2 at ``x = 1``;
 the code's ``round`` is C's ``round`` (the ``round_custom`` op's ``c_code``), which rounds halves
-*away from zero*, so ``phi(1) = 1`` and, by symmetry, ``phi(-1) = -1``. Hence::
+*away from zero*, so ``phi(1) = 1`` and, by symmetry, ``phi(-1) = -1``: the code's neuron is
+``sign(x) * 1[|x| >= r]`` with ``r = 1``, the tie going to the nonzero state. ``form="code"``
+reproduces it (pinned by a test against a literal transcription). The code's float arithmetic
+also fires for the single double just below +1 (``1 + 0.4999999999999999`` rounds to 1.5);
+``form="code"`` keeps the exact comparison, so it differs from the code only there. The two forms
+differ only at ``|x| = r`` exactly. ``r`` is a parameter; the code has ``r = 1``.
 
-    phi(x) = sign(x) * 1[|x| >= r],   r = 1
-
-**The tie goes to the nonzero state** (``>=``), departing from ternref's strict default because the
-official code does so (pinned by a test). The code's float arithmetic also fires for the single
-double just below +1 (``1 + 0.4999999999999999`` rounds to 1.5); ternref keeps the exact
-comparison, so the two differ only there. ``r`` is exposed as a parameter; the code has ``r = 1``.
 Its derivative is replaced by the window :func:`gxnor_activation_window`
 ``1[r - a < |x| < r + a]`` (``a = 1/2`` in the code: the slope-1 ramps of the two hard sigmoids,
 ``1/2 < |x| < 3/2``); the paper's general window has height ``1/(2a)`` on ``[r - a, r + a]``, equal
-to 1 for ``a = 1/2``.
+to 1 for ``a = 1/2`` (the closed and open windows differ only at ``|x| = r +- a``). The same window
+serves both forms of ``phi``.
 
 Paper vs code vs ternref choices
 --------------------------------
@@ -293,8 +304,12 @@ def gxnor_dst_update(
     return (moved * L).astype(w.dtype)
 
 
-def gxnor_activation(x, r: float = 1.0) -> np.ndarray:
-    """GXNOR's ternary activation ``sign(x) * 1[|x| >= r]`` (``discrete_neuron_3states`` for r=1).
+#: The two ternary neurons: the paper's (|x| = r -> 0, default) and the official code's (-> +-1).
+ACTIVATION_FORMS = ("paper", "code")
+
+
+def gxnor_activation(x, r: float = 1.0, form: str = "paper") -> np.ndarray:
+    """GXNOR's ternary activation ``phi_r(x) = sign(x) * 1[|x| > r]`` (the paper's definition).
 
     Parameters
     ----------
@@ -302,12 +317,15 @@ def gxnor_activation(x, r: float = 1.0) -> np.ndarray:
         Pre-activations.
     r : float > 0, default 1.0
         Threshold (1 in the code).
+    form : {"paper", "code"}, default "paper"
+        ``"paper"``: ``|x| = r`` exactly gives 0 (``phi_r = 0`` on ``|x| <= r``). ``"code"``:
+        ``sign(x) * 1[|x| >= r]``, what the official ``discrete_neuron_3states`` computes (its C
+        ``round`` sends the half at ``x = +-1`` away from zero).
 
     Returns
     -------
     ndarray
-        Values in {-1, 0, +1}, same shape and dtype as ``x``. ``|x| = r`` exactly gives
-        ``sign(x)`` (the code's C ``round`` sends the half at ``x = +-1`` away from zero).
+        Values in {-1, 0, +1}, same shape and dtype as ``x``.
 
     References
     ----------
@@ -315,11 +333,13 @@ def gxnor_activation(x, r: float = 1.0) -> np.ndarray:
     """
     x = float_array(x, "x")
     r = real_number(r, "r", low=0.0, low_open=True)
-    return (np.sign(x) * (np.abs(x) >= r)).astype(x.dtype)
+    one_of(form, "form", ACTIVATION_FORMS)
+    active = np.abs(x) > r if form == "paper" else np.abs(x) >= r
+    return (np.sign(x) * active).astype(x.dtype)
 
 
 def gxnor_activation_window(x, r: float = 1.0, a: float = 0.5) -> np.ndarray:
-    """Window derivative of :func:`gxnor_activation`: ``1[r - a < |x| < r + a]``.
+    """Window derivative of :func:`gxnor_activation` (either form): ``1[r - a < |x| < r + a]``.
 
     This is the surrogate ``d phi / d x`` used in backprop (the slope-1 ramps of the code's two
     hard sigmoids for ``r = 1, a = 1/2``). Its integral over each side is ``2a``, which equals the

@@ -31,13 +31,36 @@ Paper vs code vs ternref choices
   is pinned by a test.
 * ``n1`` is computed exactly: the float ``log2`` estimate is corrected so that
   ``2^n1 <= 4s/3 < 2^(n1+1)`` holds in exact arithmetic (``3 * 2^n1 <= 4 s``).
+* The official Caffe code (AojunZhou/Incremental-Network-Quantization, ``src/caffe/blob.cpp``
+  ``FromProto`` and ``src/caffe/util/power2.cpp`` ``weightCluster_zero``, read at commit
+  c7f6a60) computes the same ``n1 = floor(log2(max|W| * 4/3))`` from the layer's weights only
+  (``net.cpp`` quantizes blob 0 of each layer and skips the bias), and quantizes each chosen
+  weight to the *nearest* of ``{0, +-2^(n1-7), ..., +-2^n1}`` (it is written for 5 bits; the
+  ternary case would search ``2^n1`` alone). Nearest-level is the paper's rule except at ties:
+  the search keeps the first minimum (zero is tried first, then the levels upwards, with a
+  strict ``>``), so a weight exactly at ``2^(n1-1)`` stays 0 in the code and becomes ``2^n1``
+  by the paper's ``>=``. ternref follows the paper.
 * The third-party csyhhu ``INQ.py`` uses ``floor(log2|w|)`` per weight (round down instead of the
   nearest-level rule); ternref follows the paper.
 * All-zero layer: ``s = 0`` has no ``n1``; ternref returns all-zero codes with scale 0.
 
 The incremental procedure (partition by magnitude, quantize the largest part, retrain the rest
-with the quantized part frozen; accumulated portions 50%, 75%, 87.5%, 100% [R]) belongs to the
-training method; :func:`inq_partition` provides its masks.
+with the quantized part frozen) belongs to the training method (``ternref.methods.inq``, whose
+docstring compares it with the official code's stage-by-stage re-ranking); :func:`inq_partition`
+provides its masks and the two schedules below its accumulated portions.
+
+Schedules (accumulated portion of quantized weights after each stage)
+---------------------------------------------------------------------
+* :data:`TERNARY_PORTIONS` = 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 1: the paper's
+  schedule for 2-bit (ternary) weights, ten stages (about 30 epochs of ImageNet re-training in
+  the paper). The default of the ternary method. Source: issue 16's reading of the paper; the
+  paper body could not be opened here (only its abstract); a third-party PyTorch INQ found by
+  code search uses the same list as its default with ``bit_width=2``.
+* :data:`FIVE_BIT_PORTIONS` = 0.5, 0.75, 0.875, 1: the paper's schedule for its 5-bit
+  experiments (methods.md section 2.10 [R]). It is *not* the paper's schedule "for every bit
+  width", as this module once said. The official Caffe script ``run.py`` (5-bit AlexNet) uses
+  yet another one: 0.3, 0.6, 0.8, 1 (it rewrites ``partition = int(count * 0.7) - 1`` to 0.4,
+  0.2 and 0 between runs).
 
 References
 ----------
@@ -55,8 +78,11 @@ from ternref._validate import float_tensor, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
 
-#: Accumulated portions of quantized weights used in the paper's experiments [R].
-PAPER_PORTIONS = (0.5, 0.75, 0.875, 1.0)
+#: Accumulated portions of quantized weights for 2-bit (ternary) weights, the paper's ten stages.
+TERNARY_PORTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 1.0)
+
+#: Accumulated portions of the paper's 5-bit experiments (four stages) [R].
+FIVE_BIT_PORTIONS = (0.5, 0.75, 0.875, 1.0)
 
 
 def inq_exponent(s: float) -> int:
@@ -141,8 +167,10 @@ def inq_partition(w, fraction, already_frozen=None) -> np.ndarray:
 
     INQ's weight partition: at each step the largest-magnitude weights among those not yet
     frozen join the frozen set, until ``ceil(fraction * n)`` weights are frozen. Calling it with
-    the accumulated portions 0.5, 0.75, 0.875, 1.0 (:data:`PAPER_PORTIONS`) and passing each mask
-    back as ``already_frozen`` gives nested masks.
+    the accumulated portions of a schedule (:data:`TERNARY_PORTIONS`,
+    :data:`FIVE_BIT_PORTIONS`) and passing each mask back as ``already_frozen`` gives nested
+    masks; calling it without ``already_frozen`` ranks every weight afresh (the official Caffe
+    code's behaviour at each stage, see ``ternref.methods.inq``).
 
     Parameters
     ----------
@@ -157,7 +185,9 @@ def inq_partition(w, fraction, already_frozen=None) -> np.ndarray:
     -------
     ndarray of bool
         ``already_frozen`` plus the largest-``|w|`` free weights, ``ceil(fraction * n)`` in total.
-        Ties in ``|w|`` at the cut are broken by position (earlier C-order index first).
+        Ties in ``|w|`` at the cut are broken by position (earlier C-order index first). (The
+        Caffe code instead takes every weight with ``|w| >=`` the value at sorted position
+        ``int(n (1 - fraction)) - 1``, i.e. about one weight more, and all ties.)
 
     Raises
     ------

@@ -17,16 +17,39 @@ so the three levels ``{beta - alpha, beta, beta + alpha}`` can move and stretch 
 "adjust the range of quantized values and sparsity"). The code ``t`` is a threshold ternary code of
 the *normalised* input.
 
-**Assumption (the paper's exact normalisation could not be checked; methods.md marks it [R]).**
-ternref normalises by the reparameterization itself and thresholds at ``delta``::
+**Assumption: the code is taken on ``(x - beta) / alpha``; this is not settled.** ternref
+normalises by the reparameterization itself and thresholds at ``delta``::
 
     u = (x - beta) / alpha
     t = sign(u) * 1[|u| > delta]            (delta = 1/2 by default)
 
 With ``delta = 1/2`` this makes ``x_hat`` the *nearest* of the three levels ``{beta - alpha, beta,
 beta + alpha}`` to ``x`` (ties go to the middle level ``beta``, ternref's strict ``>``), i.e.
-``x_hat = alpha * round(clip((x - beta)/alpha, -1, 1)) + beta``. Readers comparing with the paper
-should check its quantization-function equation before relying on this exact form.
+``x_hat = alpha * round(clip((x - beta)/alpha, -1, 1)) + beta``.
+
+The alternative reading takes the code on ``x`` itself (``t = T(x)``, then ``x_hat = alpha t +
+beta``), so that ``alpha`` and ``beta`` rescale and shift the levels without moving the
+thresholds. What was checked, for issue 16:
+
+* the paper's abstract and the opening of its introduction (all that the reachable copies,
+  arxiv-vanity, deepai and an extracted-paragraphs text of arXiv:1912.02057v2, returned), which
+  say both "reparameterizing quantized activation and weights vector with full precision scale
+  and offset for *fixed* ternary vector" (the alternative: ``t`` does not depend on ``alpha, beta``)
+  and "learnable scale and offset can automatically adjust the range of quantized values *and
+  sparsity*" (ternref's reading: only thresholds that move with ``alpha, beta`` change the
+  sparsity of ``t``). The method section with the quantization function could not be opened
+  (neither arXiv nor the AAAI page, ojs.aaai.org/index.php/AAAI/article/view/5912, is reachable
+  from here beyond the abstract);
+* official code: none found. None of the first author's public repositories in the searchable
+  index (yhhhli/APoT_Quantization, BRECQ, SNN_Calibration, RegNet-Pytorch, pytorch-cifar,
+  hashing_yalefaces, judged by their names) is an RTN release, no repository named after the
+  paper exists there, and a code search for the
+  title finds only citations and a note on the paper's section 3.4 (its two-bit encoding of
+  ``t``, Table 1 and Eq. 8), which is about inference, not about how ``t`` is computed.
+
+So the choice stays ternref's and is marked as such (methods.md section 2.12 marks the details
+[R]). Readers comparing with the paper should check its quantization-function equation before
+relying on this exact form.
 
 Gradients (for the training method, not computed here): ``d x_hat / d alpha = t``,
 ``d x_hat / d beta = 1``, and an STE for ``t``.

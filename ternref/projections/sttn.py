@@ -5,7 +5,7 @@ Paper
 Weixiang Xu, Xiangyu He, Tianli Zhao, Qinghao Hu, Peisong Wang, Jian Cheng, "Soft Threshold
 Ternary Networks", IJCAI 2020, arXiv:2204.01234. Official PyTorch code: github.com/WeixiangXu/STTN
 (``util.py`` ``BinOp.binarizeConvParams``, ``merge_from_bwx2_to_ternary.py``,
-``TerActivateFunc/src/cuda/TerActivateFunc_cuda_kernel.cu``).
+``TerActivateFunc/src/cuda/TerActivateFunc_cuda_kernel.cu``; re-read at commit 295bd64).
 
 What is implemented
 -------------------
@@ -43,8 +43,9 @@ Paper vs code vs ternref choices
   not odd (``sgn(0) = sgn(-0) = +1``). Away from exact zeros it is odd.
 * ``n`` is the number of weights per output channel (``weight[0].nelement()`` in the code), so
   inputs must have at least 2 dimensions ``(out, ...)``.
-* The weight gradient (``updateBinaryGradWeight``: clipped STE at 1.96 plus an XNOR-style mean term)
-  and the teacher-student loss belong to the training method.
+* The weight gradient and the teacher-student loss belong to the training method
+  (``ternref.methods.sttn`` states the official ``updateBinaryGradWeight`` and where ternref's
+  exact chain rule differs from it).
 
 References
 ----------

@@ -20,6 +20,20 @@ def test_weight_projection_hand_built():
     np.testing.assert_allclose(q(w), 0.73 * np.array([[0, -1, 1, -1, 0]]), rtol=1e-12)
 
 
+def test_method_uses_the_released_rule_by_default_and_the_paper_on_request():
+    # gamma = 1 exactly; 0.5 + 2e-6 sits inside the band 0.5 < |w| < 0.5 (1 + 1e-5) where the
+    # released code (w * 1) gives 1 and the paper (w / (1 + 1e-5)) gives 0.
+    w = np.array([[0.5 + 2e-6, 1.5 - 2e-6, 0.5, 1.5]])
+    assert np.abs(w).mean() == 1.0
+    layer = nn.Linear(4, 1, rng=np.random.default_rng(0))
+    default = get("bitnet")
+    assert default.form == "code"
+    code = default.weight_quantizer(layer)
+    np.testing.assert_array_equal(code.to_ternary(w).codes, [[1, 1, 0, 1]])
+    paper = get("bitnet", form="paper").weight_quantizer(layer)
+    np.testing.assert_array_equal(paper.to_ternary(w).codes, [[0, 1, 0, 1]])
+
+
 def test_weight_backward_is_identity():
     w = np.random.default_rng(0).standard_normal((4, 5))
     g = np.random.default_rng(1).standard_normal((4, 5))
@@ -80,6 +94,7 @@ def test_quantize_model_inserts_one_activation_quantizer_before_each_ternary_lay
     [
         ({"eps": 0.0}, "eps"),
         ({"granularity": "group"}, "granularity"),
+        ({"form": "hf"}, "form"),
         ({"gamma": 1}, "gamma"),
     ],
 )

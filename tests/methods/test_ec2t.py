@@ -1,13 +1,15 @@
-"""EC2T (Marbán et al. 2020): learned centroids, entropy-constrained assignment, scaled STE."""
+"""EC2T (Marbán et al. 2020): learned centroids, entropy-constrained assignment, scaled STE, the
+official code's per-layer lambda, centroid floor and initialisation."""
 
 import numpy as np
 import pytest
 
 from ternref import methods, nn
 from ternref.data import load_digits
-from ternref.methods.ec2t import EC2TQuantizer
+from ternref.methods.ec2t import ClampCentroids, EC2TQuantizer, initial_centroids
 from ternref.nn.gradcheck import numerical_gradient
 from ternref.optim import Adam
+from ternref.projections.ec2t import ec2t_lambda_max
 from ternref.train import fit
 
 
@@ -73,11 +75,96 @@ def test_centroid_gradients_match_finite_differences_with_chain_rule_sign():
     np.testing.assert_allclose(dw, g * factor, rtol=1e-12)
 
 
+def _two_layer_model():
+    # quantized: the 32x16 (512 weights) and 8x32 (256 weights) layers
+    model = nn.mlp([12, 16, 32, 8, 3], rng=np.random.default_rng(0))
+    return model
+
+
+def test_lambda_decay_by_layer_size_is_the_official_formula():
+    model = _two_layer_model()
+    methods.quantize_model(model, methods.get("ec2t"))
+    layers = methods.quantized_layers(model)
+    assert [layer.weight.data.size for layer in layers] == [512, 256]
+    decays = [layer.weight_quantizer.decay for layer in layers]
+    # (n_l / n_largest + 0.05) / (1 + 0.05)
+    np.testing.assert_allclose(decays, [1.0, (0.5 + 0.05) / 1.05], rtol=1e-15)
+    # lambda of each layer is lambda_max * divider * decay
+    x = np.random.default_rng(1).standard_normal((4, 12)).astype(np.float32)
+    model.forward(x)
+    for layer, decay in zip(layers, decays):
+        q = layer.weight_quantizer
+        w_p, w_n = float(q.w_p.data), float(q.w_n.data)
+        lam_max = ec2t_lambda_max(layer.weight.data, w_p, w_n)
+        assert q.lam == pytest.approx(lam_max * 0.2 * decay, rel=1e-12)
+
+
+def test_constant_lambda_decay_on_request():
+    model = _two_layer_model()
+    methods.quantize_model(model, methods.get("ec2t", lambda_decay=0.5))
+    assert [layer.weight_quantizer.decay for layer in methods.quantized_layers(model)] == [0.5] * 2
+
+
+def test_centroid_floor_is_0675_std_with_bessel_after_each_step():
+    model = _two_layer_model()
+    callbacks = methods.quantize_model(model, methods.get("ec2t"))
+    (clamp,) = [cb for cb in callbacks if isinstance(cb, ClampCentroids)]
+    assert clamp.floor == 0.675
+    small, large = methods.quantized_layers(model)
+    w = small.weight.data
+    std = np.sqrt(np.sum((w.astype(np.float64) - w.mean(dtype=np.float64)) ** 2) / (w.size - 1))
+    q = small.weight_quantizer
+    q.w_p.data[...] = 1e-4  # collapsed below the floor
+    q.w_n.data[...] = 10 * std  # above it: untouched
+    clamp.on_step_end(model, None)
+    assert float(q.w_p.data) == pytest.approx(0.675 * std, rel=1e-6)
+    assert float(q.w_n.data) == pytest.approx(10 * std, rel=1e-6)
+    # floor 0: only non-negativity
+    model = _two_layer_model()
+    callbacks = methods.quantize_model(model, methods.get("ec2t", centroid_floor=0.0))
+    (clamp,) = [cb for cb in callbacks if isinstance(cb, ClampCentroids)]
+    q = methods.quantized_layers(model)[0].weight_quantizer
+    q.w_p.data[...] = 1e-4
+    q.w_n.data[...] = -0.5
+    clamp.on_step_end(model, None)
+    assert float(q.w_p.data) == pytest.approx(1e-4) and float(q.w_n.data) == 0.0
+
+
+def test_floor_uses_bessel_correction_like_torch_std():
+    # four weights: std with ddof=1 is sqrt(4/3) times the population std
+    layer = nn.Linear(2, 2, rng=np.random.default_rng(0), dtype=np.float64)
+    layer.weight.data[...] = [[1.0, -1.0], [3.0, -3.0]]
+    layer.weight_quantizer = EC2TQuantizer(0.0, 0.0, divider=0.0, dtype=np.float64)
+    ClampCentroids([layer]).on_step_end(None, None)
+    expected = 0.675 * np.sqrt(20 / 3)  # sum of squares 20, mean 0, n - 1 = 3
+    assert float(layer.weight_quantizer.w_p.data) == pytest.approx(expected, rel=1e-12)
+
+
+def test_initial_centroids_default_and_official_rule():
+    w = np.array([[0.9, -0.4, 0.05, -1.2, 0.3, 0.0]])
+    # default: per-sign means beyond 0.7 mean|w| = 0.7 * 2.85 / 6 = 0.3325
+    assert initial_centroids(w) == pytest.approx((0.9, (0.4 + 1.2) / 2))
+    # the official code: w_p = max(w) * c, w_n = |min(w)| * c
+    assert initial_centroids(w, 0.3) == pytest.approx((0.27, 0.36))
+    model = _two_layer_model()
+    methods.quantize_model(model, methods.get("ec2t", init_scaler=0.5))
+    layer = methods.quantized_layers(model)[0]
+    q = layer.weight_quantizer
+    assert float(q.w_p.data) == pytest.approx(0.5 * float(layer.weight.data.max()), rel=1e-6)
+    assert float(q.w_n.data) == pytest.approx(0.5 * -float(layer.weight.data.min()), rel=1e-6)
+
+
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="lambda_max_divider"):
         methods.get("ec2t", lambda_max_divider=-0.1)
     with pytest.raises(ValueError, match="lambda_decay"):
         methods.get("ec2t", lambda_decay=-1.0)
+    with pytest.raises(ValueError, match="lambda_decay"):
+        methods.get("ec2t", lambda_decay="per_layer")
+    with pytest.raises(ValueError, match="centroid_floor"):
+        methods.get("ec2t", centroid_floor=-0.1)
+    with pytest.raises(ValueError, match="init_scaler"):
+        methods.get("ec2t", init_scaler=0.0)
     with pytest.raises(ValueError, match="no hyper-parameter"):
         methods.get("ec2t", lam=0.1)
 

@@ -167,6 +167,29 @@ def test_sttn_coupling_term_matches_finite_differences(shape):
     assert rel_error(d2 - ste2, num2) < 1e-8
 
 
+def test_sttn_coupling_counts_an_exact_zero_weight_as_plus_one():
+    # The forward binarizes with sgn(0) = +1, so a zero latent weight contributes +alpha to the
+    # output and its g to the alpha-coupling sum (the derivative of |W| at 0 stays 0).
+    rng = np.random.default_rng(5)
+    shape = (3, 6)
+    w1 = rng.uniform(-1, 1, size=shape)
+    w2 = rng.uniform(-1, 1, size=shape)
+    w1[0, 2] = 0.0
+    w2[1, 4] = 0.0
+    g1 = rng.standard_normal(shape)
+    g2 = rng.standard_normal(shape)
+    b1, b2 = np.where(w1 >= 0, 1.0, -1.0), np.where(w2 >= 0, 1.0, -1.0)  # forward's sgn, fixed
+
+    def loss(_):
+        a = _alpha(w1, w2)
+        return np.sum(g1 * a * b1) + np.sum(g2 * a * b2)
+
+    d1, d2 = est.sttn_coupled(g1, g2, w1, w2, clip=1.0)
+    a = _alpha(w1, w2)
+    assert rel_error(d1 - a * g1, numerical_gradient(loss, w1)) < 1e-8
+    assert rel_error(d2 - a * g2, numerical_gradient(loss, w2)) < 1e-8
+
+
 def test_sttn_coupled_hand_built():
     # One output channel, n = 2. alpha = (|1| + |-0.5| + |2| + |0.25|) / 4 = 0.9375.
     w1 = np.array([[1.0, -0.5]])

@@ -115,8 +115,8 @@ def test_small_steps_transition_with_tanh_probability():
 def test_activation_forward_and_window_backward():
     x = np.array([-2.0, -1.5, -1.2, -1.0, -0.7, -0.5, 0.0, 0.3, 0.6, 1.0, 1.4, 1.5, 3.0])
     act = GXNORActivation()
-    # phi(x) = sign(x) 1[|x| >= 1]: the official code's rounding sends |x| = 1 to +-1
-    np.testing.assert_array_equal(act(x), [-1, -1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    # the paper's phi(x) = sign(x) 1[|x| > 1]: |x| = 1 is in the zero zone
+    np.testing.assert_array_equal(act(x), [-1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
     dy = np.arange(1.0, 14.0)
     window = np.array([0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0])  # 1[0.5 < |x| < 1.5]
     np.testing.assert_array_equal(act.backward(dy), dy * window)

@@ -27,28 +27,42 @@ def _discrete_neuron_3states(x):
     return _c_round(_hard_sigmoid(2 * (x - 1)) + _hard_sigmoid(2 * (x + 1)) - 1)
 
 
-def test_gxnor_activation_equals_official_code_everywhere_including_ties():
-    x = np.concatenate(
-        [
-            np.linspace(-3, 3, 6001),
-            [-1.0, 1.0, -0.5, 0.5, -1.5, 1.5, np.nextafter(-1.0, 0), 1 - 3e-16, 1 + 3e-16],
-        ]
-    )
-    assert np.array_equal(gxnor_activation(x), _discrete_neuron_3states(x))
+_GRID_AND_TIES = np.concatenate(
+    [
+        np.linspace(-3, 3, 6001),
+        [-1.0, 1.0, -0.5, 0.5, -1.5, 1.5, np.nextafter(-1.0, 0), 1 - 3e-16, 1 + 3e-16],
+    ]
+)
+
+
+def test_gxnor_code_form_equals_official_code_everywhere_including_ties():
+    x = _GRID_AND_TIES
+    assert np.array_equal(gxnor_activation(x, form="code"), _discrete_neuron_3states(x))
+
+
+def test_gxnor_paper_form_differs_from_the_code_exactly_at_plus_minus_r():
+    x = _GRID_AND_TIES
+    differ = gxnor_activation(x) != _discrete_neuron_3states(x)
+    assert np.array_equal(np.unique(x[differ]), [-1.0, 1.0])
 
 
 def test_gxnor_activation_differs_from_code_only_by_its_rounding_just_below_one():
     # the code's sum 1 + 0.4999999999999999 rounds to 1.5, so the one double below 1 also fires;
-    # ternref keeps the exact comparison |x| >= r (documented in the gxnor module)
+    # both forms keep the exact comparison (documented in the gxnor module)
     x = np.array([np.nextafter(1.0, 0)])
     assert _discrete_neuron_3states(x)[0] == 1.0
     assert gxnor_activation(x)[0] == 0.0
+    assert gxnor_activation(x, form="code")[0] == 0.0
 
 
-def test_gxnor_activation_hand_cases_tie_goes_to_nonzero():
+def test_gxnor_activation_hand_cases_ties():
     x = np.array([-2.0, -1.0, -0.9999999, 0.0, 0.9999999, 1.0, 1.0000001])
-    assert np.array_equal(gxnor_activation(x), [-1, -1, 0, 0, 0, 1, 1])
-    assert np.array_equal(gxnor_activation(np.array([0.49, 0.5, -0.5]), r=0.5), [0, 1, -1])
+    # the paper: 0 on |x| <= r (default); the code: the tie goes to the nonzero state
+    assert np.array_equal(gxnor_activation(x), [-1, 0, 0, 0, 0, 0, 1])
+    assert np.array_equal(gxnor_activation(x, form="code"), [-1, -1, 0, 0, 0, 1, 1])
+    half = np.array([0.49, 0.5, -0.5, 0.51])
+    assert np.array_equal(gxnor_activation(half, r=0.5), [0, 0, 0, 1])
+    assert np.array_equal(gxnor_activation(half, r=0.5, form="code"), [0, 1, -1, 1])
 
 
 def test_gxnor_window():
@@ -91,6 +105,8 @@ def test_all_activations_keep_dtype_shape_and_refuse_bad_input(name, dtype):
 def test_bad_thresholds():
     with pytest.raises(ValueError, match="r must be > 0"):
         gxnor_activation(np.zeros(2), r=0.0)
+    with pytest.raises(ValueError, match="form"):
+        gxnor_activation(np.zeros(2), form="theano")
     with pytest.raises(ValueError, match="a must be > 0"):
         gxnor_activation_window(np.zeros(2), a=-1.0)
     with pytest.raises(ValueError, match="alpha"):

@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ternref.projections.inq import PAPER_PORTIONS, inq, inq_exponent, inq_partition
+from ternref.projections.inq import (
+    FIVE_BIT_PORTIONS,
+    TERNARY_PORTIONS,
+    inq,
+    inq_exponent,
+    inq_partition,
+)
 
 finite = st.floats(-1e6, 1e6, allow_subnormal=False)
 
@@ -68,11 +74,18 @@ def test_float32_and_zero():
     assert np.all(z.dense() == 0) and float(z.alpha_pos) == 0.0
 
 
-def test_partition_masks_are_nested_hit_the_fractions_and_take_the_largest():
+def test_schedules():
+    # the paper's ternary (2-bit) schedule: ten stages; its 5-bit one: four
+    assert TERNARY_PORTIONS == (0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 1.0)
+    assert FIVE_BIT_PORTIONS == (0.5, 0.75, 0.875, 1.0)
+
+
+@pytest.mark.parametrize("portions", [TERNARY_PORTIONS, FIVE_BIT_PORTIONS])
+def test_partition_masks_are_nested_hit_the_fractions_and_take_the_largest(portions):
     w = np.random.default_rng(0).normal(size=(13, 11))
     n = w.size
     frozen = None
-    for f in PAPER_PORTIONS:
+    for f in portions:
         new = inq_partition(w, f, frozen)
         assert new.sum() == math.ceil(f * n)
         if frozen is not None:

@@ -8,7 +8,7 @@
 # ternarizers of the survey and the surrogate derivatives their methods use, then shows what a
 # *window* derivative does to learning.
 #
-# * GXNOR-Net (Deng et al. 2018, arXiv:1705.09283): `phi(x) = sign(x) 1[|x| >= r]`, derivative
+# * GXNOR-Net (Deng et al. 2018, arXiv:1705.09283): `phi(x) = sign(x) 1[|x| > r]`, derivative
 #   `1/(2a) 1[r - a < |x| < r + a]`;
 # * STTN (Xu et al. 2020, arXiv:2204.01234): thresholds at `-0.5` and `+0.5`, clipped STE;
 # * RTN (Li et al. 2020, arXiv:1912.02057): `alpha * t + beta` with learnable `alpha`, `beta`.
