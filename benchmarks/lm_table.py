@@ -82,8 +82,9 @@ def main(argv=None) -> int:
             print(f"{name}: failed (exit {proc.returncode}); see {out / f'{name}.log'}")
             return proc.returncode
         # progress lines come first on stdout; the JSON result is the object that closes it
-        result = json.loads(proc.stdout[proc.stdout.index("{\n") if not proc.stdout.startswith("{")
-                                         else 0:])
+        result = json.loads(
+            proc.stdout[proc.stdout.index("{\n") if not proc.stdout.startswith("{") else 0 :]
+        )
         result["command"] = shown
         result_path.write_text(json.dumps(result, indent=2) + "\n")
         os.remove(out / f"{name}.ckpt")
@@ -101,9 +102,10 @@ def write_table(out: Path, results: dict) -> None:
     for name, r in results.items():
         ratio = f"{100 * (r['bits_per_byte'] / base - 1):+.1f} %" if base else ""
         sparsity = f"{r['sparsity']:.3f}" if "sparsity" in r else ""
-        rows.append(f"| {LABELS.get(name, name)} | {r['bits_per_byte']:.4f} | {ratio} | "
-                    f"{sparsity} | {r['tokens_per_second']:.0f} | `{r.get('command', '')}` |")
-        # fmt: skip
+        rows.append(
+            f"| {LABELS.get(name, name)} | {r['bits_per_byte']:.4f} | {ratio} | "
+            f"{sparsity} | {r['tokens_per_second']:.0f} | `{r.get('command', '')}` |"
+        )
         table.append({"run": name, "bits_per_byte": r["bits_per_byte"],
                       "relative_to_float": (r["bits_per_byte"] / base - 1) if base else None,
                       "sparsity": r.get("sparsity"), "tokens_per_second": r["tokens_per_second"],

@@ -518,10 +518,19 @@ def _add_lm(sub):
     t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%%)")
     t.add_argument("--weight-decay", type=float, default=0.1)
     st = t.add_mutually_exclusive_group()
-    st.add_argument("--two-stage", dest="two_stage", action="store_true", default=None,
-                    help="BitNet's two-stage schedule (default for ternary methods)")
-    st.add_argument("--one-stage", dest="two_stage", action="store_false",
-                    help="one linear stage, constant weight decay (default for float)")
+    st.add_argument(
+        "--two-stage",
+        dest="two_stage",
+        action="store_true",
+        default=None,
+        help="BitNet's two-stage schedule (default for ternary methods)",
+    )
+    st.add_argument(
+        "--one-stage",
+        dest="two_stage",
+        action="store_false",
+        help="one linear stage, constant weight decay (default for float)",
+    )
     t.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--text", default=None, help="a text name (default: the embedded novel)")
@@ -548,10 +557,12 @@ def _add_lm(sub):
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=_run_lm_eval)
 
-    g = verbs.add_parser("generate", help="continue a prompt with a saved model",
-                         description="Greedy (default) or sampled continuation, with the KV "
-                         "cache; prompt + new bytes must fit in the model's context.")
-    # fmt: skip
+    g = verbs.add_parser(
+        "generate",
+        help="continue a prompt with a saved model",
+        description="Greedy (default) or sampled continuation, with the KV "
+        "cache; prompt + new bytes must fit in the model's context.",
+    )
     g.add_argument("path")
     g.add_argument("--prompt", default="It is a truth universally acknowledged")
     g.add_argument("--bytes", type=int, default=64, help="new bytes to generate")
@@ -604,9 +615,15 @@ def _run_lm_train(args) -> int:
         )
     log = open(args.log, "a") if args.log else None  # noqa: SIM115 (closed below)
     try:
-        result = run(settings, save=args.save, checkpoint=args.checkpoint, resume=args.resume,
-                     progress=not args.quiet, log_file=log, metadata={"command": command})
-        # fmt: skip
+        result = run(
+            settings,
+            save=args.save,
+            checkpoint=args.checkpoint,
+            resume=args.resume,
+            progress=not args.quiet,
+            log_file=log,
+            metadata={"command": command},
+        )
     finally:
         if log is not None:
             log.close()

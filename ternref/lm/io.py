@@ -164,9 +164,10 @@ def save_lm(path, model: TransformerLM, method=None, metadata: dict | None = Non
     """
     if not isinstance(model, TransformerLM):
         raise TypeError(f"save_lm expects a TransformerLM, got {type(model).__name__}")
-    arrays: dict[str, np.ndarray] = {"token_embd.weight": model.token_embd.weight.data,
-                                     "output_norm.weight": model.output_norm.weight.data}
-    # fmt: skip
+    arrays: dict[str, np.ndarray] = {
+        "token_embd.weight": model.token_embd.weight.data,
+        "output_norm.weight": model.output_norm.weight.data,
+    }
     if not model.tie_embeddings:
         arrays["output.weight"] = model.output.weight.data
     norms = {isinstance(blk.attn_norm, RMSNorm) and isinstance(blk.ffn_norm, RMSNorm)
@@ -182,7 +183,7 @@ def save_lm(path, model: TransformerLM, method=None, metadata: dict | None = Non
             arrays[f"blk.{n}.attn_norm.weight"] = blk.attn_norm.weight.data
             arrays[f"blk.{n}.ffn_norm.weight"] = blk.ffn_norm.weight.data
     described = {}
-    for index, (_, attr, layer) in enumerate(projections(model)):
+    for index, (_, _attr, layer) in enumerate(projections(model)):
         key = _projection_key(index)
         if layer.bias is not None:
             raise ValueError(f"save_lm: {key} has a bias; TransformerLM projections have none")
@@ -221,10 +222,10 @@ def save_lm(path, model: TransformerLM, method=None, metadata: dict | None = Non
         described[key] = entry
     method_info = None
     if method is not None:
-        method_info = {"name": method.info.name,
-                       "hyperparameters": {k: _jsonable(v)
-                                           for k, v in method.hyperparameters().items()}}
-        # fmt: skip
+        method_info = {
+            "name": method.info.name,
+            "hyperparameters": {k: _jsonable(v) for k, v in method.hyperparameters().items()},
+        }
     header = {
         "format": FORMAT_NAME, "version": VERSION, "config": _config(model),
         "dtype": str(model.token_embd.weight.data.dtype), "block_norms": block_norms,
@@ -293,9 +294,10 @@ def _read(path):
             _fail("header['arrays'] must be an object")
         names = set(npz.files) - {HEADER_KEY}
         if names != set(described):
-            _fail(f"arrays in the file {sorted(names - set(described))} are not in the header, "
-                  f"arrays in the header {sorted(set(described) - names)} are missing")
-            # fmt: skip
+            _fail(
+                f"arrays in the file {sorted(names - set(described))} are not in the header, "
+                f"arrays in the header {sorted(set(described) - names)} are missing"
+            )
         arrays = {}
         for name, desc in described.items():
             _expect_keys(desc, {"shape", "dtype", "sha256"}, f"arrays[{name!r}]")
@@ -394,9 +396,12 @@ def load_lm(path) -> tuple[TransformerLM, dict]:
             _fail(f"projections[{key!r}] is missing")
         entry = described[key]
         _expect_keys(entry, _PROJ_KEYS, f"projections[{key!r}]")
-        if entry["kind"] not in ("linear", "bitlinear") or entry["activations"] not in (
-            "float", "int8"
-        ) or not isinstance(entry["subln"], bool) or not isinstance(entry["terms"], list):
+        if (
+            entry["kind"] not in ("linear", "bitlinear")
+            or entry["activations"] not in ("float", "int8")
+            or not isinstance(entry["subln"], bool)
+            or not isinstance(entry["terms"], list)
+        ):
             _fail(f"projections[{key!r}] has invalid values: {entry}")  # fmt: skip
         if entry["kind"] == "linear" and (entry["subln"] or entry["activations"] != "float"):
             _fail(f"projections[{key!r}]: a plain linear has no SubLN or int8 activations")
@@ -416,9 +421,13 @@ def load_lm(path) -> tuple[TransformerLM, dict]:
         quantizer = StoredTernary(terms) if terms else None
         if entry["kind"] == "bitlinear":
             act = BitNetActivation(eps) if entry["activations"] == "int8" else None
-            new = BitLinear.from_linear(layer, quantizer, activation_quantizer=act,
-                                        input_norm=entry["subln"], norm_eps=model.norm_eps)
-            # fmt: skip
+            new = BitLinear.from_linear(
+                layer,
+                quantizer,
+                activation_quantizer=act,
+                input_norm=entry["subln"],
+                norm_eps=model.norm_eps,
+            )
             if entry["subln"]:
                 new.input_norm.weight.data[...] = take(f"{key}.input_norm.weight",
                                                        (layer.in_features,))  # fmt: skip

@@ -223,7 +223,14 @@ def run(settings: LMSettings, *, save: str | None = None, checkpoint: str | None
     if "sparsity" in last:
         result["sparsity"] = last["sparsity"]
     if save is not None:
-        save_lm(save, p.model, p.method, metadata={**(metadata or {}), **{
-            k: result[k] for k in ("bits_per_byte", "text", "train_tokens", "settings")}})
+        save_lm(
+            save,
+            p.model,
+            p.method,
+            metadata={
+                **(metadata or {}),
+                **{k: result[k] for k in ("bits_per_byte", "text", "train_tokens", "settings")},
+            },
+        )
         result["saved"] = save
     return result

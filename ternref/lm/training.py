@@ -227,24 +227,31 @@ def train_lm(
         done = step + 1
         if done % log_every == 0 or done == steps:
             elapsed = time.perf_counter() - start
-            record = {"kind": "train", "step": done, "loss": running / counted,
-                      "lr": schedule.lr(step), "weight_decay": schedule.decay(step),
-                      "grad_norm": grad_norm, "seconds": elapsed,
-                      "tokens_per_second": (done - start_step) * batch_size * context / elapsed}
-            # fmt: skip
+            record = {
+                "kind": "train",
+                "step": done,
+                "loss": running / counted,
+                "lr": schedule.lr(step),
+                "weight_decay": schedule.decay(step),
+                "grad_norm": grad_norm,
+                "seconds": elapsed,
+                "tokens_per_second": (done - start_step) * batch_size * context / elapsed,
+            }
             history.steps.append(record)
             emit(record)
             if bar.disable and (done % (log_every * 10) == 0 or done == steps):
-                progress_line(f"step {done:>6}/{steps}  loss {record['loss']:.4f}  "
-                              f"{record['tokens_per_second']:.0f} tokens/s", enabled=progress)
-                # fmt: skip
+                progress_line(
+                    f"step {done:>6}/{steps}  loss {record['loss']:.4f}  "
+                    f"{record['tokens_per_second']:.0f} tokens/s",
+                    enabled=progress,
+                )
             running, counted = 0.0, 0
         if (eval_every and done % eval_every == 0) or done == steps:
             paused = time.perf_counter()
             evaluate(done)
             start += time.perf_counter() - paused  # evaluation time is not training time
     history.seconds = time.perf_counter() - start
-    history.tokens_per_second = (steps - start_step) * batch_size * context / max(
-        history.seconds, 1e-9
+    history.tokens_per_second = (
+        (steps - start_step) * batch_size * context / max(history.seconds, 1e-9)
     )
     return history

@@ -7,9 +7,26 @@ import sys
 import numpy as np
 import pytest
 
-TINY = ["--layers", "1", "--dim", "16", "--heads", "2", "--kv-heads", "1", "--context", "24",
-        "--batch-size", "2", "--steps", "4", "--eval-every", "2", "--eval-bytes", "64"]
-# fmt: skip
+TINY = [
+    "--layers",
+    "1",
+    "--dim",
+    "16",
+    "--heads",
+    "2",
+    "--kv-heads",
+    "1",
+    "--context",
+    "24",
+    "--batch-size",
+    "2",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--eval-bytes",
+    "64",
+]
 
 
 def run(*args, timeout=600):

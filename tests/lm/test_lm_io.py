@@ -14,9 +14,17 @@ from ternref.nn import TransformerLM
 
 
 def tiny(tie=True):
-    return TransformerLM(256, dim=16, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=24,
-                         max_seq_len=16, tie_embeddings=tie, rng=np.random.default_rng(0))
-    # fmt: skip
+    return TransformerLM(
+        256,
+        dim=16,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=24,
+        max_seq_len=16,
+        tie_embeddings=tie,
+        rng=np.random.default_rng(0),
+    )
 
 
 def trained(name, tie=True, **kw):
@@ -58,8 +66,10 @@ def test_round_trip_reproduces_the_evaluation_forward(tmp_path, name, tie):
         assert isinstance(loaded.blocks[0].attn.q_proj, BitLinear)
         assert isinstance(loaded.blocks[1].ffn_norm, Identity)
         # the codes in the file are the layer's to_ternary(): ready for a packed export
-        np.testing.assert_array_equal(loaded.blocks[1].ffn.down_proj.to_ternary().codes,
-                                      model.blocks[1].ffn.down_proj.to_ternary().codes)
+        np.testing.assert_array_equal(
+            loaded.blocks[1].ffn.down_proj.to_ternary().codes,
+            model.blocks[1].ffn.down_proj.to_ternary().codes,
+        )
     # a loaded model generates as the saved one does (greedy)
     assert generate_text(loaded, "The", 5) == generate_text(model, "The", 5)
     save_lm(tmp_path / "again.npz", loaded, None)  # a loaded model can be saved again

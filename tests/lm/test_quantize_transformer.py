@@ -12,8 +12,14 @@ from ternref.methods.bitlinear import BitLinear, Identity, projections, quantize
 from ternref.methods.bitnet import BitNetActivation
 from ternref.methods.lat import LATQuantizer
 from ternref.methods.ttq import TTQQuantizer
-from ternref.nn import Linear, LMCrossEntropyLoss, RMSNorm, TransformerLM, numerical_gradient
-from ternref.nn import rel_error
+from ternref.nn import (
+    Linear,
+    LMCrossEntropyLoss,
+    RMSNorm,
+    TransformerLM,
+    numerical_gradient,
+    rel_error,
+)
 
 WEIGHT_METHODS = ["bitnet", "twn", "ttq", "lat", "admm", "proxquant", "inq", "ec2t", "fgq", "tc",
                   "trq", "residual"]  # fmt: skip

@@ -70,8 +70,12 @@ q = np.clip(np.round(h * s), -128, 127).astype(np.int8)
 h_q = q / s
 print("s =", s.ravel())
 print("q (int8) =\n", q)
-print("largest rounding error per row:", np.abs(h_q - h).max(axis=1), "<= 0.5 / s =",
-      (0.5 / s).ravel())
+print(
+    "largest rounding error per row:",
+    np.abs(h_q - h).max(axis=1),
+    "<= 0.5 / s =",
+    (0.5 / s).ravel(),
+)
 
 # %% [markdown]
 # ## Step 3: absmean ternary weights
@@ -156,13 +160,20 @@ def surrogate(x_, w_, g_):
 
 
 print("surrogate == layer at the point:", np.allclose(surrogate(x, w, g), y_layer))
-print("dx vs finite differences:",
-      rel_error(d_x_layer, numerical_gradient(lambda a: surrogate(a, w, g), x.copy(), dy)))
-print("dW vs finite differences:",
-      rel_error(layer.weight.grad, numerical_gradient(lambda a: surrogate(x, a, g), w.copy(), dy)))
-print("dg vs finite differences:",
-      rel_error(layer.input_norm.weight.grad,
-                numerical_gradient(lambda a: surrogate(x, w, a), g.copy(), dy)))
+print(
+    "dx vs finite differences:",
+    rel_error(d_x_layer, numerical_gradient(lambda a: surrogate(a, w, g), x.copy(), dy)),
+)
+print(
+    "dW vs finite differences:",
+    rel_error(layer.weight.grad, numerical_gradient(lambda a: surrogate(x, a, g), w.copy(), dy)),
+)
+print(
+    "dg vs finite differences:",
+    rel_error(
+        layer.input_norm.weight.grad, numerical_gradient(lambda a: surrogate(x, w, a), g.copy(), dy)
+    ),
+)
 
 # %% [markdown]
 # And the *true* derivative, for contrast. Between rounding jumps the codes are constant, so
@@ -191,8 +202,9 @@ from ternref.lm import TwoStageSchedule, adamw, evaluate_bpb, generate_text, tra
 from ternref.nn import TransformerLM
 
 corpus = load_text()
-model = TransformerLM(256, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                      rng=np.random.default_rng(0))
+model = TransformerLM(
+    256, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, rng=np.random.default_rng(0)
+)
 callbacks = methods.quantize_model(model, methods.get("bitnet"))
 print(model.blocks[0])
 optimizer = adamw(model, 4e-3)
@@ -200,14 +212,31 @@ steps = 60
 schedule = TwoStageSchedule(optimizer, steps, 4e-3, warmup=5)
 print(schedule.describe())
 before = evaluate_bpb(model, corpus, max_bytes=2048)["bits_per_byte"]
-history = train_lm(model, corpus, optimizer, schedule, steps=steps, batch_size=8, context=64,
-                   rng=np.random.default_rng(1), callbacks=callbacks, progress=False)
+history = train_lm(
+    model,
+    corpus,
+    optimizer,
+    schedule,
+    steps=steps,
+    batch_size=8,
+    context=64,
+    rng=np.random.default_rng(1),
+    callbacks=callbacks,
+    progress=False,
+)
 after = evaluate_bpb(model, corpus, max_bytes=2048)["bits_per_byte"]
 print(f"held-out bits per byte on 2048 bytes: {before:.3f} before, {after:.3f} after {steps} steps")
 layer0 = model.blocks[0].attn.q_proj
 t = layer0.to_ternary()
-print("q_proj of block 0: codes", t.codes.shape, "values", np.unique(t.codes), "scale",
-      float(t.alpha_pos.ravel()[0]), f"sparsity {t.sparsity:.3f}")
+print(
+    "q_proj of block 0: codes",
+    t.codes.shape,
+    "values",
+    np.unique(t.codes),
+    "scale",
+    float(t.alpha_pos.ravel()[0]),
+    f"sparsity {t.sparsity:.3f}",
+)
 print(repr(generate_text(model, "It is a truth", 30)))
 
 # %% [markdown]
