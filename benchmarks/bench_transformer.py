@@ -21,8 +21,8 @@ machine's load hits both. (For ``bitnet`` the two agree only once
 PyTorch code here does: with the older ``W / (mean|W| + 1e-5)`` a few codes at the rounding
 boundary differ, measured as a relative loss gap of 5e-5 and gradient gaps of 0.1; with the
 reference rule patched in, 1e-7 and 5e-7.) It prints the ratio of the step times
-(ternref / PyTorch; the target of issue 11 is at most 1.5). PyTorch is never a dependency of ternref: install it in a
-separate environment::
+(ternref / PyTorch; the target of issue 11 is at most 1.5). PyTorch is never a dependency of
+ternref: install it in a separate environment::
 
     python -m venv .torchvenv && . .torchvenv/bin/activate
     pip install torch==2.13.0 && pip install --no-deps -e . && pip install numpy numba tqdm
