@@ -620,6 +620,222 @@ def _run_ptq(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ lm
+def _add_lm(sub):
+    p = sub.add_parser(
+        "lm",
+        help="byte-level language models: train (float, BitNet b1.58, other methods), eval, "
+        "generate",
+        description="Train a LLaMA-style TransformerLM on the embedded text (or another), "
+        "float or ternary (--method bitnet gives BitNet b1.58), evaluate its bits per byte on "
+        "the held-out split, and generate text from a saved model. See ternref.lm.",
+    )
+    verbs = p.add_subparsers(dest="lm_command", metavar="VERB")
+
+    t = verbs.add_parser(
+        "train",
+        help="train a language model and report held-out bits per byte",
+        description="AdamW with BitNet b1.58's two-stage schedule for ternary methods (the "
+        "learning rate drops to 2/3 of its line halfway, weight decay goes to 0), one linear "
+        "stage for the float model; gradient norm clipped to 1. Defaults: 4 layers, width "
+        "256, 8 heads / 4 kv heads, context 128, batch 16, 400 steps on the embedded novel.",
+    )
+    t.add_argument("--method", default=None,
+                   help="ternary method (bitnet, twn, ttq, lat, ...; see `ternref methods`); "
+                   "default: full precision")  # fmt: skip
+    t.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyper-parameter of the method (repeatable)")  # fmt: skip
+    bl = t.add_mutually_exclusive_group()
+    bl.add_argument("--bitlinear", dest="bitlinear", action="store_true", default=None,
+                    help="make every projection a BitLinear (SubLN + int8 activations) with the "
+                    "method's weights (default for bitnet only)")  # fmt: skip
+    bl.add_argument("--no-bitlinear", dest="bitlinear", action="store_false",
+                    help="keep plain Linear projections (for bitnet: no SubLN)")  # fmt: skip
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--dim", type=int, default=256)
+    t.add_argument("--heads", type=int, default=8)
+    t.add_argument("--kv-heads", type=int, default=4)
+    t.add_argument("--ffn", type=int, default=None, help="SwiGLU width (default: LLaMA's rule)")
+    t.add_argument("--context", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 2e-3 float, 4e-3 ternary)")  # fmt: skip
+    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%%)")
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    st = t.add_mutually_exclusive_group()
+    st.add_argument(
+        "--two-stage",
+        dest="two_stage",
+        action="store_true",
+        default=None,
+        help="BitNet's two-stage schedule (default for ternary methods)",
+    )
+    st.add_argument(
+        "--one-stage",
+        dest="two_stage",
+        action="store_false",
+        help="one linear stage, constant weight decay (default for float)",
+    )
+    t.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--text", default=None, help="a text name (default: the embedded novel)")
+    t.add_argument("--text-file", default=None, metavar="PATH", help="a UTF-8 text file")
+    t.add_argument("--eval-every", type=int, default=100, help="quick evaluations (0: none)")
+    t.add_argument("--eval-bytes", type=int, default=8192,
+                   help="held-out bytes of the quick evaluations")  # fmt: skip
+    t.add_argument("--save", default=None, metavar="PATH", help="save the trained model (.npz)")
+    t.add_argument("--log", default=None, metavar="PATH",
+                   help="append one JSON line per logged step and evaluation")  # fmt: skip
+    t.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="write a resumable checkpoint at every evaluation")  # fmt: skip
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.set_defaults(run=_run_lm_train)
+
+    e = verbs.add_parser("eval", help="bits per byte of a saved model on the held-out text",
+                         description="Load a model saved by `ternref lm train --save` and "
+                         "score every byte of the held-out split.")  # fmt: skip
+    e.add_argument("path")
+    e.add_argument("--text", default=None)
+    e.add_argument("--text-file", default=None, metavar="PATH")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(run=_run_lm_eval)
+
+    g = verbs.add_parser(
+        "generate",
+        help="continue a prompt with a saved model",
+        description="Greedy (default) or sampled continuation, with the KV "
+        "cache; prompt + new bytes must fit in the model's context.",
+    )
+    g.add_argument("path")
+    g.add_argument("--prompt", default="It is a truth universally acknowledged")
+    g.add_argument("--bytes", type=int, default=64, help="new bytes to generate")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(run=_run_lm_generate)
+    p.set_defaults(run=lambda args: _lm_help(p))
+
+
+def _lm_help(parser) -> int:
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _run_lm_train(args) -> int:
+    import shlex
+
+    from ternref.lm import LMSettings, run
+
+    for name in ("layers", "dim", "heads", "kv_heads", "context", "batch_size", "steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lr is not None and not args.lr > 0:
+        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if args.text and args.text_file:
+        raise UserError("give --text or --text-file, not both")
+    if args.resume and not args.checkpoint:
+        raise UserError("--resume needs --checkpoint PATH")
+    hp = _parse_hyperparameters(args.hp)
+    if hp and args.method is None:
+        raise UserError("--hp needs --method")
+    settings = LMSettings(
+        method=args.method, hyperparameters=hp, bitlinear=args.bitlinear, dim=args.dim,
+        n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads, ffn_dim=args.ffn,
+        context=args.context, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
+        warmup=args.warmup, weight_decay=args.weight_decay, two_stage=args.two_stage,
+        clip=args.clip if args.clip > 0 else None, seed=args.seed, text=args.text,
+        text_path=args.text_file, eval_every=args.eval_every, eval_bytes=args.eval_bytes,
+    )  # fmt: skip
+    command = "ternref " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not args.quiet:
+        r = settings.resolved()
+        what = f"with {args.method}" if args.method else "(full precision)"
+        print(
+            f"training a {r.n_layers}-layer, width-{r.dim} TransformerLM {what}: {r.steps} steps "
+            f"of {r.batch_size} x {r.context} bytes, AdamW peak lr {r.lr:g}, "
+            f"{'two-stage' if r.two_stage else 'one-stage'} schedule, seed {r.seed}"
+        )
+    log = open(args.log, "a") if args.log else None  # noqa: SIM115 (closed below)
+    try:
+        result = run(
+            settings,
+            save=args.save,
+            checkpoint=args.checkpoint,
+            resume=args.resume,
+            progress=not args.quiet,
+            log_file=log,
+            metadata={"command": command},
+        )
+    finally:
+        if log is not None:
+            log.close()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(
+            f"held-out bits per byte {result['bits_per_byte']:.4f} ({result['heldout_bytes']} "
+            f"bytes of {result['text']}); {result['train_tokens']} training tokens at "
+            f"{result['tokens_per_second']:.0f} tokens/s ({result['train_seconds']:.0f} s)"
+            + (f", ternary sparsity {result['sparsity']:.3f}" if "sparsity" in result else "")
+        )
+        if args.save:
+            print(f"saved the model to {args.save}")
+    return 0
+
+
+def _load_lm_or_fail(path):
+    import os
+
+    from ternref.lm import load_lm
+
+    if not os.path.exists(path):
+        raise UserError(f"no such file: {path}")
+    return load_lm(path)
+
+
+def _run_lm_eval(args) -> int:
+    from ternref.data.text import load_text
+    from ternref.lm import evaluate_bpb
+
+    model, header = _load_lm_or_fail(args.path)
+    if args.text and args.text_file:
+        raise UserError("give --text or --text-file, not both")
+    corpus = load_text(path=args.text_file) if args.text_file else load_text(args.text)
+    if corpus.vocab_size != model.vocab_size:
+        raise UserError(f"the model has vocabulary {model.vocab_size}, the text "
+                        f"{corpus.vocab_size}")  # fmt: skip
+    result = evaluate_bpb(model, corpus)
+    method = header["method"]["name"] if header["method"] else None
+    out = {"path": args.path, "method": method, "text": corpus.name, **result}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{args.path} ({method or 'full precision'}): {result['bits_per_byte']:.4f} bits "
+              f"per byte on {result['bytes']} held-out bytes of {corpus.name} "
+              f"({result['seconds']:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _run_lm_generate(args) -> int:
+    from ternref.lm import generate_text
+
+    model, _ = _load_lm_or_fail(args.path)
+    if args.bytes < 0:
+        raise UserError(f"--bytes must be >= 0, got {args.bytes}")
+    rng = np.random.default_rng(args.seed) if args.sample else None
+    text = generate_text(model, args.prompt, args.bytes, greedy=not args.sample,
+                         temperature=args.temperature, rng=rng)  # fmt: skip
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": text}))
+    else:
+        print(text)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ bench
 def _add_bench(sub):
     # Listed for --help only: main() hands `ternref bench ...` to ternref.packed.bench.main.
@@ -646,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_ptq(sub)
     _add_bench(sub)
+    _add_lm(sub)
     return parser
 
 

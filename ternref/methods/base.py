@@ -12,8 +12,10 @@ A *method* (survey vocabulary: projection function + optimization method) bundle
   does around the optimizer step: a proximal step, an ADMM dual update, clipping, freezing, masks;
 * its hyper-parameters with the paper's defaults, and the reference.
 
-:func:`quantize_model` attaches a method to a ``Sequential`` model; the training loop never
-special-cases a method by name (DESIGN.md, "the data path of one training step").
+:func:`quantize_model` attaches a method to a ``Sequential`` model, or (through
+:func:`ternref.methods.bitlinear.quantize_transformer`) to the attention and MLP projections of a
+``TransformerLM``; the training loop never special-cases a method by name (DESIGN.md, "the data
+path of one training step").
 """
 
 from __future__ import annotations
@@ -211,17 +213,35 @@ def quantize_model(
     The returned callbacks always include :class:`TernaryStats` (per-epoch sparsity and flip
     ratio of every ternary layer) after the method's own.
 
+    A :class:`ternref.nn.TransformerLM` is handed to
+    :func:`ternref.methods.bitlinear.quantize_transformer` (its seven projections per block are
+    quantized; the embeddings and the output head, its "first" and "last" layers, stay in full
+    precision, so only ``keep_full_precision="first_last"`` is accepted for it).
+
     Raises
     ------
     ValueError
-        A model that is not a ``Sequential``, that is already quantized, or a bad
-        ``keep_full_precision``.
+        A model that is not a ``Sequential`` or a ``TransformerLM``, that is already quantized,
+        or a bad ``keep_full_precision``.
     """
     from ternref.nn.layers import ReLU, Sequential
+    from ternref.nn.transformer import TransformerLM
 
     _validate.one_of(keep_full_precision, "keep_full_precision", KEEP_FULL_PRECISION)
+    if isinstance(model, TransformerLM):
+        if keep_full_precision != "first_last":
+            raise ValueError(
+                "a TransformerLM keeps its embeddings and output head in full precision and "
+                f"quantizes every block projection: keep_full_precision must be 'first_last', "
+                f"got {keep_full_precision!r}"
+            )
+        from ternref.methods.bitlinear import quantize_transformer
+
+        return quantize_transformer(model, method)
     if not isinstance(model, Sequential):
-        raise ValueError(f"model must be a ternref.nn.Sequential, got {type(model).__name__}")
+        raise ValueError(
+            f"model must be a ternref.nn.Sequential or TransformerLM, got {type(model).__name__}"
+        )
     if quantized_layers(model):
         raise ValueError("model is already quantized (a layer has a weight_quantizer)")
     layers = weight_layers(model)
