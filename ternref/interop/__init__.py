@@ -18,6 +18,15 @@ from ternref.interop.gguf_io import (
     read_tensors,
     save_gguf,
 )
+from ternref.interop.llama import (
+    pack_projections,
+    perplexity,
+    projection_layers,
+    read_llama,
+    save_llama,
+    set_projection_weights,
+    ternarize,
+)
 
 __all__ = [
     "ExportReport",
@@ -26,4 +35,11 @@ __all__ = [
     "read_metadata",
     "read_tensors",
     "save_gguf",
+    "pack_projections",
+    "perplexity",
+    "projection_layers",
+    "read_llama",
+    "save_llama",
+    "set_projection_weights",
+    "ternarize",
 ]
