@@ -180,7 +180,7 @@ class PackedProjection(Module):
 
 def _get(obj, path: str):
     for part in path.split("."):
-        obj = getattr(obj, part)
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
 
 
@@ -381,14 +381,22 @@ def _simplest(t: Ternary) -> Ternary:
 # ------------------------------------------------------------------------- writing
 
 
+# llama.cpp refuses a "gpt2" vocabulary without tokenizer.ggml.merges, and gguf cannot write an
+# empty array: the byte vocabulary gets one merge that never applies. Byte 0xFF never occurs in
+# UTF-8 (the only input llama.cpp tokenizes), so the pair (0xFF, 0xFF) is never adjacent.
+_NO_MERGE = "\u00ff \u00ff"
+
+
 def byte_vocabulary() -> list[str]:
     """The 256 token texts of a byte-level GPT-2 vocabulary: token ``b`` is byte ``b``.
 
     GPT-2's byte-to-unicode map (``bytes_to_unicode`` of OpenAI's ``encoder.py``, also in
     llama.cpp's ``unicode.cpp``): the printable bytes ``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``
-    stand for themselves, the other 68 bytes for ``chr(256 + n)`` in byte order. With no merges,
-    llama.cpp's BPE tokenizer turns a text into its UTF-8 bytes, ids equal to byte values: the
-    tokens of ``ternref.data`` (vocabulary 256).
+    stand for themselves, the other 68 bytes for ``chr(256 + n)`` in byte order. With no merge
+    that applies (:func:`save_llama` writes the single merge ``"ÿ ÿ"``, of byte 0xFF with itself,
+    which UTF-8 never contains, because llama.cpp requires the merges key and gguf cannot write
+    an empty array), llama.cpp's BPE tokenizer turns a text into its UTF-8 bytes, ids equal to
+    byte values: the tokens of ``ternref.data`` (vocabulary 256).
     """
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
     table, extra = {}, 0
@@ -530,7 +538,7 @@ def save_llama(
             writer.add_tokenizer_pre("default")
             writer.add_token_list(byte_vocabulary())
             writer.add_token_types([int(gguf.TokenType.NORMAL)] * 256)
-            writer.add_token_merges([])
+            writer.add_token_merges([_NO_MERGE])
             writer.add_add_bos_token(False)
             writer.add_add_eos_token(False)
         else:

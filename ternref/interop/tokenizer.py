@@ -118,7 +118,7 @@ def gguf_tokenizer(path):
     ------
     ValueError
         Another tokenizer model, an unknown pre-tokenizer, duplicate token texts, a merge that
-        is not two tokens.
+        is not two tokens. (A merge whose result is not a token is dropped.)
     ImportError
         Without ``gguf`` or ``tokenizers``.
     """
@@ -135,9 +135,12 @@ def gguf_tokenizer(path):
     merges = []
     for m in f["merges"]:
         left, sep, right = m.partition(" ")
-        if not sep or left not in vocab or right not in vocab or left + right not in vocab:
-            f["fail"](f"merge {m!r} is not two tokens whose concatenation is a token")
-        merges.append((left, right))
+        if not sep or left not in vocab or right not in vocab:
+            f["fail"](f"merge {m!r} is not two tokens")
+        if left + right in vocab:
+            merges.append((left, right))
+        # else: a merge into no token (ternref's byte vocabulary has one, never applicable);
+        # tokenizers cannot hold it, and llama.cpp would split its result back into bytes
     tokenizer = tk.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if _PRE_TOKENIZERS[f["pre"]]:
