@@ -315,6 +315,18 @@ def pack_projections(
     return model
 
 
+def q8k_projections(model: TransformerLM, ternary) -> TransformerLM:
+    """Replace every projection named in ``ternary`` by a
+    :class:`~ternref.interop.q8k.Q8KProjection`: the model then computes what llama.cpp's
+    TQ2_0/TQ1_0 kernels compute (activations quantized to Q8_K). In place; returns ``model``.
+    """
+    from ternref.interop.q8k import Q8KProjection
+
+    for name, t in _resolve(model, ternary).items():
+        _set(model, name, Q8KProjection(t))
+    return model
+
+
 def ternaries(model: TransformerLM) -> dict:
     """``{name: Ternary}`` of the projections that are :class:`PackedProjection` layers."""
     return {
@@ -535,7 +547,7 @@ def save_llama(
         writer.add_vocab_size(model.vocab_size)
         if vocabulary == "bytes":
             writer.add_tokenizer_model("gpt2")
-            writer.add_tokenizer_pre("default")
+            writer.add_tokenizer_pre("gpt-2")  # (no merge applies: any splitting is the same)
             writer.add_token_list(byte_vocabulary())
             writer.add_token_types([int(gguf.TokenType.NORMAL)] * 256)
             writer.add_token_merges([_NO_MERGE])

@@ -11,10 +11,12 @@ before BPE runs on each). :func:`gguf_tokenizer` rebuilds that pipeline from tho
 * pre-tokenizer, by ``tokenizer.ggml.pre`` (only the ones whose llama.cpp expressions have an
   exact ``tokenizers`` equivalent are accepted; others are refused by name):
 
-  - ``"default"``, ``"gpt2"``: GPT-2's expression, ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+|
-    ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)`` (``ByteLevel(use_regex=True)``);
-  - ``"smollm"``, ``"starcoder"``, ``"refact"``, ``"codeshell"``, ...: every digit alone
-    (``\\p{N}``: ``Digits(individual_digits=True)``), then GPT-2's expression;
+  - ``"gpt-2"``, ``"mpt"``, ``"olmo"`` (llama.cpp's ``LLAMA_VOCAB_PRE_TYPE_GPT2``): GPT-2's
+    expression, ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|
+    \\s+(?!\\S)`` (``ByteLevel(use_regex=True)``);
+  - ``"smollm"``, ``"starcoder"``, ``"refact"``, ``"codeshell"``, ``"command-r"``: every digit
+    alone (``\\p{N}``: ``Digits(individual_digits=True)``), then GPT-2's expression;
+  - not ``"default"`` (or a missing key), which llama.cpp maps to four other expressions;
 
 * bytes to GPT-2's printable unicode alphabet (``ByteLevel``), then BPE with the file's merges
   (no dropout, no unknown token: every byte is a token of a byte-level vocabulary);
@@ -41,8 +43,9 @@ from ternref.interop import gguf_io
 
 #: ``tokenizer.ggml.pre`` values and whether their llama.cpp expressions start with ``\p{N}``.
 _PRE_TOKENIZERS = {
-    "default": False,
-    "gpt2": False,
+    "gpt-2": False,
+    "mpt": False,
+    "olmo": False,
     "smollm": True,
     "starcoder": True,
     "refact": True,
@@ -73,7 +76,7 @@ def _fields(path) -> dict:
     if model != "gpt2":
         meta.fail(f"tokenizer.ggml.model is {model!r}; gguf_tokenizer rebuilds byte-level BPE "
                   "('gpt2') vocabularies only")  # fmt: skip
-    pre = meta.get("tokenizer.ggml.pre", "str", required=False) or "default"
+    pre = meta.get("tokenizer.ggml.pre", "str", required=False) or "default (no key)"
     if pre not in _PRE_TOKENIZERS:
         meta.fail(f"tokenizer.ggml.pre {pre!r} has no exact tokenizers equivalent here "
                   f"(known: {sorted(_PRE_TOKENIZERS)})")  # fmt: skip
