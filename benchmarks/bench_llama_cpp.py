@@ -69,9 +69,10 @@ def main(argv=None) -> int:
     numba.set_num_threads(args.threads)
 
     def build():
+        rng = np.random.default_rng(args.seed)
         return TransformerLM(256, dim=args.dim, n_layers=args.layers, n_heads=args.heads,
-                             n_kv_heads=args.kv_heads, ffn_dim=args.ffn, max_seq_len=args.context,
-                             init_std=0.05, rng=np.random.default_rng(args.seed)).eval()  # fmt: skip
+                             n_kv_heads=args.kv_heads, ffn_dim=args.ffn,
+                             max_seq_len=args.context, init_std=0.05, rng=rng).eval()  # fmt: skip
 
     model = build()
     path = Path(tempfile.mkdtemp()) / "bench-tq2_0.gguf"
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
             times[name].append(run()[1])
     print(f"\n{machine_description()}; {args.threads} thread(s); model: {args.layers} blocks, "
           f"width {args.dim}, heads {args.heads}/{args.kv_heads}, SwiGLU {args.ffn}, vocab 256; "
-          f"{n_new} tokens after a {len(prompt)}-token prompt, median of {args.repeats}")  # fmt: skip
+          f"{n_new} tokens after a {len(prompt)}-token prompt, median of "
+          f"{args.repeats}")  # fmt: skip
     base = np.median(times["llama.cpp TQ2_0"])
     for name, ts in times.items():
         med = float(np.median(ts))

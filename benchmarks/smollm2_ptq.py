@@ -9,8 +9,8 @@ projections of all 30 blocks (``attn_q``, ``attn_k``, ``attn_v``, ``attn_output`
 ``ffn_up``, ``ffn_down``: 106M of the 135M weights) replaced by ``w_hat`` of each registered
 weights-type projection function called with its defaults (stochastic ones with
 ``numpy.random.default_rng(seed)``), and again with ``granularity="channel"`` (one scale per
-output row; both map exactly onto TQ2_0) for those that offer it. The token embedding (= the tied output head) and the norms
-stay as the file has them. No fine-tuning, no calibration data: post-training ternarization.
+output row; both map exactly onto TQ2_0) for those that offer it. The token embedding (= the
+tied output head) and the norms stay as the file has them. No fine-tuning, no calibration data: post-training ternarization.
 
 Text: the held-out split of ternref's embedded *Pride and Prejudice* (the last 10 % of its bytes,
 ``ternref.data.load_text()``), its first ``--tokens`` SmolLM2 tokens, cut into non-overlapping
@@ -90,8 +90,11 @@ def main(argv=None) -> int:
     parser.add_argument("--context", type=int, default=512, help="window length (512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of stochastic projections")
     parser.add_argument("--only", nargs="*", help="projection functions to run (default: all)")
-    parser.add_argument("--no-channel", action="store_true",
-                        help="skip the per-output-row runs of functions with a granularity")
+    parser.add_argument(
+        "--no-channel",
+        action="store_true",
+        help="skip the per-output-row runs of functions with a granularity",
+    )
     parser.add_argument("--out", help="folder for results.json and README.md")
     parser.add_argument("--note", default="", help="a sentence for the README (machine load)")
     args = parser.parse_args(argv)
@@ -100,8 +103,8 @@ def main(argv=None) -> int:
     from ternref import projections
     from ternref.compare import machine_description
     from ternref.interop import load_gguf, perplexity, projection_layers
-    from ternref.interop.tokenizer import gguf_tokenizer
     from ternref.interop.llama import set_projection_weights, ternarize
+    from ternref.interop.tokenizer import gguf_tokenizer
 
     path = args.gguf or smollm2_path()
     t0 = time.perf_counter()

@@ -593,7 +593,6 @@ def save_gguf(
         Without the ``gguf`` package.
     """
     from ternref import methods, packed
-
     from ternref.nn.transformer import TransformerLM
 
     gguf = require_gguf()

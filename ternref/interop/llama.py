@@ -209,9 +209,7 @@ def _resolve(model: TransformerLM, ternary) -> dict:
     if ternary is None:
         return {}
     if not hasattr(ternary, "items"):
-        raise TypeError(
-            f"ternary must be a mapping projection -> Ternary, got {describe(ternary)}"
-        )
+        raise TypeError(f"ternary must be a mapping projection -> Ternary, got {describe(ternary)}")
     by_id = {id(layer): name for name, layer in layers.items()}
     out = {}
     for key, t in ternary.items():
@@ -519,7 +517,8 @@ def save_llama(
     if problems:
         raise ValueError(
             "save_llama: these projections cannot be TQ tensors that llama.cpp computes "
-            "exactly (it knows neither padding nor split parts): " + "; ".join(problems)
+            "exactly (it knows neither padding nor split parts): "
+            + "; ".join(problems)
             + ". Nothing was written."
         )
     # embedding, final norm, untied head: F32 whatever float_type says (see the module docs)
@@ -728,7 +727,6 @@ def perplexity(model: TransformerLM, ids, context: int) -> dict:
         windows += 1
     nll = total / count
     return {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": windows}
-
 
 
 gguf_io._READERS[ARCHITECTURE] = read_llama

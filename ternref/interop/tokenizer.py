@@ -164,4 +164,3 @@ def gguf_tokenizer(path):
         if tokenizer.token_to_id(t.content) != vocab[t.content]:
             raise ValueError(f"special token {t.content!r} got another id")  # pragma: no cover
     return tokenizer
-
