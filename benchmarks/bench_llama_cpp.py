@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     try:
         import llama_cpp
-    except ImportError:
+    except (ImportError, OSError, RuntimeError):
         print("needs llama-cpp-python: pip install llama-cpp-python", file=sys.stderr)
         return 2
     from ternref.compare import machine_description

@@ -10,7 +10,8 @@ projections of all 30 blocks (``attn_q``, ``attn_k``, ``attn_v``, ``attn_output`
 weights-type projection function called with its defaults (stochastic ones with
 ``numpy.random.default_rng(seed)``), and again with ``granularity="channel"`` (one scale per
 output row; both map exactly onto TQ2_0) for those that offer it. The token embedding (= the
-tied output head) and the norms stay as the file has them. No fine-tuning, no calibration data: post-training ternarization.
+tied output head) and the norms stay as the file has them. No fine-tuning, no calibration
+data: post-training ternarization.
 
 Text: the held-out split of ternref's embedded *Pride and Prejudice* (the last 10 % of its bytes,
 ``ternref.data.load_text()``), its first ``--tokens`` SmolLM2 tokens, cut into non-overlapping

@@ -87,6 +87,7 @@ def smollm2_path():
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer_known_encodings():
     tok = gguf_tokenizer(smollm2_path())
     assert tok.get_vocab_size() == 49152
