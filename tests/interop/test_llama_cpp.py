@@ -12,14 +12,16 @@ The tolerance. llama.cpp multiplies every TQ2_0 weight by activations quantized 
 the F32 output head, an F32 KV cache) it computes in float32. So:
 
 1. ternref's forward with :class:`~ternref.interop.q8k.Q8KProjection` layers (the Q8_K
-   arithmetic reproduced) must agree with llama.cpp to float32 rounding: ``|L_cpp - L_q8k| <=
-   TOL_FP``, a small multiple of float32's resolution at the logits' scale (summation order
-   differs: SIMD blocks, threads);
-2. ternref's float forward differs from that by the quantization itself, ``e_q = max |L_q8k -
-   L_float|``, measured on the same prompt; hence ``|L_cpp - L_float| <= e_q + TOL_FP`` (triangle
-   inequality), the tolerance against the float model, derived from Q8_K rather than guessed;
-   and llama.cpp must be much closer to the Q8_K forward than to the float one (it does quantize
-   its activations, and exactly so);
+   arithmetic reproduced) must be much closer to llama.cpp than the float forward is. Not
+   float32-equal: rounding to the Q8_K grid is discontinuous, so a last-bit difference upstream
+   (summation order, ggml's own expf in softmax and SiLU) now and then moves an activation by one
+   whole step ``d_b = amax_b / 127``, where the float forward's errors are all of the other
+   values' half steps; the test asks ``|L_cpp - L_q8k| <= e_q / 10``, with
+2. ``e_q = max |L_q8k - L_float|``, the effect of the quantization itself on this model and
+   prompt, measured; hence (triangle inequality) ``|L_cpp - L_float| <= 1.1 e_q``, the tolerance
+   against the float model, derived from Q8_K rather than guessed. (Measured on the test model:
+   logits of magnitude up to 4.2, ``e_q = 0.080``, ``|L_cpp - L_q8k| = 1.2e-3``,
+   ``|L_cpp - L_float| = 0.080``.)
 3. greedy decoding: a token can differ only where ternref's top-two logit gap is below twice the
    logit tolerance; the test asserts that the first 32 tokens agree and prints the smallest gap
    along the way (to tell a real disagreement from a near tie if it fails).
@@ -92,15 +94,13 @@ def test_logits_agree_within_the_q8k_tolerance(exported):
     l_cpp = np.array(cpp.scores[: ids.shape[1]], np.float64)
     l_float = float_model(ids)[0].astype(np.float64)
     l_q8k = q8k_model(ids)[0].astype(np.float64)
-    scale = np.abs(l_float).max()
-    tol_fp = 64 * 2.0**-24 * scale * np.sqrt(float_model.dim)  # float32 rounding, see docstring
     e_q = np.abs(l_q8k - l_float).max()
     to_q8k, to_float = np.abs(l_cpp - l_q8k).max(), np.abs(l_cpp - l_float).max()
-    print(f"logit scale {scale:.3f}: |cpp-q8k| {to_q8k:.2e} (tol {tol_fp:.2e}), "
-          f"|cpp-float| {to_float:.2e} (tol e_q + tol = {e_q + tol_fp:.2e})")  # fmt: skip
-    assert to_q8k <= tol_fp
-    assert to_float <= e_q + tol_fp
-    assert e_q > 10 * to_q8k  # llama.cpp quantizes its activations, and as Q8_K does
+    print(f"|cpp-q8k| {to_q8k:.2e}, |cpp-float| {to_float:.2e}, e_q = |q8k-float| {e_q:.2e} "
+          f"(logits up to {np.abs(l_float).max():.2f})")  # fmt: skip
+    assert e_q > 1e-3  # the quantization matters on this model: the test can tell
+    assert to_q8k <= 0.1 * e_q  # llama.cpp quantizes its activations, and as Q8_K does
+    assert to_float <= 1.1 * e_q
 
 
 def test_greedy_generation_is_the_same_for_32_tokens_and_more(exported):
