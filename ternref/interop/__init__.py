@@ -4,7 +4,11 @@
 TQ2_0 or TQ1_0 tensor and metadata that says what each tensor is; :func:`load_gguf` rebuilds the
 model; :func:`read_tensors` reads any GGUF's tensors (ternary ones as exact
 :class:`~ternref.Ternary` objects). The block layouts are in :mod:`ternref.interop.tq`, the file
-mapping and what maps exactly in :mod:`ternref.interop.gguf_io`.
+mapping and what maps exactly in :mod:`ternref.interop.gguf_io`. A
+:class:`~ternref.nn.TransformerLM` goes to and comes from llama.cpp's ``llama`` architecture
+(:mod:`ternref.interop.llama`: TQ projections, RoPE row order, a byte vocabulary);
+:mod:`ternref.interop.tokenizer` rebuilds a GGUF's BPE tokenizer with ``tokenizers``;
+:mod:`ternref.interop.q8k` reproduces llama.cpp's Q8_K activation quantization.
 
 Needs the optional ``gguf`` package: ``pip install "ternref[gguf]"`` (importing this package
 works without it; the functions raise ImportError saying so).
@@ -18,6 +22,15 @@ from ternref.interop.gguf_io import (
     read_tensors,
     save_gguf,
 )
+from ternref.interop.llama import (
+    pack_projections,
+    perplexity,
+    projection_layers,
+    read_llama,
+    save_llama,
+    set_projection_weights,
+    ternarize,
+)
 
 __all__ = [
     "ExportReport",
@@ -26,4 +39,11 @@ __all__ = [
     "read_metadata",
     "read_tensors",
     "save_gguf",
+    "pack_projections",
+    "perplexity",
+    "projection_layers",
+    "read_llama",
+    "save_llama",
+    "set_projection_weights",
+    "ternarize",
 ]

@@ -543,15 +543,19 @@ def save_gguf(
     dense: bool = False,
     method=None,
     name: str | None = None,
+    ternary=None,
 ) -> ExportReport:
     """Write a ternref model as a GGUF file (see the module docstring for the layout).
 
     Parameters
     ----------
-    model : Sequential
+    model : Sequential or TransformerLM
         A trained model with weight quantizers (``ternref.methods.quantize_model``; it is
         exported with :func:`ternref.packed.export` first) or a packed inference model
-        (:func:`ternref.packed.export`, :func:`ternref.packed.load`).
+        (:func:`ternref.packed.export`, :func:`ternref.packed.load`). A
+        :class:`~ternref.nn.TransformerLM` is written as a llama.cpp ``llama`` file by
+        :func:`ternref.interop.llama.save_llama` (``quant``, ``float_type``, ``name`` and
+        ``ternary`` apply; ``pad``, ``split``, ``dense`` and ``method`` do not).
     path : str or os.PathLike
     quant : {"tq2_0", "tq1_0"}
         llama.cpp type of every ternary tensor (2.0625 or 1.6875 bits per weight).
@@ -569,6 +573,9 @@ def save_gguf(
         method whose module defines the model's weight quantizers, if there is one.
     name : str, optional
         ``general.name`` (default ``"ternref <method>"``).
+    ternary : mapping, optional
+        TransformerLM only: projection -> :class:`~ternref.Ternary` (see
+        :func:`ternref.interop.llama.save_llama`).
 
     Returns
     -------
@@ -587,10 +594,24 @@ def save_gguf(
         Without the ``gguf`` package.
     """
     from ternref import methods, packed
+    from ternref.nn.transformer import TransformerLM
 
     gguf = require_gguf()
+    if isinstance(model, TransformerLM):
+        if pad or split or dense or method is not None:
+            raise ValueError(
+                "save_gguf: pad, split, dense and method apply to Sequential models; a "
+                "TransformerLM file must be one llama.cpp runs (see ternref.interop.llama)"
+            )
+        from ternref.interop.llama import save_llama
+
+        return save_llama(model, path, ternary, quant=quant, float_type=float_type, name=name)
+    if ternary is not None:
+        raise ValueError("save_gguf: ternary= applies to a TransformerLM only")
     if not isinstance(model, Sequential):
-        raise TypeError(f"save_gguf expects a ternref.nn.Sequential, got {describe(model)}")
+        raise TypeError(
+            f"save_gguf expects a ternref.nn.Sequential or TransformerLM, got {describe(model)}"
+        )
     one_of(quant, "quant", tq.QUANTS)
     one_of(float_type, "float_type", FLOAT_TYPES)
     for flag, value in (("pad", pad), ("split", split), ("dense", dense)):
@@ -1217,9 +1238,11 @@ def load_gguf(path, *, dequantize: bool = False, format: str = "i2"):
 
     Returns
     -------
-    Sequential
-        Packed ternary layers whose ternaries equal the exported ones with every scale rounded
-        to fp16, in evaluation mode.
+    Sequential or TransformerLM
+        For a ``ternref`` file: packed ternary layers whose ternaries equal the exported ones
+        with every scale rounded to fp16, in evaluation mode. For a ``llama`` file: a
+        :class:`~ternref.nn.TransformerLM` (:func:`ternref.interop.llama.read_llama`; TQ
+        projections packed in ``format``, Q4_1/Q8_0/... tensors only with ``dequantize``).
 
     Raises
     ------

@@ -98,17 +98,18 @@ def test_an_unknown_tensor_type_id_is_refused(good, tmp_path):
 
 
 def test_a_gguf_without_ternref_metadata_is_refused_and_read_tensors_reads_it(tmp_path):
-    path = tmp_path / "llama.gguf"
+    # (llama files are TransformerLMs now: tests/interop/test_llama_gguf.py; gpt2 is foreign)
+    path = tmp_path / "gpt2.gguf"
     w = np.random.default_rng(1).normal(size=(4, 256)).astype(np.float32)
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_uint32("llama.block_count", 1)
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_uint32("gpt2.block_count", 1)
     writer.add_tensor("token_embd.weight", w)
     writer.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(w, Q.Q8_0), raw_dtype=Q.Q8_0)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ValueError, match=r"general.architecture 'llama': not a ternref model"):
+    with pytest.raises(ValueError, match=r"general.architecture 'gpt2': not a ternref model"):
         load_gguf(path)
     with pytest.raises(ValueError, match="is Q8_0; pass dequantize=True"):
         read_tensors(path)
