@@ -189,6 +189,8 @@ def train_lm(
             on_eval(step, record)
 
     for cb in callbacks:
+        cb.on_fit_begin(1, steps)  # the run's length (INQ spreads its stages over it)
+    for cb in callbacks:
         cb.on_train_begin(model, optimizer)
     model.train()
     bar = progress_bar(range(start_step, steps), enabled=progress, total=steps - start_step,
