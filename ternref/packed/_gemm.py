@@ -68,6 +68,53 @@ def tile_rows(n_rows, bytes_per_row):
     return min(rows, max(n_rows, 1))
 
 
+WHOLE_WEIGHT_BYTES = 1 << 20
+"""A convolution whose decoded weight fits in this many bytes decodes it once per call chunk
+(its thousands of receptive fields are then multiplied by the same buffer) instead of one tile
+at a time per block of receptive fields."""
+
+
+@njit(nogil=True)
+def conv_tile_rows(n_rows, bytes_per_row):
+    """Rows per decoded tile of a convolution: all of them when they fit in
+    :data:`WHOLE_WEIGHT_BYTES`, else :func:`tile_rows`."""
+    if n_rows * bytes_per_row <= WHOLE_WEIGHT_BYTES:
+        return max(n_rows, 1)
+    return tile_rows(n_rows, bytes_per_row)
+
+
+# ------------------------------------------------------------------------ activation layout
+@njit(nogil=True)
+def scatter_f32(x2d, dest, group, out, xsum):
+    """``out[n, dest[k]] = x[n, k]`` (float32; ``out`` zero elsewhere) and the group sums."""
+    out[:] = 0
+    xsum[:] = 0
+    for n in range(x2d.shape[0]):
+        for k in range(x2d.shape[1]):
+            v = np.float32(x2d[n, k])
+            out[n, dest[k]] = v
+            xsum[n, group[k]] += np.float64(v)
+
+
+@njit(nogil=True)
+def scatter_i8(x2d, dest, group, out, xsum, inv_s):
+    """:func:`ternref.packed.quantize_activations` per row, scattered like :func:`scatter_f32`
+    (``out`` int8, or float32 holding the same integers; exact int64 group sums;
+    ``inv_s = max|x| / 127``)."""
+    out[:] = 0
+    xsum[:] = 0
+    for n in range(x2d.shape[0]):
+        amax = np.float32(0.0)
+        for k in range(x2d.shape[1]):
+            amax = max(amax, abs(np.float32(x2d[n, k])))
+        s = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
+        inv_s[n] = np.float64(amax) / INT8_MAX
+        for k in range(x2d.shape[1]):
+            q = min(max(np.rint(np.float32(x2d[n, k]) * s), np.float32(-INT8_MAX)), INT8_MAX)
+            out[n, dest[k]] = q
+            xsum[n, group[k]] += np.int64(q)
+
+
 # ------------------------------------------------------------------------------ epilogues
 @njit(nogil=True)
 def group_value(q_sum, z_sum, x_sum, sc, r, g, asym):

@@ -35,11 +35,15 @@ import os
 import queue
 import threading
 
-SERIAL_BELOW = 1 << 19
-"""Products with fewer multiply-adds than this run in the calling thread alone."""
+SERIAL_BELOW = 1 << 21
+"""Products with fewer multiply-adds than this (a few tens of microseconds of work) run in the
+calling thread alone: waking a helper thread can take longer than that."""
 
 CHUNKS_PER_THREAD = 4
 """Chunks per thread for a parallel product: enough for the claiming to balance the load."""
+
+MIN_CHUNK_WORK = 1 << 20
+"""Multiply-adds of the smallest chunk worth handing to another thread."""
 
 
 def _default_threads() -> int:
@@ -167,9 +171,10 @@ def plan(n_items: int, work_per_item: int, multiple: int = 1) -> list[tuple[int,
     the whole product is below :data:`SERIAL_BELOW` or only one thread is used, else about
     ``CHUNKS_PER_THREAD`` per thread."""
     threads = get_num_threads()
-    if threads <= 1 or n_items * work_per_item < SERIAL_BELOW:
+    work = n_items * work_per_item
+    if threads <= 1 or work < SERIAL_BELOW:
         return [(0, n_items)]
-    return split(n_items, threads * CHUNKS_PER_THREAD, multiple)
+    return split(n_items, min(threads * CHUNKS_PER_THREAD, work // MIN_CHUNK_WORK), multiple)
 
 
 def run(kernel, args: tuple, chunks: list[tuple], *tail) -> None:

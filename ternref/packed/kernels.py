@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref._jit import njit
 from ternref._validate import describe, float_array, one_of
 from ternref.packed import _threads
-from ternref.packed._gemm import INT8_MAX, X_BLOCK, add_group_numpy
+from ternref.packed._gemm import INT8_MAX, X_BLOCK, add_group_numpy, scatter_f32, scatter_i8
 from ternref.packed.packed import Packed, pad_activations
 
 GEMM_MIN_BATCH = 8
@@ -99,38 +98,8 @@ def _layout(p: Packed) -> dict:
     return p._cache["layout"]
 
 
-@njit(nogil=True)
-def _scatter_f32(x2d, dest, group, out, xsum):
-    """``out[n, dest[k]] = x[n, k]`` (float32; ``out`` zero elsewhere) and the group sums."""
-    out[:] = 0
-    xsum[:] = 0
-    for n in range(x2d.shape[0]):
-        for k in range(x2d.shape[1]):
-            v = np.float32(x2d[n, k])
-            out[n, dest[k]] = v
-            xsum[n, group[k]] += np.float64(v)
-
-
-@njit(nogil=True)
-def _scatter_i8(x2d, dest, group, out, xsum, inv_s):
-    """:func:`quantize_activations` per row, scattered like :func:`_scatter_f32` (``out`` int8,
-    or float32 holding the same integers; exact int64 group sums; ``inv_s = max|x| / 127``)."""
-    out[:] = 0
-    xsum[:] = 0
-    for n in range(x2d.shape[0]):
-        amax = np.float32(0.0)
-        for k in range(x2d.shape[1]):
-            amax = max(amax, abs(np.float32(x2d[n, k])))
-        s = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
-        inv_s[n] = np.float64(amax) / INT8_MAX
-        for k in range(x2d.shape[1]):
-            q = min(max(np.rint(np.float32(x2d[n, k]) * s), np.float32(-INT8_MAX)), INT8_MAX)
-            out[n, dest[k]] = q
-            xsum[n, group[k]] += np.int64(q)
-
-
 def _scatter_numpy(x2d, dest, group, n_groups, width, int8: bool, dtype=None):
-    """NumPy twin of :func:`_scatter_f32` / :func:`_scatter_i8`."""
+    """NumPy twin of :func:`~ternref.packed._gemm.scatter_f32` / ``scatter_i8``."""
     n = x2d.shape[0]
     if int8:
         values, inv_s = quantize_activations(x2d)
@@ -158,11 +127,11 @@ def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
         out = np.empty((n, width), qtype)
         xsum = np.empty((n, g), np.int64)
         inv_s = np.empty(n, np.float64)
-        _scatter_i8(x2d, lay[key], lay["group"], out, xsum, inv_s)
+        scatter_i8(x2d, lay[key], lay["group"], out, xsum, inv_s)
         return out, xsum, inv_s
     out = np.empty((n, width), np.float32)
     xsum = np.empty((n, g), np.float64)
-    _scatter_f32(x2d, lay[key], lay["group"], out, xsum)
+    scatter_f32(x2d, lay[key], lay["group"], out, xsum)
     return out, xsum, None
 
 
@@ -255,17 +224,24 @@ def product(
     mod = p.module
     data = _data(p)
     if n < GEMM_MIN_BATCH:
-        xs, xsum, inv_s = prepare_streams(p, x2d, int8, backend)
+        has_bias = bias is not None
+        b = bias if has_bias else _NO_BIAS
         twin = "_numpy" if backend == "numpy" else ""
         chunks = [(0, m)] if twin else _threads.plan(m, n * p.padded_length)
         kind = "i8" if int8 else "f32"
+        if not twin and len(chunks) == 1:  # small: layout and product in one serial call
+            lay = p._cache.get("layout") or _layout(p)
+            flags = (asym, has_offset, b, has_bias, relu)
+            getattr(mod, f"gemv_{kind}")(
+                *data, x2d, lay["stream"], lay["group"], sc["sc"], *flags, y
+            )
+            return y
+        xs, xsum, inv_s = prepare_streams(p, x2d, int8, backend)
         zeros = np.zeros(
             (n, m, p.n_groups) if asym else (0, 0, 0), np.int32 if int8 else np.float32
         )
         if asym:  # Z = sum [c = 0] x, a pass of its own (see i2.dot_f32)
             _threads.run(getattr(mod, f"zeros_{kind}{twin}"), (*data, xs), chunks, zeros)
-        has_bias = bias is not None
-        b = bias if has_bias else _NO_BIAS
         scales = (inv_s, sc["sc"]) if int8 else (sc["sc"],)
         args = (*data, xs, xsum, *scales, zeros, asym, has_offset, b, has_bias, relu)
         _threads.run(getattr(mod, f"dot_{kind}{twin}"), args, chunks, y)
@@ -299,9 +275,10 @@ def _gemm_chunks(m: int, n: int, length: int) -> list[tuple[int, int, int, int]]
     """``(r0, r1, n0, n1)`` chunks: over weight rows when there are enough of them for every
     thread, else over activation rows (a convolution's thousands of im2col rows)."""
     threads = _threads.get_num_threads()
-    if threads <= 1 or n * m * length < _threads.SERIAL_BELOW:
+    work = n * m * length
+    if threads <= 1 or work < _threads.SERIAL_BELOW:
         return [(0, m, 0, n)]
-    wanted = threads * _threads.CHUNKS_PER_THREAD
+    wanted = min(threads * _threads.CHUNKS_PER_THREAD, work // _threads.MIN_CHUNK_WORK)
     if m >= 16 * wanted:
         return [(a, b, 0, n) for a, b in _threads.split(m, wanted, 4)]
     return [(0, m, a, b) for a, b in _threads.split(n, wanted, X_BLOCK)]

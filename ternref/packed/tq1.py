@@ -60,9 +60,12 @@ from ternref.packed._gemm import (
     add_group,
     add_group_int,
     add_group_numpy,
+    conv_tile_rows,
     finish_rows,
     finish_rows_numpy,
     quantize_rows,
+    scatter_f32,
+    scatter_i8,
     tile_matmul,
     tile_matmul_blocked,
     tile_product_i8,
@@ -299,6 +302,45 @@ def zeros_i8(codes, xs, r0, r1, zeros):
             zeros[n, r0:r1, g] = sums
 
 
+@njit(nogil=True)
+def gemv_f32(codes, x2d, dest, group, sc, asym, has_offset, bias, has_bias, relu, y):
+    """A whole small GEMV on the calling thread in one call: lay ``x2d`` out as streams
+    (:func:`~ternref.packed._gemm.scatter_f32`, with ``dest``/``group`` from the layout of
+    :mod:`ternref.packed.kernels`), then :func:`zeros_f32` (asymmetric scales) and :func:`dot_f32`.
+    Saves the separate calls' overhead where the product itself takes microseconds."""
+    n = x2d.shape[0]
+    m = sc.shape[1]
+    n_groups = sc.shape[2]
+    width = codes.shape[1] * STREAMS
+    xs = np.empty((n, STREAMS, width // STREAMS), np.float32)
+    xsum = np.empty((n, n_groups), np.float64)
+    scatter_f32(x2d, dest, group, xs.reshape(n, width), xsum)
+    zeros = np.zeros((n, m, n_groups) if asym else (0, 0, 0), np.float32)
+    if asym:
+        zeros_f32(codes, xs, 0, m, zeros)
+    dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, 0, m, y)
+
+
+@njit(nogil=True)
+def gemv_i8(codes, x2d, dest, group, sc, asym, has_offset, bias, has_bias, relu, y):
+    """A whole small GEMV on the calling thread in one call: lay ``x2d`` out as streams
+    (:func:`~ternref.packed._gemm.scatter_i8`, with ``dest``/``group`` from the layout of
+    :mod:`ternref.packed.kernels`), then :func:`zeros_i8` (asymmetric scales) and :func:`dot_i8`.
+    Saves the separate calls' overhead where the product itself takes microseconds."""
+    n = x2d.shape[0]
+    m = sc.shape[1]
+    n_groups = sc.shape[2]
+    width = codes.shape[1] * STREAMS
+    xs = np.empty((n, STREAMS, width // STREAMS), np.int8)
+    xsum = np.empty((n, n_groups), np.int64)
+    inv_s = np.empty(n, np.float64)
+    scatter_i8(x2d, dest, group, xs.reshape(n, width), xsum, inv_s)
+    zeros = np.zeros((n, m, n_groups) if asym else (0, 0, 0), np.int32)
+    if asym:
+        zeros_i8(codes, xs, 0, m, zeros)
+    dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, 0, m, y)
+
+
 def _trits(codes_cols):
     """The five trit columns of a slice of packed bytes (int64)."""
     byte = codes_cols.astype(np.int64)
@@ -418,7 +460,7 @@ def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
     (:mod:`ternref.packed._conv`)."""
     length = src.shape[0]
     m = lut.shape[0]
-    rows = tile_rows(m, 4 * length)
+    rows = conv_tile_rows(m, 4 * length)
     buf = np.empty((rows, length), np.float32)
     block = np.empty((X_BLOCK, length), np.float32)
     out = np.empty((X_BLOCK, m), np.float32)
@@ -448,7 +490,7 @@ def conv_i8(
     m = sc.shape[1]
     n_groups = sc.shape[2]
     seg = length // n_groups
-    rows = tile_rows(m, 4 * length)
+    rows = conv_tile_rows(m, 4 * length)
     buf = np.empty((rows, length), np.float32)
     abs_buf = np.empty((rows if asym else 0, length), np.float32)
     block = np.empty((X_BLOCK, length), np.float32)

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref.packed import linear, quantize_activations
+from ternref.packed import _threads, linear, quantize_activations
 from ternref.packed.kernels import GEMM_MIN_BATCH
 
 UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
 """u = 2^-24: a correctly rounded float32 operation errs by at most u times its result."""
 
 
-def kernel_names(fmt: str, n: int, activations: str) -> tuple[str, str]:
-    """(jitted kernel, NumPy twin) that ``linear`` runs for a batch of ``n`` rows."""
+def kernel_names(fmt: str, n: int, activations: str, threaded: bool = False) -> tuple[str, str]:
+    """(jitted kernel, NumPy twin) that ``linear`` runs for a batch of ``n`` rows; ``threaded``:
+    the product is large enough to be split over threads (:func:`ternref.packed._threads.plan`)."""
     act = "f32" if activations == "float32" else "i8"
-    if n < GEMM_MIN_BATCH:
-        return f"{fmt}.dot_{act}", f"{fmt}.dot_{act}_numpy"
+    if n < GEMM_MIN_BATCH:  # small products run whole in one serial call (gemv = layout + dot)
+        kernel = "dot" if threaded else "gemv"
+        return f"{fmt}.{kernel}_{act}", f"{fmt}.dot_{act}_numpy"
     return f"{fmt}.gemm_{act}", f"kernels._gemm_{act}_numpy"
 
 
@@ -156,7 +158,8 @@ def check_linear(t, p, x: np.ndarray, activations: str) -> None:
     """
     x2d = x.reshape(1, -1) if x.ndim == 1 else x
     n, m = x2d.shape[0], t.shape[0]
-    kernel, twin = kernel_names(p.format, n, activations)
+    threaded = len(_threads.plan(m, n * p.padded_length)) > 1
+    kernel, twin = kernel_names(p.format, n, activations, threaded)
     y = linear(x, p, activations)
     y_twin = linear(x, p, activations, backend="numpy")
     for name, out in ((kernel, y), (twin, y_twin)):

@@ -199,8 +199,9 @@ def test_kernel_path(fmt, batch, activations, scales, granularity, case):
 @pytest.mark.parametrize("scales", SCALES)
 @pytest.mark.parametrize(("fmt", "batch", "activations"), [p for p in PATHS if "n=1" not in p.id])
 def test_kernel_path_threaded(fmt, batch, activations, scales):
-    """Products of at least ``SERIAL_BELOW`` multiply-adds run the prange loops on every thread
-    (below it ``linear`` pins one thread): per-thread buffers and row ranges must not collide."""
+    """Products of at least ``SERIAL_BELOW`` multiply-adds are split into chunks run by helper
+    threads (below it the calling thread runs them alone, small GEMVs in one fused ``gemv_*``
+    call): chunks' row ranges and buffers must not collide."""
     n = GEMM_MIN_BATCH - 1 if batch == SMALL_BATCH else GEMM_MIN_BATCH + 5
     m = 6 * TILE_ROWS + 5
     k = -(-SERIAL_BELOW // (n * m)) + 37
@@ -211,7 +212,7 @@ def test_kernel_path_threaded(fmt, batch, activations, scales):
     check_linear(t, pack(t, fmt), x, activations)
 
 
-KERNEL_FUNCTIONS = ("dot_f32", "dot_i8", "gemm_f32", "gemm_i8", "dot_f32_numpy", "dot_i8_numpy")
+KERNEL_FUNCTIONS = ("gemv_f32", "gemv_i8", "dot_f32", "dot_i8", "gemm_f32", "gemm_i8", "dot_f32_numpy", "dot_i8_numpy")
 
 
 @pytest.mark.parametrize(("fmt", "batch", "activations"), PATHS)
