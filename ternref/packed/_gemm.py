@@ -202,6 +202,46 @@ def finish_rows_numpy(yr, scale, bias, relu, y_row):
 
 # ------------------------------------------------------------------------------ float tiles
 @njit(nogil=True, fastmath=REASSOC)
+def dense_small(x2d, w, bias, has_bias, relu, y):
+    """``y = act(x2d @ w.T + bias)`` in float32 for a few rows: the full-precision ``Linear`` of
+    a packed model at batch 1 (:class:`~ternref.packed.layers.PackedSequential`), where BLAS's
+    call, then NumPy's bias add and ReLU, cost several times the arithmetic. Four weight rows
+    share one pass over ``x`` (four accumulators; the k loop vectorizes). NumPy twin:
+    :func:`dense_small_numpy`."""
+    m, k = w.shape
+    for n in range(x2d.shape[0]):
+        x = x2d[n]
+        for i0 in range(0, m, 4):
+            wa = w[i0]
+            wb = w[min(i0 + 1, m - 1)]  # rows past the end: computed twice, written once
+            wc = w[min(i0 + 2, m - 1)]
+            wd = w[min(i0 + 3, m - 1)]
+            sa = sb = sc = sd = np.float32(0.0)
+            for j in range(k):
+                v = x[j]
+                sa += v * wa[j]
+                sb += v * wb[j]
+                sc += v * wc[j]
+                sd += v * wd[j]
+            for i, acc in enumerate((sa, sb, sc, sd)):
+                if i0 + i < m:
+                    if has_bias:
+                        acc += bias[i0 + i]
+                    if relu and acc < 0:
+                        acc = np.float32(0.0)
+                    y[n, i0 + i] = acc
+
+
+def dense_small_numpy(x2d, w, bias, has_bias, relu, y):
+    """NumPy twin of :func:`dense_small`."""
+    y[:] = x2d @ w.T
+    if has_bias:
+        y += bias
+    if relu:
+        np.maximum(y, 0, out=y)
+
+
+@njit(nogil=True, fastmath=REASSOC)
 def tile_matmul(xp, buf, nr, y, r0):
     """``y[:, r0:r0+nr] = xp @ buf[:nr].T`` with 4 x 4 register blocking."""
     n_x, length = xp.shape

@@ -218,6 +218,13 @@ def product(
     m = p.shape[0]
     if y is None:
         y = np.empty((n, m), np.float32)
+    if n < GEMM_MIN_BATCH and backend == "numba":
+        gemv = _small_gemv(p, int8, bias, relu)
+        if gemv is not None and (
+            n * gemv[3] < _threads.SERIAL_BELOW or _threads.get_num_threads() == 1
+        ):
+            gemv[0](*gemv[1], x2d, *gemv[2], y)
+            return y
     sc = p.kernel_scales()
     asym = not p.symmetric
     has_offset = p.offset is not None
@@ -229,13 +236,6 @@ def product(
         twin = "_numpy" if backend == "numpy" else ""
         chunks = [(0, m)] if twin else _threads.plan(m, n * p.padded_length)
         kind = "i8" if int8 else "f32"
-        if not twin and len(chunks) == 1:  # small: layout and product in one serial call
-            lay = p._cache.get("layout") or _layout(p)
-            flags = (asym, has_offset, b, has_bias, relu)
-            getattr(mod, f"gemv_{kind}")(
-                *data, x2d, lay["stream"], lay["group"], sc["sc"], *flags, y
-            )
-            return y
         xs, xsum, inv_s = prepare_streams(p, x2d, int8, backend)
         zeros = np.zeros(
             (n, m, p.n_groups) if asym else (0, 0, 0), np.int32 if int8 else np.float32
@@ -269,6 +269,30 @@ def product(
 
 
 _NO_BIAS = np.zeros(0, np.float32)
+
+
+def _small_gemv(p: Packed, int8: bool, bias, relu: bool):
+    """``(kernel, head, tail, work)`` such that ``kernel(*head, x2d, *tail, y)`` is the whole
+    product of a small batch in one serial call (``gemv_f32`` / ``gemv_i8``: stream layout, zero counts and
+    dot products), built once per (activations, bias, ReLU) and kept with ``p``: at a few
+    microseconds a product, looking up the layout, scales and flags again costs as much as the
+    arithmetic. ``None`` for a format without a fused GEMV."""
+    key = ("gemv", int8, relu)
+    entry = p._cache.get(key)
+    if entry is None or entry[0] is not bias:
+        kernel = getattr(p.module, "gemv_i8" if int8 else "gemv_f32", None)
+        if kernel is None:
+            return None
+        lay = _layout(p)
+        has_bias = bias is not None
+        head = (*_data(p),)
+        tail = (
+            lay["stream"], lay["group"], p.kernel_scales()["sc"], not p.symmetric,
+            p.offset is not None, bias if has_bias else _NO_BIAS, has_bias, relu,
+        )  # fmt: skip
+        entry = (bias, (kernel, head, tail, p.shape[0] * p.padded_length))
+        p._cache[key] = entry
+    return entry[1]
 
 
 def _gemm_chunks(m: int, n: int, length: int) -> list[tuple[int, int, int, int]]:

@@ -56,11 +56,13 @@ from ternref.nn.layers import (
     Sequential,
 )
 from ternref.nn.module import Module, Parameter
-from ternref.packed.kernels import product, run_conv
+from ternref.packed._gemm import dense_small
+from ternref.packed.kernels import GEMM_MIN_BATCH, product, run_conv
 from ternref.packed.packed import FORMATS, Packed, pack
 from ternref.ternary import Ternary
 
 ACTIVATIONS = ("float32", "int8")
+_NO_BIAS = np.zeros(0, np.float32)
 
 
 def _checked_input(x, ndim: int, name: str) -> np.ndarray:
@@ -320,6 +322,15 @@ def _dense_linear_step(layer: Linear, relu: bool):
                 f"{layer!r}: expected input of shape (N, {layer.in_features}), got {x.shape}"
             )
         w = layer.weight.data
+        b = layer.bias.data if layer.bias is not None else _NO_BIAS
+        if (
+            x.shape[0] < GEMM_MIN_BATCH
+            and x.dtype == w.dtype == b.dtype == np.float32
+            and w.flags.c_contiguous
+        ):  # a few rows: one call instead of BLAS + bias add + ReLU (see dense_small)
+            y = np.empty((x.shape[0], w.shape[0]), np.float32)
+            dense_small(x, w, b, layer.bias is not None, relu, y)
+            return y
         y = np.matmul(x, w.T if w.dtype == x.dtype else w.T.astype(x.dtype))
         if layer.bias is not None:
             y += layer.bias.data.astype(y.dtype, copy=False)
