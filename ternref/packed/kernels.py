@@ -273,10 +273,11 @@ _NO_BIAS = np.zeros(0, np.float32)
 
 def _small_gemv(p: Packed, int8: bool, bias, relu: bool):
     """``(kernel, head, tail, work)`` such that ``kernel(*head, x2d, *tail, y)`` is the whole
-    product of a small batch in one serial call (``gemv_f32`` / ``gemv_i8``: stream layout, zero counts and
-    dot products), built once per (activations, bias, ReLU) and kept with ``p``: at a few
-    microseconds a product, looking up the layout, scales and flags again costs as much as the
-    arithmetic. ``None`` for a format without a fused GEMV."""
+    product of a small batch in one serial call (``gemv_f32`` / ``gemv_i8``: stream layout,
+    zero counts and dot products; ``work`` = multiply-adds per activation row), built once per
+    (activations, bias, ReLU) and kept with ``p``: at a few microseconds a product, looking up
+    the layout, scales and flags again costs as much as the arithmetic. ``None`` for a format
+    without a fused GEMV."""
     key = ("gemv", int8, relu)
     entry = p._cache.get(key)
     if entry is None or entry[0] is not bias:

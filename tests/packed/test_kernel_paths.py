@@ -212,7 +212,10 @@ def test_kernel_path_threaded(fmt, batch, activations, scales):
     check_linear(t, pack(t, fmt), x, activations)
 
 
-KERNEL_FUNCTIONS = ("gemv_f32", "gemv_i8", "dot_f32", "dot_i8", "gemm_f32", "gemm_i8", "dot_f32_numpy", "dot_i8_numpy")
+KERNEL_FUNCTIONS = (
+    "gemv_f32", "gemv_i8", "dot_f32", "dot_i8", "gemm_f32", "gemm_i8", "dot_f32_numpy",
+    "dot_i8_numpy",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(("fmt", "batch", "activations"), PATHS)
