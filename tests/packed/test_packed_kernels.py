@@ -7,10 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ternref import Ternary
 from ternref.packed import FORMATS, linear, pack, quantize_activations
-from ternref.packed._gemm import TILE_ROWS  # the most rows per decoded GEMM tile
+from ternref.packed._gemm import (
+    TILE_ROWS,  # the most rows per decoded GEMM tile
+    dense_small,
+    dense_small_numpy,
+)
 from ternref.packed.kernels import GEMM_MIN_BATCH
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -138,3 +144,38 @@ def test_int8_gemm_equals_int8_gemv_row_by_row(fmt, asymmetric):
     rows = np.stack([linear(row, p, "int8") for row in x])
     assert np.array_equal(batch, rows)
     assert np.array_equal(linear(x, p, "int8", backend="numpy"), batch)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, GEMM_MIN_BATCH - 1),
+    m=st.integers(1, 11),
+    k=st.integers(1, 70),
+    has_bias=st.booleans(),
+    relu=st.booleans(),
+    zero=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_small_equals_its_twin_and_float64(n, m, k, has_bias, relu, zero, seed):
+    """The batch-1 full-precision Linear of packed models: kernel == twin == float64 product
+    within the float32 summation bound ((k + 2) u sum |x w| + |b| u), on row counts that are not
+    multiples of its four-row blocks, single elements and all-zero input."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, k), np.float32) if zero else rng.standard_normal((n, k)).astype(np.float32)
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) if has_bias else np.zeros(0, np.float32)
+    y, y_twin = np.full((n, m), np.nan, np.float32), np.full((n, m), np.nan, np.float32)
+    dense_small(x, w, b, has_bias, relu, y)
+    dense_small_numpy(x, w, b, has_bias, relu, y_twin)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + (b if has_bias else 0.0)
+    if relu:
+        ref = np.maximum(ref, 0.0)
+    u = np.finfo(np.float32).eps / 2
+    bound = (k + 2) * u * (np.abs(x).astype(np.float64) @ np.abs(w).T) + u * (
+        np.abs(b) if has_bias else 0.0
+    )
+    for name, got in (("dense_small", y), ("dense_small_numpy", y_twin)):
+        err = np.abs(got - ref)
+        assert np.all(err <= bound), f"{name}: error {err.max():.3g} above the bound"
+    if zero:
+        assert np.array_equal(y, y_twin)
