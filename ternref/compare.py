@@ -6,8 +6,9 @@ the ones asked for) under one recipe and measures, for each:
 
 * test accuracy (mean and standard deviation over seeds) and the gap to full precision;
 * the sparsity of the ternary layers;
-* the packed model: its size on disk, bits per weight, inference time on the test set, and
-  whether its predictions equal the trained model's (float activations);
+* the packed model: its size on disk, bits per weight, inference time on the test set beside
+  the trained model's own (float) inference time and their ratio, and whether its predictions
+  equal the trained model's (float activations);
 * training time per epoch.
 
 A method that raises or diverges gets a row saying what happened, and the run goes on; an
@@ -83,6 +84,7 @@ class Row:
     float_bytes: int | None = None
     bits_per_weight: float | None = None
     packed_seconds: float | None = None
+    float_seconds: float | None = None
     packed_agreement: float | None = None
     status: str = "ok"
     error: str | None = None
@@ -115,7 +117,13 @@ class Row:
             "train_seconds_per_epoch": (
                 float(np.mean(self.epoch_seconds)) if self.epoch_seconds else None
             ),
+            "float_inference_seconds": self.float_seconds,
             "packed_inference_seconds": self.packed_seconds,
+            "packed_speedup": (
+                self.float_seconds / self.packed_seconds
+                if self.float_seconds and self.packed_seconds
+                else None
+            ),
             "packed_agreement": self.packed_agreement,
         }
 
@@ -198,7 +206,9 @@ class Comparison:
             "packed size",
             "bits/w",
             "train s/ep",
+            "float infer s",
             "packed infer s",
+            "packed speed-up",
         ]
         out = [header]
         n_seeds = self.settings.get("seeds", 1)
@@ -211,7 +221,7 @@ class Comparison:
                         paper,
                         record["ternary"],
                         f"{record['status']}: {record['error']}",
-                        *[""] * 6,
+                        *[""] * 8,
                     ]
                 )
                 continue
@@ -232,7 +242,9 @@ class Comparison:
                     _fmt(record["packed_bytes"], _human_bytes),
                     _fmt(record["bits_per_weight"], lambda b: f"{b:.2f}"),
                     _fmt(record["train_seconds_per_epoch"], lambda s: f"{s:.2f}"),
+                    _fmt(record["float_inference_seconds"], lambda s: f"{s:.3f}"),
                     _fmt(record["packed_inference_seconds"], lambda s: f"{s:.3f}"),
+                    _fmt(record["packed_speedup"], lambda r: f"{r:.2f}x"),
                 ]
             )
         return out
@@ -272,7 +284,10 @@ class Comparison:
             f"Accuracy is the test accuracy after "
             f"the last epoch (mean ± std over seeds); gap is to the full-precision row; packed "
             f"size is the saved `.npz` inference file; bits/w counts codes and scales of the "
-            f"ternary layers.",
+            f"ternary layers; float and packed infer s time the whole test set through the "
+            f"trained model's own forward (float32, ternary weights as float) and through the "
+            f"packed model loaded from its file (float32 activations), batch by batch in turn; "
+            f"packed speed-up is their ratio.",
             "",
             f"Machine: {s['machine']}. ternref {s['ternref']}, numpy {s['numpy']}, "
             f"numba {s['numba']}, Python {s['python']}. Date: {s['date']}.",
@@ -469,12 +484,6 @@ def _run_one(method_name, dataset, args, seed, bar, teacher=None, start_from=Non
 INFERENCE_BATCH = 1000
 
 
-def _forward_in_batches(model, x: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [model.forward(x[i : i + INFERENCE_BATCH]) for i in range(0, len(x), INFERENCE_BATCH)]
-    )
-
-
 def _packed_stats(model, dataset) -> dict:
     """Export ``model`` to the packed inference form, save it, time it, compare predictions."""
     from ternref import packed
@@ -486,11 +495,24 @@ def _packed_stats(model, dataset) -> dict:
         size = os.path.getsize(path)
         loaded = packed.load(path)
     model.eval()
-    _forward_in_batches(loaded, dataset.x_test[:INFERENCE_BATCH])  # compile/load the kernels
-    start = time.perf_counter()
-    packed_logits = _forward_in_batches(loaded, dataset.x_test)
-    seconds = time.perf_counter() - start
-    trained_logits = _forward_in_batches(model, dataset.x_test)
+    x = dataset.x_test
+    # One batch each first: the packed model's first call loads its compiled kernels from
+    # Numba's cache (once per process); then both run batch by batch in turn, so that a change
+    # of the machine's load hits both alike.
+    loaded.forward(x[:INFERENCE_BATCH])
+    model.forward(x[:INFERENCE_BATCH])
+    packed_parts, trained_parts = [], []
+    seconds = float_seconds = 0.0
+    for i in range(0, len(x), INFERENCE_BATCH):
+        batch = x[i : i + INFERENCE_BATCH]
+        start = time.perf_counter()
+        packed_parts.append(loaded.forward(batch))
+        middle = time.perf_counter()
+        trained_parts.append(model.forward(batch))
+        seconds += middle - start
+        float_seconds += time.perf_counter() - middle
+    packed_logits = np.concatenate(packed_parts)
+    trained_logits = np.concatenate(trained_parts)
     agreement = float(np.mean(packed_logits.argmax(1) == trained_logits.argmax(1)))
     n_weights = n_bits = 0
     for layer in loaded.modules():
@@ -506,6 +528,7 @@ def _packed_stats(model, dataset) -> dict:
         "float_bytes": float_bytes,
         "bits_per_weight": n_bits / n_weights if n_weights else None,
         "seconds": seconds,
+        "float_seconds": float_seconds,
         "agreement": agreement,
     }
 
@@ -708,6 +731,7 @@ def rows_from_runs(names: list, runs: list, meta: dict) -> list[Row]:
                 row.float_bytes = stats["float_bytes"]
                 row.bits_per_weight = stats["bits_per_weight"]
                 row.packed_seconds = stats["seconds"]
+                row.float_seconds = stats.get("float_seconds")  # absent in older sweeps
                 row.packed_agreement = stats["agreement"]
         rows.append(row)
     return rows

@@ -33,7 +33,9 @@ ROW_KEYS = {
     "float_bytes",
     "bits_per_weight",
     "train_seconds_per_epoch",
+    "float_inference_seconds",
     "packed_inference_seconds",
+    "packed_speedup",
     "packed_agreement",
 }
 SETTINGS_KEYS = {
@@ -164,6 +166,9 @@ def test_compare_cli_writes_table_and_files(tmp_path):
         assert row["float_bytes"] == 4 * n_float
         assert 0 < row["train_seconds_per_epoch"] < wall
         assert 0 < row["packed_inference_seconds"] < wall
+        assert 0 < row["float_inference_seconds"] < wall
+        ratio = row["float_inference_seconds"] / row["packed_inference_seconds"]
+        assert row["packed_speedup"] == pytest.approx(ratio)
     fp = doc["rows"][0]
     assert fp["gap_to_fp"] == 0.0 and fp["sparsity"] is None and fp["bits_per_weight"] is None
     assert fp["packed_bytes"] >= 4 * n_float  # a full-precision export stores every float
@@ -187,6 +192,8 @@ def test_compare_cli_writes_table_and_files(tmp_path):
         assert_printed(c["packed size"], row["packed_bytes"])
         assert_printed(c["train s/ep"], row["train_seconds_per_epoch"])
         assert_printed(c["packed infer s"], row["packed_inference_seconds"])
+        assert_printed(c["float infer s"], row["float_inference_seconds"])
+        assert c["packed speed-up"] == f"{row['packed_speedup']:.2f}x"
         for column, key in (("sparsity", "sparsity"), ("bits/w", "bits_per_weight")):
             if row[key] is None:
                 assert c[column] == ""

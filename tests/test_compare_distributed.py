@@ -32,7 +32,10 @@ from ternref import _distributed  # noqa: E402
 #: threads of each of 2 workers (1 on this project's 2 cores); sequential references use as many,
 #: since OpenBLAS's float32 products change in the last bits with the thread count
 THREADS = _distributed.threads_for(2)
-TIMINGS = ("train_seconds_per_epoch", "packed_inference_seconds")
+TIMINGS = (
+    "train_seconds_per_epoch", "float_inference_seconds", "packed_inference_seconds",
+    "packed_speedup",
+)  # fmt: skip
 RUN_NOISE = ("epoch_seconds", "worker", "threads")  # differ between runs of the same numbers
 
 
@@ -44,7 +47,9 @@ def _numbers(result) -> tuple[list, list]:
     for run in sorted(result.runs, key=lambda r: (r["method"], r["seed"])):
         run = {k: v for k, v in run.items() if k not in RUN_NOISE}
         if run["packed"] is not None:
-            run["packed"] = {k: v for k, v in run["packed"].items() if k != "seconds"}
+            run["packed"] = {
+                k: v for k, v in run["packed"].items() if k not in ("seconds", "float_seconds")
+            }
         runs.append(run)
     return rows, runs
 
