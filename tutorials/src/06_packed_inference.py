@@ -18,15 +18,15 @@
 # padding; [`packed/kernels.py`](../ternref/packed/kernels.py) holds `linear(x, p)`.
 
 # %%
-import os
 import time
 
 import matplotlib.pyplot as plt
-import numba
 import numpy as np
 
 from ternref import Ternary, projections
-from ternref.packed import i2, linear, pack, tq1, unpack
+from ternref._machine import summary
+from ternref.packed import get_num_threads, i2, linear, pack, set_num_threads, tq1, unpack
+from ternref.packed.bench import interleaved_medians
 
 plt.rcParams.update({"figure.dpi": 80, "font.size": 8})
 rng = np.random.default_rng(0)
@@ -216,10 +216,12 @@ for fmt, p in packs.items():
 # ## Memory and speed
 #
 # Memory is exact arithmetic: bytes of codes plus the float32 scales. Speed is measured here,
-# on this machine, over several runs: the median, and the fastest run, which is the one least
-# disturbed by other work on the machine (numbers vary between machines and runs; the test
-# suite never asserts on them). The first call of each kernel compiles it, so warm up
-# first.
+# on this machine, the way a program meets it: the first call of a kernel compiles it (or loads
+# it from Numba's cache), so it is timed on its own; then BLAS and every packed kernel are
+# called in turn, round after round, with no pause, and each gets the median of its rounds, so
+# a change of the machine's load hits all of them alike (the test suite never asserts on
+# times). ternref runs a large product on helper threads (`ternref.packed.set_num_threads`),
+# a small one on the calling thread alone.
 
 # %%
 dense_bytes = w_hat.astype(np.float32).nbytes
@@ -230,46 +232,38 @@ for fmt, p in packs.items():
         f"(incl. scales)  {dense_bytes / p.nbytes:.1f}x smaller"
     )
 
-
-def seconds(fn, repeats=15):
-    """(median, fastest) wall time of ``fn()`` over ``repeats`` runs, after one warm-up."""
-    fn()  # warm-up (and JIT compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(np.min(times))
-
-
+print(summary())  # CPU, SIMD flags, caches, thread pools, load
 w_dense = np.ascontiguousarray(w_hat)
-load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-print(f"machine: {os.cpu_count()} logical CPUs, 1-minute load average {load:.1f}")
-print("packed / dense time, as median ratio (fastest-run ratio)")
-default_threads = numba.get_num_threads()
+x1 = rng.standard_normal((1, K)).astype(np.float32)
+for fmt, p in packs.items():
+    start = time.perf_counter()
+    linear(x1, p, "int8")
+    print(f"first int8 call of {fmt}: {1e3 * (time.perf_counter() - start):.1f} ms (compile/load)")
+
+default_threads = get_num_threads()
 for threads in sorted({default_threads, 1}, reverse=True):
-    numba.set_num_threads(threads)
+    set_num_threads(threads)
     for n in (1, 64):
         x = rng.standard_normal((n, K)).astype(np.float32)
-        med_d, best_d = seconds(lambda x=x: x @ w_dense.T)
-        cells = []
+        calls = {"BLAS": lambda x=x: x @ w_dense.T}
         for fmt, p in packs.items():
-            med_p, best_p = seconds(lambda x=x, p=p: linear(x, p))
-            cells.append(f"{fmt} {med_p / med_d:.2f} ({best_p / best_d:.2f})")
-        print(
-            f"numba threads {threads}, batch {n:3d}: dense BLAS median {1e6 * med_d:7.1f} us; "
-            + ", ".join(cells)
-        )
-numba.set_num_threads(default_threads)
+            for act in ("float32", "int8"):
+                calls[f"{fmt} {act}"] = lambda x=x, p=p, act=act: linear(x, p, act)
+        ms = interleaved_medians(calls, reps=21)
+        cells = ", ".join(f"{k} {ms['BLAS'] / v:.2f}x" for k, v in ms.items() if k != "BLAS")
+        print(f"threads {threads}, batch {n:2d}: BLAS {1e3 * ms['BLAS']:6.1f} us; speed-up {cells}")
+set_num_threads(default_threads)
 
 # %% [markdown]
-# A ratio below 1 means the packed kernel was faster than dense float32 BLAS on this run. At
-# batch 1 the product is memory-bound, which is where fewer bytes can pay; at larger batches
-# BLAS's compute efficiency dominates. The kernels are parallel over output rows; on a machine
-# whose cores are busy with other work, waking threads for a product this small can cost more
-# than the product itself (and a busy machine slows BLAS's threads too), which is why the
-# single-thread line and the machine's load are printed. For careful numbers, run
-# `python benchmarks/bench_kernels.py` (several sizes, the machine it ran on).
+# A speed-up above 1 means the packed kernel beat NumPy's float32 BLAS on this run. At batch 1
+# the product reads every weight once and is memory-bound: i2 reads 16x fewer bytes than
+# float32 and, with int8 activations, sums exact integers with the CPU's integer dot-product
+# instructions (`vpdpwssd` where AVX-512 VNNI or AVX-VNNI exists; a test checks the compiled
+# kernel for them). At batch 64 the product is compute-bound, and BLAS's hand-written float
+# kernels are hard to beat: ternref decodes a tile of weights to float32 and multiplies it with
+# a register-blocked loop LLVM vectorizes, near BLAS's speed but not above it. Whole models,
+# float against packed, are timed by `ternref bench --models` (README, "Benchmarks"); kernels
+# at more sizes by `python benchmarks/bench_kernels.py`.
 #
 # ## Exercises
 #
