@@ -309,6 +309,29 @@ exactly whatever the order of the additions and the fused multiply-adds."""
 
 
 @njit(nogil=True)
+def plain_int8_sums(n_groups, length, asym, has_offset) -> bool:
+    """Whether an int8 product is ``alpha * D / s`` with one float32 product per tile (one group,
+    at most :data:`EXACT_COLUMNS` columns, symmetric scales, no offset): then the GEMM kernels
+    write the exact sums ``D`` straight into ``y`` (:func:`tile_matmul_blocked`) and scale them
+    in one pass at the end (:func:`scale_rows_i8`), instead of tile by tile."""
+    return n_groups == 1 and length <= EXACT_COLUMNS and not asym and not has_offset
+
+
+@njit(nogil=True)
+def scale_rows_i8(y, sc, inv_s, r0, r1, n0, n1):
+    """``y[n, r] = (alpha[r] * D[n, r]) / s[n]`` in float64 for the block ``n0:n1, r0:r1`` of
+    exact integer sums ``D`` held in float32 ``y`` (``alpha = sc[0, :, 0]``, ``1 / s = inv_s``):
+    the same operations as :func:`tile_product_i8`'s common case, over contiguous row slices
+    (LLVM vectorizes them; tile by tile, the epilogue cost as much as a fifth of the product)."""
+    alpha = sc[0, r0:r1, 0]
+    for n in range(n0, n1):
+        s = inv_s[n]
+        row = y[n, r0:r1]
+        for i in range(row.shape[0]):
+            row[i] = (alpha[i] * np.float64(row[i])) * s
+
+
+@njit(nogil=True)
 def tile_product_i8(xq, buf, abs_buf, nr, r0, n0, n1, xsum, inv_s, sc, asym, has_offset, y):
     """``y[n, r0 + i]`` for ``n0 <= n < n1`` from int8 activations and a tile of signed codes.
 

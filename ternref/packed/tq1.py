@@ -63,7 +63,9 @@ from ternref.packed._gemm import (
     conv_tile_rows,
     finish_rows,
     finish_rows_numpy,
+    plain_int8_sums,
     quantize_rows,
+    scale_rows_i8,
     scatter_f32,
     scatter_i8,
     tile_matmul,
@@ -443,13 +445,19 @@ def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0,
     rows = tile_rows(r1 - r0, 4 * length)
     buf = np.empty((rows, length), np.float32)
     abs_buf = np.empty((rows if asym else 0, length), np.float32)
+    plain = plain_int8_sums(sc.shape[2], length, asym, has_offset)
     for t0 in range(r0, r1, rows):
         nr = min(rows, r1 - t0)
         for i in range(nr):
             dequant_row(codes, t0 + i, code_lut, buf[i])
             if asym:
                 dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
-        tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
+        if plain:  # exact sums straight into y, scaled once below
+            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1)
+        else:
+            tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
+    if plain:
+        scale_rows_i8(y, sc, inv_s, r0, r1, n0, n1)
 
 
 @njit(nogil=True)
@@ -485,11 +493,14 @@ def conv_i8(
 ):
     """:func:`conv_f32` with int8 activations: each receptive field is quantized on its own
     (:func:`~ternref.packed._gemm.quantize_rows`), the tiles hold signed codes, and
-    :func:`~ternref.packed._gemm.tile_product_i8` forms the exact sums and the epilogue."""
+    :func:`~ternref.packed._gemm.tile_product_i8` forms the exact sums and the epilogue (in the
+    common case, :func:`~ternref.packed._gemm.plain_int8_sums`, the float32 tile product and
+    one :func:`~ternref.packed._gemm.scale_rows_i8` pass per block)."""
     length = src.shape[0]
     m = sc.shape[1]
     n_groups = sc.shape[2]
     seg = length // n_groups
+    plain = plain_int8_sums(n_groups, length, asym, has_offset)
     rows = conv_tile_rows(m, 4 * length)
     buf = np.empty((rows, length), np.float32)
     abs_buf = np.empty((rows if asym else 0, length), np.float32)
@@ -508,9 +519,14 @@ def conv_i8(
                     dequant_row(codes, t0 + i, code_lut, buf[i])
                     if asym:
                         dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
-            tile_product_i8(
-                block[:nq], buf, abs_buf, nr, t0, 0, nq, xsum, inv_s, sc, asym, has_offset, out
-            )
+            if plain:  # exact sums straight into out, scaled once below
+                tile_matmul(block[:nq], buf, nr, out[:nq], t0)
+            else:
+                tile_product_i8(
+                    block[:nq], buf, abs_buf, nr, t0, 0, nq, xsum, inv_s, sc, asym, has_offset, out
+                )
+        if plain:
+            scale_rows_i8(out, sc, inv_s, 0, m, 0, nq)
         store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 

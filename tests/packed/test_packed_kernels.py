@@ -102,25 +102,31 @@ def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
         codes = rng.integers(-1, 2, (3, 130)).astype(np.int8)
         t = Ternary(codes, rng.random((3, 2)).astype(np.float32), granularity="group",
                     group_size=100)
-        for n in (2, 9):  # the GEMV kernels, then the tiled GEMM kernels
-            x = rng.standard_normal((n, 130)).astype(np.float32)
-            ref = x.astype(np.float64) @ t.dense().astype(np.float64).T
-            for fmt in FORMATS:
-                for act in ("float32", "int8"):
-                    y = linear(x, pack(t, fmt), act)
-                    assert np.allclose(y, ref, rtol=0.05, atol=0.05 * np.abs(ref).max()), (fmt, act)
+        # groups, then one symmetric scale per row (the int8 GEMM's plain_int8_sums path)
+        t_row = Ternary(codes, rng.random((3, 1)).astype(np.float32) + 0.5, granularity="channel")
+        for tt in (t, t_row):
+            for n in (2, 9):  # the GEMV kernels, then the tiled GEMM kernels
+                x = rng.standard_normal((n, 130)).astype(np.float32)
+                ref = x.astype(np.float64) @ tt.dense().astype(np.float64).T
+                for fmt in FORMATS:
+                    for act in ("float32", "int8"):
+                        y = linear(x, pack(tt, fmt), act)
+                        tol = 0.05 * np.abs(ref).max()
+                        assert np.allclose(y, ref, rtol=0.05, atol=tol), (fmt, act)
         # the blocked convolution (gather, quantize, tile product, NCHW store), asymmetric
         from ternref.packed import conv2d
         w = rng.integers(-1, 2, (5, 3, 3, 3)).astype(np.int8)
         tc = Ternary(w, rng.random((5, 1, 1, 1)).astype(np.float32),
                      rng.random((5, 1, 1, 1)).astype(np.float32), granularity="channel")
+        tc_sym = Ternary(w, rng.random((5, 1, 1, 1)).astype(np.float32), granularity="channel")
         xc = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
         for fmt in FORMATS:
             for act in ("float32", "int8"):
-                pc = pack(tc, fmt)
-                y = conv2d(xc, pc, 1, 1, act, relu=True)
-                y_twin = conv2d(xc, pc, 1, 1, act, relu=True, backend="numpy")
-                assert np.allclose(y, y_twin, rtol=1e-5, atol=1e-5), (fmt, act)
+                for tt in (tc, tc_sym):
+                    pc = pack(tt, fmt)
+                    y = conv2d(xc, pc, 1, 1, act, relu=True)
+                    y_twin = conv2d(xc, pc, 1, 1, act, relu=True, backend="numpy")
+                    assert np.allclose(y, y_twin, rtol=1e-5, atol=1e-5), (fmt, act)
         print("ok")
         """
     run_without_jit(script)
