@@ -147,7 +147,7 @@ class PackedBitLinear(PackedProjection):
         if self.input_norm is not None:
             h = self.input_norm(h)  # SubLN: g * x / rms(x), the same float32 RMSNorm
         h = np.ascontiguousarray(h)
-        y = self.layer.forward(h)  # int8: h_q per token inside the kernel, exact D, D beta gamma/127
+        y = self.layer.forward(h)  # int8: h_q per token in the kernel, exact D, D beta gamma/127
         if self.layer.activations == "int8":
             gamma = np.max(np.abs(h), axis=1)
             tiny = (gamma > 0) & (gamma < self._eps32)
@@ -217,7 +217,9 @@ def pack_projection(layer, format: str = "i2", activations: str = "trained", *,
                            eps=1e-5 if act is None else act.eps, bias=bias)  # fmt: skip
 
 
-def pack_lm(model: TransformerLM, format: str = "i2", activations: str = "trained") -> TransformerLM:
+def pack_lm(
+    model: TransformerLM, format: str = "i2", activations: str = "trained"
+) -> TransformerLM:
     """A packed inference copy of a ternary language model (the original is not changed).
 
     Parameters
@@ -303,8 +305,6 @@ def packed_nbytes(model: TransformerLM) -> dict:
     "float": every float parameter (embedding, norms, head, float projections)}``."""
     if not isinstance(model, TransformerLM):
         raise TypeError(f"model must be a ternref.nn.TransformerLM, got {describe(model)}")
-    packed = sum(
-        m.layer.nbytes for m in model.modules() if isinstance(m, PackedProjection)
-    )
+    packed = sum(m.layer.nbytes for m in model.modules() if isinstance(m, PackedProjection))
     floats = sum(p.data.nbytes for p in model.parameters())
     return {"packed": int(packed), "float": int(floats)}
