@@ -14,10 +14,13 @@ What is checked, and why the tolerances are what they are:
   new tokens, and the teacher-forced logits agree within ``LOGIT_RTOL`` of their largest
   magnitude at every position before the first token whose activation codes differ anywhere
   in the model (before that, the two differ by float32 summation order only, measured at
-  about 4e-7 on these models). A code can differ where the float32 difference of the
-  residual stream moves an activation across a rounding boundary of ``round(h s)``: the
-  models' own float32 noise, rare (bounded by ``MAX_CODE_FLIPS``), and it changes a later
-  logit by up to about 1e-2 of the largest one (measured on random models).
+  about 4e-7 on these models), and within ``FLIP_RTOL`` everywhere. A code can differ where
+  the float32 difference of the residual stream moves an activation across a rounding
+  boundary of ``round(h s)``: the models' own float32 noise, rare (bounded by
+  ``MAX_CODE_FLIPS``; none occurs in these models on the machine that wrote the tests, but
+  another BLAS sums in another order), and one such code changes the later logits by up to
+  1.7e-2 of the largest one (measured on 30 random models of this size, a third of which had
+  one).
 """
 
 import subprocess
@@ -39,6 +42,7 @@ from ternref.ternary import Ternary
 U = 2.0**-24
 LOGIT_RTOL = 1e-5  # float32 summation order (measured ~4e-7 of max|logit| on these models)
 MAX_CODE_FLIPS = 1e-3  # fraction of activation codes allowed to differ (0 measured here)
+FLIP_RTOL = 5e-2  # after a code differs (up to 1.7e-2 of max|logit| measured on random models)
 PROMPT = np.frombuffer(b"It is a truth", np.uint8).astype(np.int64)[None]
 N_NEW = 70
 
@@ -233,6 +237,7 @@ def check_logits(reference, packed, ids, codes_ref=None, codes_packed=None):
         first = rows[0] if rows.size else first
     scale = np.abs(a).max()
     assert np.abs(a[:first] - b[:first]).max() <= LOGIT_RTOL * scale
+    assert np.abs(a - b).max() <= FLIP_RTOL * scale
     return first
 
 
@@ -249,7 +254,7 @@ def test_bitnet_packed_generation_matches_the_ternary_model(seed):
     ids = want[:, :-1]
     codes_ref, codes_packed = record_codes(model), record_codes(packed)
     first = check_logits(model, packed, ids, codes_ref, codes_packed)
-    assert first >= 64  # 64 positions at float32 agreement (all of them here)
+    assert first > 0  # (all 82 positions on the machine that wrote this test: no code differs)
 
 
 @pytest.mark.parametrize("method", ["twn", "ttq"])
@@ -284,7 +289,9 @@ def test_packed_cache_equals_full_recompute():
     for t in range(PROMPT.shape[1], ids.shape[1] - 1):
         incremental.append(packed(ids[:, t : t + 1], caches)[0, -1])
     full, inc = np.array(steps), np.array(incremental)
-    assert np.abs(full - inc).max() <= LOGIT_RTOL * np.abs(full).max()
+    # attention over the cache sums in another order than the masked full softmax: float32
+    # rounding (4e-7 of max|logit| measured), or a code moved across a rounding boundary
+    assert np.abs(full - inc).max() <= FLIP_RTOL * np.abs(full).max()
 
 
 def test_saved_and_loaded_lm_packs_the_same(tmp_path):
