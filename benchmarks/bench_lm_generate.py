@@ -138,6 +138,12 @@ def main(argv=None) -> int:
     print(f"\npacked / float speed: {rate[pk] / rate['float']:.2f}x;  packed / ternary: "
           f"{rate[pk] / rate['ternary (BitLinear)']:.2f}x;  ternary / float: "
           f"{rate['ternary (BitLinear)'] / rate['float']:.2f}x")  # fmt: skip
+    if rate[pk] < rate["float"]:
+        print(
+            "packed generation is SLOWER than float here: at this width one token's product "
+            "takes microseconds and the per-call costs dominate (each BitLinear has its own "
+            "SubLN: 29 RMSNorms per token against the float model's 9); try --dim 1024"
+        )
     return 0
 
 
