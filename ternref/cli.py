@@ -715,6 +715,11 @@ def _add_lm(sub):
     g.add_argument("--sample", action="store_true", help="sample instead of greedy")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--packed", action="store_true",
+                   help="generate with the packed inference copy (ternref.lm.pack_lm: i2 codes, "
+                   "int8 activations where the model was trained with them)")  # fmt: skip
+    g.add_argument("--format", default="i2", choices=["i2", "tq1", "bitplanes"],
+                   help="packed format for --packed (default: i2)")  # fmt: skip
     g.add_argument("--json", action="store_true")
     g.set_defaults(run=_run_lm_generate)
     p.set_defaults(run=lambda args: _lm_help(p))
@@ -826,11 +831,15 @@ def _run_lm_generate(args) -> int:
     model, _ = _load_lm_or_fail(args.path)
     if args.bytes < 0:
         raise UserError(f"--bytes must be >= 0, got {args.bytes}")
+    if args.packed:  # a float model is refused by pack_lm (ValueError, reported as usage)
+        from ternref.lm import pack_lm
+
+        model = pack_lm(model, format=args.format)
     rng = np.random.default_rng(args.seed) if args.sample else None
     text = generate_text(model, args.prompt, args.bytes, greedy=not args.sample,
                          temperature=args.temperature, rng=rng)  # fmt: skip
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "text": text}))
+        print(json.dumps({"prompt": args.prompt, "text": text, "packed": args.packed}))
     else:
         print(text)
     return 0

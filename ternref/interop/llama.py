@@ -144,21 +144,30 @@ class PackedProjection(Module):
 
     Parameters
     ----------
-    packed : ternref.packed.Packed
-        Weight of shape ``(out, in)``.
+    packed : ternref.packed.Packed or sequence of Packed
+        Weight of shape ``(out, in)``; several terms are summed (Ternary Residual Networks,
+        as :class:`~ternref.packed.PackedLinear`).
     activations : {"float32", "int8"}
         See :func:`ternref.packed.linear` (``"int8"``: absmax per row, BitNet-style).
+    bias : ndarray (out,), optional
+        Added after the product (TransformerLM's projections have none).
     """
 
-    def __init__(self, packed, activations: str = "float32"):
+    def __init__(self, packed, activations: str = "float32", bias=None):
         super().__init__()
-        self.layer = PackedLinear(packed, None, activations)
+        self.layer = PackedLinear(packed, bias, activations)
         self.out_features, self.in_features = self.layer.out_features, self.layer.in_features
         self.training = False
 
     @property
     def ternary(self) -> Ternary:
-        """The weight as a :class:`~ternref.Ternary` (exact)."""
+        """The weight as a :class:`~ternref.Ternary` (exact); a layer of several terms or with
+        a bias has none (``ValueError``)."""
+        if len(self.layer.terms) != 1 or self.layer.bias is not None:
+            raise ValueError(
+                f"{self!r} is a sum of {len(self.layer.terms)} ternary terms"
+                f"{' plus a bias' if self.layer.bias is not None else ''}, not one Ternary"
+            )
         return unpack(self.layer.packed)
 
     def forward(self, x):
@@ -480,6 +489,12 @@ def save_llama(
     given = _resolve(model, ternary)
     layers = projection_layers(model)
     for lname, layer in layers.items():
+        if getattr(layer, "input_norm", None) is not None:  # BitLinear, packed or not
+            raise ValueError(
+                f"save_llama: {lname} normalises its input (a BitLinear's SubLN), which the "
+                "'llama' architecture cannot express (see ternref.interop.llama); nothing was "
+                "written"
+            )
         if isinstance(layer, PackedProjection) and lname not in given:
             given[lname] = layer.ternary
     head_dim = model.dim // model.n_heads

@@ -6,13 +6,16 @@
   held-out split;
 * :mod:`ternref.lm.run`: one run from its settings (what ``ternref lm train`` does), with
   checkpoints to resume;
-* :mod:`ternref.lm.io`: the ``ternref-lm`` file (npz + JSON header, validated on load).
+* :mod:`ternref.lm.io`: the ``ternref-lm`` file (npz + JSON header, validated on load);
+* :mod:`ternref.lm.packed`: :func:`pack_lm`, the packed inference copy of a ternary model
+  (BitNet b1.58 as W1.58A8: SubLN in float, int8 activations, the i2 kernels).
 
 The models are :class:`ternref.nn.TransformerLM`; BitNet b1.58 and the other ternary methods
 attach to them with :func:`ternref.methods.bitlinear.quantize_transformer`.
 """
 
 from ternref.lm.io import StoredTernary, load_lm, save_lm
+from ternref.lm.packed import PackedBitLinear, pack_lm, pack_projection
 from ternref.lm.run import LMSettings, prepare, run
 from ternref.lm.schedule import TwoStageSchedule, adamw, clip_grad_norm
 from ternref.lm.training import LMHistory, evaluate_bpb, train_lm
@@ -44,6 +47,7 @@ def generate_text(model, prompt: str, n_new: int, greedy: bool = True, temperatu
 __all__ = [
     "LMHistory",
     "LMSettings",
+    "PackedBitLinear",
     "StoredTernary",
     "TwoStageSchedule",
     "adamw",
@@ -51,6 +55,8 @@ __all__ = [
     "evaluate_bpb",
     "generate_text",
     "load_lm",
+    "pack_lm",
+    "pack_projection",
     "prepare",
     "run",
     "save_lm",

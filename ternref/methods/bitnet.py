@@ -84,9 +84,11 @@ class BitNetActivation(Module):
     Packed export (``ternref.packed``): a registered inference layer (state: ``eps``), kept as
     a layer of its own in front of the packed layer rather than folded into the kernel's
     ``activations="int8"``. The two quantizers are not the same function: this one computes
-    the scale in the input dtype with ``max(max|x|, eps)`` and rounds ``x * s``, the kernel
-    computes ``127 / max|x|`` in float64 (no eps; an all-zero row gets scale 0) and dequantizes
-    with ``max|x| / 127``, so a few codes near a rounding boundary can differ. Keeping the
+    the scale in the input dtype with ``max(max|x|, eps)``, the kernel computes ``127 / max|x|``
+    in float32 (no eps; an all-zero row gets scale 0) and dequantizes with ``max|x| / 127``.
+    For float32 rows with ``max|x| >= eps`` the int8 codes are the same bit for bit
+    (``tests/lm/test_lm_packed.py``; :mod:`ternref.lm.packed` relies on it and handles the
+    rows below ``eps``); float64 rows, tiny rows and the float rescaling differ. Keeping the
     layer makes the packed model reproduce the trained evaluation forward.
     """
 
