@@ -4,7 +4,7 @@ derived bound on logits, and a file rewriter built on gguf's own reader and writ
 import numpy as np
 
 from ternref import Ternary, methods, nn, optim
-from ternref.packed import PackedConv2d, PackedLinear, pack, unpack
+from ternref.packed import PackedConv2d, PackedLinear, PackedSequential, pack, unpack
 from ternref.train import fit
 
 U32 = 2.0**-24  # float32 unit roundoff
@@ -61,7 +61,9 @@ def fp16_scales(t: Ternary) -> Ternary:
 
 
 def fp16_reference(inference):
-    """The packed model with the scales of every ternary term rounded to fp16."""
+    """The packed model with the scales of every ternary term rounded to fp16 (a
+    ``PackedSequential``, like every packed model: the same inference plan, the same float32
+    operations as what ``load_gguf`` returns)."""
     layers = []
     for layer in inference.layers:
         if isinstance(layer, (PackedLinear, PackedConv2d)):
@@ -74,7 +76,7 @@ def fp16_reference(inference):
                     terms, layer.stride, layer.padding, layer.bias, layer.activations
                 )
         layers.append(layer)
-    model = nn.Sequential(*layers)
+    model = PackedSequential(*layers)
     model.training = False
     return model
 
