@@ -314,7 +314,11 @@ class Conv2d(_QuantizableWeight):
         dy = _check_dy(self, dy, (n, self.out_channels, oh, ow))
         o = self.out_channels
         dy_t = dy.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # (O, M), one copy
-        self._accumulate_weight_grad(np.matmul(dy_t, cols_t.T).reshape(self._w_hat.shape))
+        # dW2 = dY @ cols_t.T computed as (cols_t @ dY.T).T: the same product, but OpenBLAS runs
+        # the (O, M) x (M, K) "NT" form ~10x slower than its (K, M) x (M, O) transpose at
+        # conv2's shapes (O=64, M=12800, K=800: 340 ms against 25 ms, measured on 2 cores)
+        dw2 = np.matmul(cols_t, dy_t.T).T  # (O, K), a transposed view
+        self._accumulate_weight_grad(dw2.reshape(self._w_hat.shape))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dy_t.sum(axis=1)
         return dy_t
