@@ -222,9 +222,11 @@ def bench_methods(methods: list[str], steps: int, rounds: int) -> list[dict]:
     for m in methods:
         trainers[m] = TernrefTrainer("lenet5", data, method=m)
     times = {k: [] for k in trainers}
-    for _ in range(rounds):  # fp, m1, m2, ..., fp, m1, ... interleaved
+    # one step each in turn (fp, m1, m2, ..., fp, m1, ...), median of the per-step times: the
+    # load of a shared machine changes within seconds, which coarser rounds turned into 2x noise
+    for _ in range(rounds * steps):
         for k, tr in trainers.items():
-            times[k].append(tr.run(steps) / steps)
+            times[k].append(tr.run(1))
     fp = float(np.median(times["fp"]))
     return [
         {"method": k, "epoch": float(np.median(v)) * per_epoch, "vs_fp": float(np.median(v)) / fp}
@@ -316,8 +318,8 @@ def main(argv=None) -> int:
         )
         rows = bench_methods(names, args.method_steps, args.rounds)
         results["methods"] = rows
-        print(f"weight-ternary methods on lenet5, {args.rounds} rounds x {args.method_steps} "
-              f"steps, interleaved with FP (target <= 1.3x FP):")  # fmt: skip
+        print(f"weight-ternary methods on lenet5, {args.rounds * args.method_steps} steps each, "
+              f"one step per method in turn with FP, median (target <= 1.3x FP):")  # fmt: skip
         for row in rows:
             print(f"  {row['method']:<10} {row['epoch']:7.2f} s/epoch  {row['vs_fp']:.2f}x FP")
     if not args.skip_accuracy or args.epochs:
