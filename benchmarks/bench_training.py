@@ -40,6 +40,11 @@ import time
 
 import numpy as np
 
+# measure the checkout this script lives in, not whichever ternref the environment installed
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(REPO_ROOT, "ternref")) and sys.path[0] != REPO_ROOT:
+    sys.path.insert(0, REPO_ROOT)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BATCH = {"lenet5": 128, "mlp": 32}
@@ -282,7 +287,10 @@ def main(argv=None) -> int:
 
     threads = args.threads or _blas_threads()
     limiter = _set_blas_threads(threads)  # noqa: F841 (kept alive for the run)
+    import ternref
+
     print(summary())
+    print(f"ternref from {os.path.dirname(ternref.__file__)}")
     python = find_torch_python(args.torch_python)
     worker = None
     if python is None:

@@ -17,9 +17,16 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import os
+import sys
 import time
 
 import numpy as np
+
+# measure the checkout this script lives in, not whichever ternref the environment installed
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(REPO_ROOT, "ternref")) and sys.path[0] != REPO_ROOT:
+    sys.path.insert(0, REPO_ROOT)
 
 TIMES: dict = collections.defaultdict(float)
 CALLS: dict = collections.defaultdict(int)
@@ -171,8 +178,11 @@ def main(argv=None) -> int:
     from ternref._machine import summary
 
     times, total = run(args.model, args.steps, args.method, args.warmup)
+    import ternref
+
     text = (
-        f"{summary()}\n{args.model}, batch 128, Adam, method {args.method or 'fp'}, "
+        f"{summary()}\nternref from {os.path.dirname(ternref.__file__)}\n"
+        f"{args.model}, batch 128, Adam, method {args.method or 'fp'}, "
         f"{args.steps} steps ({args.warmup} warm-up steps untimed)\n\n"
         f"{table(times, total, args.steps)}"
     )
