@@ -24,7 +24,7 @@ default NumPy's BLAS thread count (PyTorch gets ``torch.set_num_threads`` of it)
 Usage::
 
     python benchmarks/bench_training.py                          # 3 rounds of a full epoch
-    python benchmarks/bench_training.py --steps 60 --rounds 5    # quick: 5 x 60 steps each
+    python benchmarks/bench_training.py --steps 60 --rounds 5    # quick: 5 x 60 LeNet-5 steps
     python benchmarks/bench_training.py --steps 40 --methods all --models lenet5
 """
 
@@ -271,7 +271,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet5,mlp", help="comma list of lenet5, mlp")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per round (default: one full epoch)")  # fmt: skip
+                        help="lenet5 steps per round (default: one full epoch)")  # fmt: skip
+    parser.add_argument("--mlp-steps", type=int, default=225,
+                        help="mlp steps per round (default: 5 epochs)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--threads", type=int, default=None,
                         help="ternref BLAS and torch threads (default: BLAS's)")  # fmt: skip
@@ -300,7 +302,8 @@ def main(argv=None) -> int:
     results = {"machine": summary(), "threads": threads, "models": [], "methods": []}
     try:
         for name in [m for m in args.models.split(",") if m]:
-            r = bench_model(name, worker, threads, args.steps, args.rounds)
+            steps = args.mlp_steps if name == "mlp" else args.steps
+            r = bench_model(name, worker, threads, steps, args.rounds)
             results["models"].append(r)
             line = (
                 f"{name} ({DATA[name]}, batch {BATCH[name]}, Adam, {threads} threads, "
