@@ -1,4 +1,5 @@
-"""Ternary.dense: the one-pass symmetric form equals the general formula, bit for bit."""
+"""Ternary.dense: the one-pass forms (symmetric; asymmetric per tensor) equal the general
+formula, bit for bit."""
 
 import numpy as np
 from hypothesis import given
@@ -31,3 +32,17 @@ def test_symmetric_dense_equals_the_general_formula(codes, dtype, granularity, s
     assert got.dtype == want.dtype == dtype and got.shape == codes.shape
     np.testing.assert_array_equal(got, want)
     assert not np.signbit(got[codes == 0]).any()  # +0.0, never -0.0, where the code is 0
+
+
+@given(
+    hnp.arrays(np.int8, hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+               elements=st.integers(-1, 1)),
+    st.sampled_from([np.float16, np.float32, np.float64]),
+    st.floats(0, 3), st.floats(0, 3),
+)  # fmt: skip
+def test_asymmetric_tensor_dense_equals_the_general_formula(codes, dtype, pos, neg):
+    t = Ternary(codes, np.asarray(pos, dtype), np.asarray(neg, dtype))
+    got, want = t.dense(), general_dense(t)
+    assert got.dtype == want.dtype == dtype and got.shape == codes.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
