@@ -90,8 +90,8 @@ from ternref import _validate
 from ternref.methods.base import Method, MethodInfo, WeightQuantizer, quantized_layers, register
 from ternref.methods.estimators import ttq_scaled_ste
 from ternref.nn.module import Parameter
+from ternref.projections.ec2t import _ec2t_scaled_lambda, ec2t_lambda_max
 from ternref.projections.ec2t import ec2t as ec2t_projection
-from ternref.projections.ec2t import ec2t_lambda_max
 from ternref.train import Callback
 
 #: The official code's floor on the centroids, in units of the layer's weight std.
@@ -138,8 +138,12 @@ class EC2TQuantizer(WeightQuantizer):
 
     def project(self, w):
         w_p, w_n = self._centroids()
-        self.lam = self.lambda_(w)
-        return ec2t_projection(w, w_p, w_n, lam=self.lam)
+        if self.divider == 0:
+            self.lam = 0.0
+            return ec2t_projection(w, w_p, w_n, lam=0.0)
+        # ec2t(w, w_p, w_n, lambda_(w)) with the probabilities computed once for both
+        t, self.lam = _ec2t_scaled_lambda(w, w_p, w_n, self.divider, self.decay)
+        return t
 
     def backward(self, dw_hat):
         if self.ternary is None:

@@ -158,8 +158,18 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     return _fresh(windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw), x)
 
 
-def im2col_t(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
+def im2col_t(x: np.ndarray, kernel_size, stride=1, padding=0, out=None) -> np.ndarray:
     """The transpose of :func:`im2col`, built directly in that layout (the fast training path).
+
+    Parameters
+    ----------
+    x, kernel_size, stride, padding
+        As :func:`im2col`.
+    out : ndarray, optional
+        A C-contiguous, writeable array of the result's shape and of x's dtype, not overlapping
+        x, to write into: a layer passes its buffer from the previous step, because
+        first-touching a fresh 41 MB array (LeNet-5's conv2 at batch 128) costs about a third of
+        the copy itself. Any other ``out`` (or None) is ignored and a new array is returned.
 
     Returns
     -------
@@ -173,10 +183,21 @@ def im2col_t(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
     sh, sw = pair(stride, "stride", low=1)
     ph, pw = pair(padding, "padding", low=0)
     oh, ow = conv_output_shape(h, w, (kh, kw), (sh, sw), (ph, pw))
+    # channels first, so that each (c, a, b) row reads one contiguous (N, Hp, Wp) block that
+    # stays in cache (measured faster than a Numba loop over x's NCHW layout)
     xp = _pad(x, ph, pw, channels_first=True)  # (C, N, Hp, Wp)
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
-    # windows[c, n, i, j, a, b] -> (c, a, b | n, i, j)
-    return _fresh(windows.transpose(0, 4, 5, 1, 2, 3).reshape(c * kh * kw, n * oh * ow), x)
+    # windows[c, n, i, j, a, b] -> (c, a, b | n, i, j): the one copy
+    windows = windows.transpose(0, 4, 5, 1, 2, 3)
+    shape = (c * kh * kw, n * oh * ow)
+    usable = (
+        isinstance(out, np.ndarray) and out.shape == shape and out.dtype == x.dtype
+        and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, x)
+    )  # fmt: skip
+    if not usable:
+        return _fresh(windows.reshape(shape), x)
+    np.copyto(out.reshape(c, kh, kw, n, oh, ow), windows)
+    return out
 
 
 def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.ndarray:

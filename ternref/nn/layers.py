@@ -281,6 +281,7 @@ class Conv2d(_QuantizableWeight):
         self._init_params(shape, bias, rng, dtype)
         self.weight_quantizer = weight_quantizer
         self._cols_t = None
+        self._dcols_t = None  # backward's (K, M) workspace, reused while the shape holds
         self._x_shape = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -289,7 +290,9 @@ class Conv2d(_QuantizableWeight):
         n, _, h, w = x.shape
         oh, ow = conv_output_shape(h, w, self.kernel_size, self.stride, self.padding)
         w_hat = self._weight_hat(x.dtype)
-        cols_t = im2col_t(x, self.kernel_size, self.stride, self.padding)  # (K, M)
+        # the previous step's im2col matrix is dead once a new forward starts: write over it
+        # (im2col_t allocates when the shape or dtype differ)
+        cols_t = im2col_t(x, self.kernel_size, self.stride, self.padding, out=self._cols_t)
         y_t = np.matmul(w_hat.reshape(self.out_channels, -1), cols_t)  # (O, M)
         if self.bias is not None:
             y_t += self.bias.data.astype(x.dtype, copy=False)[:, None]
@@ -299,7 +302,14 @@ class Conv2d(_QuantizableWeight):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); accumulates weight and bias grads."""
         dy_t = self._param_grads(dy)
-        dcols_t = np.matmul(self._w_hat.reshape(self.out_channels, -1).T, dy_t)  # (K, M)
+        w2_t = self._w_hat.reshape(self.out_channels, -1).T  # (K, O)
+        # dcols only lives until col2im has summed it into dx: one buffer serves every step
+        buf = self._dcols_t
+        shape = (w2_t.shape[0], dy_t.shape[1])
+        if buf is None or buf.shape != shape or buf.dtype != np.result_type(w2_t, dy_t):
+            buf = None
+        dcols_t = np.matmul(w2_t, dy_t, out=buf)  # (K, M)
+        self._dcols_t = dcols_t
         return col2im_t(dcols_t, self._x_shape, self.kernel_size, self.stride, self.padding)
 
     def backward_params(self, dy: np.ndarray) -> None:
@@ -314,7 +324,11 @@ class Conv2d(_QuantizableWeight):
         dy = _check_dy(self, dy, (n, self.out_channels, oh, ow))
         o = self.out_channels
         dy_t = dy.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # (O, M), one copy
-        self._accumulate_weight_grad(np.matmul(dy_t, cols_t.T).reshape(self._w_hat.shape))
+        # dW2 = dY @ cols_t.T computed as (cols_t @ dY.T).T: the same product, but OpenBLAS runs
+        # the (O, M) x (M, K) "NT" form ~10x slower than its (K, M) x (M, O) transpose at
+        # conv2's shapes (O=64, M=12800, K=800: 340 ms against 25 ms, measured on 2 cores)
+        dw2 = np.matmul(cols_t, dy_t.T).T  # (O, K), a transposed view
+        self._accumulate_weight_grad(dw2.reshape(self._w_hat.shape))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dy_t.sum(axis=1)
         return dy_t

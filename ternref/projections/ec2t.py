@@ -179,13 +179,37 @@ def ec2t(w, w_p=None, w_n=None, lam=0.0) -> Ternary:
     w = float_tensor(w, "w")
     lam = real_number(lam, "lam", low=0.0)
     w_p, w_n = _centroids(w, w_p, w_n)
-    x = w.astype(np.float64)
+    info = _information(ec2t_pmf(w, w_p, w_n)) if lam > 0 else None
+    codes = _assign(w.astype(np.float64), w_p, w_n, lam, info)
+    return Ternary(codes, np.asarray(w_p, dtype=w.dtype), np.asarray(w_n, dtype=w.dtype))
+
+
+def _assign(x, w_p, w_n, lam, info):
+    """Codes ``argmin_c (x - c)^2 + lam * I_c`` for float64 ``x`` (``info`` = ``I_c``, unused
+    when ``lam == 0``)."""
     c_n, c_0, c_p = (x + w_n) ** 2, x**2, (x - w_p) ** 2
     if lam > 0:
-        i_n, i_0, i_p = _information(ec2t_pmf(w, w_p, w_n))
+        i_n, i_0, i_p = info
         c_n, c_0, c_p = c_n + lam * i_n, c_0 + lam * i_0, c_p + lam * i_p
-    codes = _argmin_codes(x, c_n, c_0, c_p)
-    return Ternary(codes, np.asarray(w_p, dtype=w.dtype), np.asarray(w_n, dtype=w.dtype))
+    return _argmin_codes(x, c_n, c_0, c_p)
+
+
+def _ec2t_scaled_lambda(w, w_p: float, w_n: float, divider: float, decay: float):
+    """``(ec2t(w, w_p, w_n, lam), lam)``, ``lam = ec2t_lambda_max(w, w_p, w_n) * divider * decay``
+    (0 when that is infinite): the training step of :class:`ternref.methods.ec2t.EC2T`.
+
+    The same numbers as calling the two public functions, but the probabilities and the float64
+    copy of ``w`` are computed once instead of twice (a training step pays for every pass over
+    the weights of every layer).
+    """
+    w = float_tensor(w, "w")
+    w_p, w_n = _centroids(w, w_p, w_n)
+    x = w.astype(np.float64)
+    info = _information(ec2t_pmf(w, w_p, w_n))
+    lam_max = _lambda_max(x, w_p, w_n, info)
+    lam = lam_max * divider * decay if np.isfinite(lam_max) else 0.0
+    codes = _assign(x, w_p, w_n, lam, info)
+    return Ternary(codes, np.asarray(w_p, dtype=w.dtype), np.asarray(w_n, dtype=w.dtype)), lam
 
 
 def ec2t_lambda_max(w, w_p=None, w_n=None) -> float:
@@ -219,8 +243,13 @@ def ec2t_lambda_max(w, w_p=None, w_n=None) -> float:
     """
     w = float_tensor(w, "w")
     w_p, w_n = _centroids(w, w_p, w_n)
-    i_n, i_0, i_p = _information(ec2t_pmf(w, w_p, w_n))
-    x = w.astype(np.float64)
+    info = _information(ec2t_pmf(w, w_p, w_n))
+    return _lambda_max(w.astype(np.float64), w_p, w_n, info)
+
+
+def _lambda_max(x, w_p, w_n, info) -> float:
+    """:func:`ec2t_lambda_max` for float64 ``x`` and the information ``info = (I_n, I_0, I_p)``."""
+    i_n, i_0, i_p = info
     out = []
     for side, c, i_c in ((x[x > 0], w_p, i_p), (-x[x < 0], w_n, i_n)):
         if side.size == 0 or not i_c > i_0:

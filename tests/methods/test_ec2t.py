@@ -44,6 +44,24 @@ def test_assignment_matches_brute_force_and_lambda_zero_is_nearest():
     np.testing.assert_array_equal(q.ternary.codes, _cost_assignment(w, 0.15, 0.12, q.lam))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divider", [0.0, 0.3, 1.0])
+def test_training_projection_is_ec2t_at_lambda_of_w(dtype, divider):
+    # the quantizer computes lambda_max and the assignment from one set of probabilities: the
+    # result must be exactly ec2t(w, w_p, w_n, lambda_(w)) from the public functions
+    from ternref.projections.ec2t import ec2t
+
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((40, 50)) * 0.1).astype(dtype)
+    q = EC2TQuantizer(0.15, 0.12, divider=divider, decay=0.7, dtype=dtype)
+    lam = q.lambda_(w)
+    t = q.project(w)
+    assert q.lam == lam
+    want = ec2t(w, *q._centroids(), lam=lam)
+    np.testing.assert_array_equal(t.codes, want.codes)
+    assert t.alpha_pos == want.alpha_pos and t.alpha_neg == want.alpha_neg
+
+
 def test_sparsity_non_decreasing_in_lambda():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 64)).astype(np.float32) * 0.05

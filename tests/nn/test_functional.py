@@ -80,6 +80,25 @@ def test_im2col_matches_index_formula(geom, seed, square):
 
 
 @given(conv_geometry(), st.integers(0, 2**32 - 1))
+def test_im2col_t_writes_into_a_usable_out_and_ignores_any_other(geom, seed):
+    shape, k, s, p = geom
+    x = np.random.default_rng(seed).standard_normal(shape)
+    want = naive_im2col(x, k, s, p).T
+    buf = np.full(want.shape, np.nan)  # stale contents must all be overwritten
+    got = im2col_t(x, k, s, p, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(got, want)
+    frozen = np.empty(want.shape)
+    frozen.setflags(write=False)
+    strided = np.empty((*want.shape, 2))[..., 0]  # not C-contiguous (unless a single element)
+    for bad in (np.empty(want.shape, np.float32), np.empty((want.shape[0] + 1, want.shape[1])),
+                *([strided] if want.size > 1 else []), frozen, "buffer"):  # fmt: skip
+        other = im2col_t(x, k, s, p, out=bad)
+        assert other is not bad and other.dtype == x.dtype and other.flags.c_contiguous
+        np.testing.assert_array_equal(other, want)
+
+
+@given(conv_geometry(), st.integers(0, 2**32 - 1))
 def test_col2im_is_the_adjoint_of_im2col(geom, seed):
     # <A x, y> == <x, A^T y> for the linear map A = im2col
     shape, k, s, p = geom

@@ -291,6 +291,22 @@ def test_gradients_accumulate_across_backward_calls():
     np.testing.assert_array_equal(lin.weight.grad, 0)
 
 
+def test_conv2d_reused_workspaces_give_the_results_of_a_fresh_layer():
+    # Conv2d writes each forward's im2col matrix over the previous one and keeps one dcols
+    # buffer for its backward: results must not depend on what those buffers held before
+    rng = np.random.default_rng(0)
+    reused = Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(1))
+    for shape in [(4, 2, 6, 6), (4, 2, 6, 6), (2, 2, 5, 7), (4, 2, 6, 6)]:
+        fresh = Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(1))
+        x = rng.standard_normal(shape).astype(np.float32)
+        y = reused(x)
+        np.testing.assert_array_equal(y, fresh(x))
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        reused.zero_grad()
+        np.testing.assert_array_equal(reused.backward(dy), fresh.backward(dy))
+        np.testing.assert_array_equal(reused.weight.grad, fresh.weight.grad)
+
+
 def _conv_net(rng):
     return Sequential(
         Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64),

@@ -8,7 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ternref.projections.exact import exact
+from ternref.projections.exact import (
+    _exact_row_buckets,
+    _exact_rows,
+    _exact_rows_sorted,
+    exact,
+)
 from ternref.projections.twn import twn
 
 
@@ -75,6 +80,46 @@ def test_exact_never_worse_than_twn_or_binary(w):
     assert e <= e_twn + tol
     assert e <= binary + tol
     assert 0.0 <= e <= float(np.sum(w * w)) + tol
+
+
+# ------------------------------------------------------------- bucketed search == full sort
+# Large rows skip the full sort (_exact_row_buckets); it must find the optimum the sorted scan
+# finds: the same support, the same scale up to the order of the float64 additions.
+row_magnitudes = hnp.arrays(
+    np.float64,
+    st.integers(1, 300),
+    elements=st.one_of(
+        st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]),  # ties and zeros
+        st.floats(0, 10, allow_subnormal=False),
+    ),
+)
+
+
+@given(row_magnitudes, st.sampled_from([1, 2, 3, 7, 64, 2048]), st.booleans(), st.data())
+def test_bucketed_search_equals_the_full_sort(a, n_buckets, weighted, data):
+    d = None
+    if weighted:
+        d = data.draw(hnp.arrays(np.float64, a.shape, elements=st.floats(0.01, 10)))
+    keep, alpha = _exact_row_buckets(a, d, n_buckets)
+    want_keep, want_alpha = _exact_rows_sorted(a[None], None if d is None else d[None])
+    np.testing.assert_array_equal(keep, want_keep[0])
+    assert alpha == pytest.approx(float(want_alpha[0]), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bucketed_search_on_large_rows_like_a_layer(dtype, weighted):
+    # what LAT projects at every step: uniform-initialised fc weights, d = sqrt(v) + 1e-8
+    rng = np.random.default_rng(int(weighted))
+    for shape, spread in [((2, 50_000), 0.025), ((1, 30_000), 1.0)]:
+        w = rng.uniform(-spread, spread, shape).astype(dtype)
+        w[:, :100] = np.round(w[:, :100], 2)  # some exact ties
+        a = np.abs(w)
+        d = (np.sqrt(rng.uniform(0, 1e-6, shape)) + 1e-8).astype(dtype) if weighted else None
+        keep, alpha = _exact_rows(a, d)  # rows this long take the bucketed search
+        want_keep, want_alpha = _exact_rows_sorted(a, d)
+        np.testing.assert_array_equal(keep, want_keep)
+        np.testing.assert_allclose(alpha, want_alpha, rtol=1e-12)
 
 
 def test_hand_built_and_threshold_rule():
