@@ -651,6 +651,12 @@ def _add_lm(sub):
                     "method's weights (default for bitnet only)")  # fmt: skip
     bl.add_argument("--no-bitlinear", dest="bitlinear", action="store_false",
                     help="keep plain Linear projections (for bitnet: no SubLN)")  # fmt: skip
+    t.add_argument("--subln", choices=("projection", "shared"), default="projection",
+                   help="where BitLinear's SubLN RMSNorms sit: 'projection' (one in every "
+                   "projection, block norms removed: the released code, default) or 'shared' "
+                   "(q/k/v and gate/up share the block's norms, o and down keep one each: BitNet "
+                   "b1.58 2B4T and llama.cpp's bitnet architecture, exportable with "
+                   "`ternref export-gguf`)")  # fmt: skip
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--dim", type=int, default=256)
     t.add_argument("--heads", type=int, default=8)
@@ -743,7 +749,8 @@ def _run_lm_train(args) -> int:
     if hp and args.method is None:
         raise UserError("--hp needs --method")
     settings = LMSettings(
-        method=args.method, hyperparameters=hp, bitlinear=args.bitlinear, dim=args.dim,
+        method=args.method, hyperparameters=hp, bitlinear=args.bitlinear, subln=args.subln,
+        dim=args.dim,
         n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads, ffn_dim=args.ffn,
         context=args.context, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, two_stage=args.two_stage,

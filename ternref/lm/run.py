@@ -45,6 +45,7 @@ class LMSettings:
     method: str | None = None  # None: full precision
     hyperparameters: dict = field(default_factory=dict)
     bitlinear: bool | None = None  # None: BitLinear for bitnet only
+    subln: str = "projection"  # "shared": llama.cpp bitnet placement (quantize_transformer)
     dim: int = 256
     n_layers: int = 4
     n_heads: int = 8
@@ -123,7 +124,7 @@ def prepare(settings: LMSettings) -> Prepared:
         from ternref.methods.bitlinear import quantize_transformer
 
         method = methods.get(s.method, **s.hyperparameters)
-        callbacks = quantize_transformer(model, method, bitlinear=s.bitlinear)
+        callbacks = quantize_transformer(model, method, bitlinear=s.bitlinear, subln=s.subln)
     elif s.hyperparameters:
         raise ValueError("hyper-parameters need a method")
     optimizer = adamw(model, s.lr, s.weight_decay)
