@@ -656,7 +656,7 @@ def _add_lm(sub):
                    "projection, block norms removed: the released code, default) or 'shared' "
                    "(q/k/v and gate/up share the block's norms, o and down keep one each: BitNet "
                    "b1.58 2B4T and llama.cpp's bitnet architecture, exportable with "
-                   "`ternref export-gguf`)")  # fmt: skip
+                   "`ternref lm export-gguf`)")  # fmt: skip
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--dim", type=int, default=256)
     t.add_argument("--heads", type=int, default=8)
@@ -723,6 +723,20 @@ def _add_lm(sub):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true")
     g.set_defaults(run=_run_lm_generate)
+
+    x = verbs.add_parser(
+        "export-gguf",
+        help="write a saved BitNet b1.58 model (--subln shared) as a llama.cpp bitnet GGUF",
+        description="Write a model saved by `ternref lm train --method bitnet --subln shared "
+        "--save PATH` as a GGUF file of llama.cpp's bitnet architecture (TQ2_0 or TQ1_0 "
+        "projections, byte vocabulary); see ternref.interop.bitnet. Widths must be "
+        "multiples of 256.",
+    )
+    x.add_argument("path")
+    x.add_argument("out")
+    x.add_argument("--quant", default="tq2_0", choices=["tq2_0", "tq1_0"])
+    x.add_argument("--json", action="store_true", help="print the report as JSON")
+    x.set_defaults(run=_run_lm_export)
     p.set_defaults(run=lambda args: _lm_help(p))
 
 
@@ -824,6 +838,28 @@ def _run_lm_eval(args) -> int:
         print(f"{args.path} ({method or 'full precision'}): {result['bits_per_byte']:.4f} bits "
               f"per byte on {result['bytes']} held-out bytes of {corpus.name} "
               f"({result['seconds']:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _run_lm_export(args) -> int:
+    import os
+
+    model, header = _load_lm_or_fail(args.path)
+    try:
+        from ternref.interop.bitnet import save_bitnet
+
+        method = header["method"]["name"] if header["method"] else "full precision"
+        report = save_bitnet(model, args.out, quant=args.quant,
+                             name=f"ternref BitNet b1.58 ({method}, shared SubLN)")  # fmt: skip
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps({**report.to_dict(), "bytes": os.path.getsize(args.out)}, indent=2))
+    else:
+        print(report.to_text())
+        print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
     return 0
 
 
