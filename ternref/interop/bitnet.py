@@ -104,7 +104,7 @@ import numpy as np
 
 import ternref
 from ternref._validate import describe, one_of
-from ternref.interop import gguf_io, tq
+from ternref.interop import gguf_io, q8k, tq
 from ternref.interop.llama import (
     PROJECTIONS,
     PackedProjection,
@@ -114,7 +114,6 @@ from ternref.interop.llama import (
     _simplest,
     write_vocabulary,
 )
-from ternref.interop.q8k import q8k_dequantize
 from ternref.methods.bitlinear import BitLinear
 from ternref.methods.bitnet import BitNetActivation
 from ternref.nn.module import Module
@@ -140,7 +139,7 @@ class Q8KActivation(Module):
     activations llama.cpp's TQ kernels multiply. Inference only; rows of a multiple of 256."""
 
     def forward(self, x):
-        return q8k_dequantize(x).astype(np.asarray(x).dtype, copy=False)
+        return q8k.q8k_dequantize(x).astype(np.asarray(x).dtype, copy=False)
 
     def backward(self, dy):
         raise RuntimeError("Q8KActivation is inference only: it has no backward")
