@@ -188,3 +188,43 @@ def test_refuses_other_activations_and_vocabularies(tmp_path):
         bn.save_bitnet(object(), tmp_path / "x.gguf")
     with pytest.raises(ValueError, match="quant"):
         bn.save_bitnet(shared_model(n_layers=1), tmp_path / "x.gguf", quant="q4_0")
+
+
+def test_pack_bitnet_runs_the_packed_kernels_on_the_same_function(written):
+    _, path, _ = written
+    dense = load_gguf(path)
+    packed = bn.pack_bitnet(load_gguf(path))
+    layers = [bn._get(packed, name) for name in bn.bitnet_layout(packed)]
+    assert all(isinstance(m, bn.PackedBitLinear) for m in layers)
+    assert [m.input_norm is not None for m in layers[:7]] == [False, False, False, True,
+                                                             False, False, True]  # fmt: skip
+    for name, t in bn.bitnet_layout(dense).items():
+        np.testing.assert_array_equal(bn._get(packed, name).ternary.dense(), t.dense())
+    ids = np.random.default_rng(4).integers(0, 256, (1, 12))
+    a, b = dense(ids), packed(ids)
+    # the packed kernel's int8 quantizer may round a code at a boundary the other way
+    # (ternref.methods.bitnet.BitNetActivation), nothing else differs
+    assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
+    assert np.median(np.abs(a - b)) <= 1e-4 * np.abs(a).max()
+
+
+def test_nearest_tie_flips_moves_one_activation_by_one_step():
+    """The test helper behind the llama.cpp tolerances: on ``forward = Q8_K(x)`` itself, a flip
+    changes one value by its block's step, so the largest change is the largest step among the
+    flipped ones, and the patched function is restored."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from q8k_flips import nearest_tie_flips
+
+    from ternref.interop import q8k
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 512)) * rng.uniform(0.5, 4, (3, 1))).astype(np.float32)
+    orig = q8k.q8k_dequantize
+    worst = nearest_tie_flips(lambda: q8k.q8k_dequantize(x), n=4)
+    assert q8k.q8k_dequantize is orig
+    _, d = q8k.q8k_quantize(x)
+    assert worst > 0
+    assert np.isclose(np.abs(d).ravel(), worst, rtol=1e-6, atol=0).any()
