@@ -62,8 +62,8 @@ and ``attn_output``, ``ffn_norm`` before gate/up (SwiGLU, ``silu(gate) * up``),
 ``ffn_sub_norm`` before ``ffn_down``, an always-tied output, optional per-tensor ``.scale``
 tensors, and NEOX ("rotate_half") RoPE, ternref's own convention (no row permutation). A
 BitNet model whose q/k/v and gate/up share the block's norm and whose o and down each have one
-SubLN maps onto it one to one; that export is not written here (no ternref model has sub-norms
-yet).
+SubLN maps onto it one to one: ``quantize_transformer(model, bitnet, subln="shared")`` trains
+that placement and :mod:`ternref.interop.bitnet` (``save_bitnet``) writes it as ``bitnet``.
 
 Activations
 -----------
@@ -438,6 +438,27 @@ def write_vocabulary(writer, vocabulary: str) -> None:
         writer.add_tokenizer_model("none")
 
 
+def _refuse_bitlinear(model: TransformerLM) -> None:
+    """A BitNet LM (BitLinear projections: SubLNs, int8 activations; or removed block norms) is
+    not a ``llama`` model: writing its latent weights as floats would drop all of that."""
+    from ternref.methods.bitlinear import BitLinear
+
+    found = [name for name, layer in projection_layers(model).items()
+             if isinstance(layer, BitLinear)]  # fmt: skip
+    norms = [f"blocks.{n}.{a}" for n, blk in enumerate(model.blocks)
+             for a in ("attn_norm", "ffn_norm")
+             if not hasattr(getattr(blk, a), "weight")]  # fmt: skip
+    if found or norms:
+        what = ", ".join((found + norms)[:3]) + (" ..." if len(found + norms) > 3 else "")
+        raise ValueError(
+            f"save_llama: this is a BitNet LM ({what}: BitLinear projections with SubLNs or "
+            "int8 activations, or removed block norms), which the llama architecture cannot "
+            "express; a model trained with subln='shared' is written as llama.cpp's bitnet "
+            "architecture by ternref.interop.save_bitnet (save_gguf does that), the default "
+            "per-projection placement cannot be written. Nothing was written."
+        )
+
+
 def save_llama(
     model: TransformerLM,
     path,
@@ -496,6 +517,7 @@ def save_llama(
             f"vocabulary='bytes' needs vocab_size 256 (one token per byte), the model has "
             f"{model.vocab_size}; use vocabulary='none' for a file of token ids only"
         )
+    _refuse_bitlinear(model)
     given = _resolve(model, ternary)
     layers = projection_layers(model)
     for lname, layer in layers.items():

@@ -228,3 +228,18 @@ def test_nearest_tie_flips_moves_one_activation_by_one_step():
     _, d = q8k.q8k_quantize(x)
     assert worst > 0
     assert np.isclose(np.abs(d).ravel(), worst, rtol=1e-6, atol=0).any()
+
+
+def test_save_gguf_writes_a_bitnet_lm_as_bitnet_and_save_llama_refuses_it(tmp_path):
+    from ternref.interop import read_metadata, save_gguf, save_llama
+
+    model = shared_model(n_layers=1)
+    save_gguf(model, tmp_path / "m.gguf")
+    assert read_metadata(tmp_path / "m.gguf")["general.architecture"] == "bitnet"
+    with pytest.raises(ValueError, match="BitNet LM.*save_bitnet"):
+        save_llama(model, tmp_path / "l.gguf")
+    with pytest.raises(ValueError, match="BitNet LM.*save_bitnet"):
+        save_llama(shared_model(n_layers=1, subln="projection"), tmp_path / "l.gguf")
+    with pytest.raises(ValueError, match="per-projection SubLN"):
+        save_gguf(shared_model(n_layers=1, subln="projection"), tmp_path / "p.gguf")
+    assert not (tmp_path / "l.gguf").exists() and not (tmp_path / "p.gguf").exists()
