@@ -162,7 +162,10 @@ def restore_checkpoint(path, p: Prepared) -> tuple[int, list]:
         header = json.loads(npz["__header__"].tobytes().decode())
         if header.get("format") != CHECKPOINT_FORMAT or header.get("version") != 1:
             raise ValueError(f"{path} is not a ternref-lm checkpoint")
-        if header["settings"] != p.settings.to_dict():
+        saved = dict(header["settings"])
+        # checkpoints written before the subln setting existed trained the default placement
+        saved.setdefault("subln", "projection")
+        if saved != p.settings.to_dict():
             raise ValueError(f"{path} was written by a run with other settings: "
                              f"{header['settings']}")  # fmt: skip
         for i, param in enumerate(p.optimizer.parameters()):
