@@ -16,11 +16,23 @@ All with ``--threads`` threads (BLAS, Numba and llama.cpp), one process, timed a
 alike. Before timing it checks that llama.cpp and ternref produce the same greedy tokens. Prints
 tokens per second (prompt excluded: generation only, one token per step) and ratios.
 
+With ``--bitnet [PATH]`` it times a BitNet b1.58 model *trained by ternref* instead: a
+llama.cpp ``bitnet`` GGUF written by :func:`ternref.interop.save_bitnet` (default: the test
+model ``tests/interop/data/bitnet-shared-256.gguf.xz``, trained with ``ternref lm train
+--method bitnet --subln shared``), read back by ternref and run as
+
+* ternref, BitLinear: the model as trained (dense float product with the ternary ``w_hat``,
+  int8 activations per token), KV cache;
+* ternref, packed: :func:`ternref.interop.bitnet.pack_bitnet` (i2 Numba kernels, int8
+  activations per token);
+* llama.cpp: TQ2_0 weights, Q8_K activations, F32 KV cache.
+
 Usage::
 
     pip install llama-cpp-python          # compiles llama.cpp (see README, Interoperability)
     python benchmarks/bench_llama_cpp.py                      # 2 threads
     python benchmarks/bench_llama_cpp.py --threads 1 --dim 1024 --layers 8 --ffn 2816
+    python benchmarks/bench_llama_cpp.py --bitnet             # the ternref-trained BitNet
 """
 
 from __future__ import annotations
@@ -45,7 +57,14 @@ def parse(argv=None):
     p.add_argument("--new", type=int, default=64, help="tokens generated per run (64)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bitnet", nargs="?", const=str(BITNET_DEFAULT), default=None,
+                   metavar="PATH", help="time a ternref-trained BitNet b1.58 bitnet GGUF "
+                   "(.gguf or .gguf.xz; default: the test model)")  # fmt: skip
     return p.parse_args(argv)
+
+
+BITNET_DEFAULT = (Path(__file__).resolve().parent.parent / "tests" / "interop" / "data"
+                  / "bitnet-shared-256.gguf.xz")  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -74,15 +93,37 @@ def main(argv=None) -> int:
                              n_kv_heads=args.kv_heads, ffn_dim=args.ffn,
                              max_seq_len=args.context, init_std=0.05, rng=rng).eval()  # fmt: skip
 
-    model = build()
-    path = Path(tempfile.mkdtemp()) / "bench-tq2_0.gguf"
-    ll.save_llama(model, path, ll.ternarize(model, "bitnet"), projection="bitnet")
-    tern = ll.ternaries(load_gguf(path))
-    contenders = {
-        "ternref float": ll.set_projection_weights(build(), tern),
-        "ternref packed (f32 act)": ll.pack_projections(build(), tern),
-        "ternref packed (int8 act)": ll.pack_projections(build(), tern, activations="int8"),
-    }
+    if args.bitnet:
+        from ternref.interop import bitnet as bn
+
+        path = Path(args.bitnet)
+        if path.suffix == ".xz":
+            import lzma
+            import shutil
+
+            plain = Path(tempfile.mkdtemp()) / path.stem
+            with lzma.open(path) as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            path = plain
+        contenders = {
+            "ternref BitLinear": load_gguf(path),
+            "ternref packed (int8 act)": bn.pack_bitnet(load_gguf(path)),
+        }
+        m = contenders["ternref BitLinear"]
+        args.context, args.dim, args.layers, args.ffn = m.max_seq_len, m.dim, m.n_layers, m.ffn_dim
+        args.heads, args.kv_heads = m.n_heads, m.n_kv_heads
+        what = "ternref-trained BitNet b1.58 (bitnet GGUF, shared SubLN)"
+    else:
+        model = build()
+        path = Path(tempfile.mkdtemp()) / "bench-tq2_0.gguf"
+        ll.save_llama(model, path, ll.ternarize(model, "bitnet"), projection="bitnet")
+        tern = ll.ternaries(load_gguf(path))
+        contenders = {
+            "ternref float": ll.set_projection_weights(build(), tern),
+            "ternref packed (f32 act)": ll.pack_projections(build(), tern),
+            "ternref packed (int8 act)": ll.pack_projections(build(), tern, activations="int8"),
+        }
+        what = "random ternarized llama"
     cpp = llama_cpp.Llama(model_path=str(path), n_ctx=args.context, n_batch=args.context,
                           n_threads=args.threads, n_threads_batch=args.threads,
                           logits_all=True, type_k=0, type_v=0, verbose=False)  # fmt: skip
@@ -115,15 +156,16 @@ def main(argv=None) -> int:
     runners = {name: (lambda m=m: run_ternref(m)) for name, m in contenders.items()}
     runners["llama.cpp TQ2_0"] = run_cpp
     tokens = {name: run()[0] for name, run in runners.items()}  # warm-up (JIT) and check
-    ref = tokens["ternref float"]
+    first = next(iter(contenders))
+    ref = tokens[first]
     for name, toks in tokens.items():
         same = next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(ref))
-        print(f"{name:<26} greedy tokens equal to ternref float for {same} of {len(ref)}")
+        print(f"{name:<26} greedy tokens equal to {first} for {same} of {len(ref)}")
     times = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, run in runners.items():
             times[name].append(run()[1])
-    print(f"\n{machine_description()}; {args.threads} thread(s); model: {args.layers} blocks, "
+    print(f"\n{machine_description()}; {args.threads} thread(s); {what}: {args.layers} blocks, "
           f"width {args.dim}, heads {args.heads}/{args.kv_heads}, SwiGLU {args.ffn}, vocab 256; "
           f"{n_new} tokens after a {len(prompt)}-token prompt, median of "
           f"{args.repeats}")  # fmt: skip

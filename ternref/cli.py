@@ -651,6 +651,12 @@ def _add_lm(sub):
                     "method's weights (default for bitnet only)")  # fmt: skip
     bl.add_argument("--no-bitlinear", dest="bitlinear", action="store_false",
                     help="keep plain Linear projections (for bitnet: no SubLN)")  # fmt: skip
+    t.add_argument("--subln", choices=("projection", "shared"), default="projection",
+                   help="where BitLinear's SubLN RMSNorms sit: 'projection' (one in every "
+                   "projection, block norms removed: the released code, default) or 'shared' "
+                   "(q/k/v and gate/up share the block's norms, o and down keep one each: BitNet "
+                   "b1.58 2B4T and llama.cpp's bitnet architecture, exportable with "
+                   "`ternref lm export-gguf`)")  # fmt: skip
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--dim", type=int, default=256)
     t.add_argument("--heads", type=int, default=8)
@@ -722,6 +728,20 @@ def _add_lm(sub):
                    help="packed format for --packed (default: i2)")  # fmt: skip
     g.add_argument("--json", action="store_true")
     g.set_defaults(run=_run_lm_generate)
+
+    x = verbs.add_parser(
+        "export-gguf",
+        help="write a saved BitNet b1.58 model (--subln shared) as a llama.cpp bitnet GGUF",
+        description="Write a model saved by `ternref lm train --method bitnet --subln shared "
+        "--save PATH` as a GGUF file of llama.cpp's bitnet architecture (TQ2_0 or TQ1_0 "
+        "projections, byte vocabulary); see ternref.interop.bitnet. Widths must be "
+        "multiples of 256.",
+    )
+    x.add_argument("path")
+    x.add_argument("out")
+    x.add_argument("--quant", default="tq2_0", choices=["tq2_0", "tq1_0"])
+    x.add_argument("--json", action="store_true", help="print the report as JSON")
+    x.set_defaults(run=_run_lm_export)
     p.set_defaults(run=lambda args: _lm_help(p))
 
 
@@ -748,7 +768,8 @@ def _run_lm_train(args) -> int:
     if hp and args.method is None:
         raise UserError("--hp needs --method")
     settings = LMSettings(
-        method=args.method, hyperparameters=hp, bitlinear=args.bitlinear, dim=args.dim,
+        method=args.method, hyperparameters=hp, bitlinear=args.bitlinear, subln=args.subln,
+        dim=args.dim,
         n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads, ffn_dim=args.ffn,
         context=args.context, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, two_stage=args.two_stage,
@@ -822,6 +843,28 @@ def _run_lm_eval(args) -> int:
         print(f"{args.path} ({method or 'full precision'}): {result['bits_per_byte']:.4f} bits "
               f"per byte on {result['bytes']} held-out bytes of {corpus.name} "
               f"({result['seconds']:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _run_lm_export(args) -> int:
+    import os
+
+    model, header = _load_lm_or_fail(args.path)
+    try:
+        from ternref.interop.bitnet import save_bitnet
+
+        method = header["method"]["name"] if header["method"] else "full precision"
+        report = save_bitnet(model, args.out, quant=args.quant,
+                             name=f"ternref BitNet b1.58 ({method}, shared SubLN)")  # fmt: skip
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps({**report.to_dict(), "bytes": os.path.getsize(args.out)}, indent=2))
+    else:
+        print(report.to_text())
+        print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
     return 0
 
 

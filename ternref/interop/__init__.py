@@ -6,7 +6,9 @@ model; :func:`read_tensors` reads any GGUF's tensors (ternary ones as exact
 :class:`~ternref.Ternary` objects). The block layouts are in :mod:`ternref.interop.tq`, the file
 mapping and what maps exactly in :mod:`ternref.interop.gguf_io`. A
 :class:`~ternref.nn.TransformerLM` goes to and comes from llama.cpp's ``llama`` architecture
-(:mod:`ternref.interop.llama`: TQ projections, RoPE row order, a byte vocabulary);
+(:mod:`ternref.interop.llama`: TQ projections, RoPE row order, a byte vocabulary), and a
+BitNet b1.58 LM with shared SubLNs to and from llama.cpp's ``bitnet`` architecture
+(:mod:`ternref.interop.bitnet`);
 :mod:`ternref.interop.tokenizer` rebuilds a GGUF's BPE tokenizer with ``tokenizers``;
 :mod:`ternref.interop.q8k` reproduces llama.cpp's Q8_K activation quantization.
 
@@ -14,6 +16,7 @@ Needs the optional ``gguf`` package: ``pip install "ternref[gguf]"`` (importing 
 works without it; the functions raise ImportError saying so).
 """
 
+from ternref.interop.bitnet import pack_bitnet, read_bitnet, save_bitnet
 from ternref.interop.gguf_io import (
     ExportReport,
     TensorReport,
@@ -34,6 +37,9 @@ from ternref.interop.llama import (
 
 __all__ = [
     "ExportReport",
+    "pack_bitnet",
+    "read_bitnet",
+    "save_bitnet",
     "TensorReport",
     "load_gguf",
     "read_metadata",

@@ -555,7 +555,10 @@ def save_gguf(
         (:func:`ternref.packed.export`, :func:`ternref.packed.load`). A
         :class:`~ternref.nn.TransformerLM` is written as a llama.cpp ``llama`` file by
         :func:`ternref.interop.llama.save_llama` (``quant``, ``float_type``, ``name`` and
-        ``ternary`` apply; ``pad``, ``split``, ``dense`` and ``method`` do not).
+        ``ternary`` apply; ``pad``, ``split``, ``dense`` and ``method`` do not); one whose
+        projections are BitLinear layers (a BitNet b1.58 LM trained with ``subln="shared"``)
+        as a llama.cpp ``bitnet`` file by :func:`ternref.interop.bitnet.save_bitnet`
+        (``quant`` and ``name`` apply).
     path : str or os.PathLike
     quant : {"tq2_0", "tq1_0"}
         llama.cpp type of every ternary tensor (2.0625 or 1.6875 bits per weight).
@@ -603,8 +606,18 @@ def save_gguf(
                 "save_gguf: pad, split, dense and method apply to Sequential models; a "
                 "TransformerLM file must be one llama.cpp runs (see ternref.interop.llama)"
             )
-        from ternref.interop.llama import save_llama
+        from ternref.interop.bitnet import save_bitnet
+        from ternref.interop.llama import projection_layers, save_llama
+        from ternref.methods.bitlinear import BitLinear
 
+        if any(isinstance(m, BitLinear) for m in projection_layers(model).values()):
+            if ternary is not None or float_type != "f32":
+                raise ValueError(
+                    "save_gguf: a BitNet LM is written with its own ternaries as llama.cpp's "
+                    "bitnet architecture (ternref.interop.save_bitnet); ternary= and "
+                    "float_type= do not apply"
+                )
+            return save_bitnet(model, path, quant=quant, name=name)
         return save_llama(model, path, ternary, quant=quant, float_type=float_type, name=name)
     if ternary is not None:
         raise ValueError("save_gguf: ternary= applies to a TransformerLM only")

@@ -62,8 +62,8 @@ and ``attn_output``, ``ffn_norm`` before gate/up (SwiGLU, ``silu(gate) * up``),
 ``ffn_sub_norm`` before ``ffn_down``, an always-tied output, optional per-tensor ``.scale``
 tensors, and NEOX ("rotate_half") RoPE, ternref's own convention (no row permutation). A
 BitNet model whose q/k/v and gate/up share the block's norm and whose o and down each have one
-SubLN maps onto it one to one; that export is not written here (no ternref model has sub-norms
-yet).
+SubLN maps onto it one to one: ``quantize_transformer(model, bitnet, subln="shared")`` trains
+that placement and :mod:`ternref.interop.bitnet` (``save_bitnet``) writes it as ``bitnet``.
 
 Activations
 -----------
@@ -428,6 +428,46 @@ def byte_vocabulary() -> list[str]:
     return [table[b] for b in range(256)]
 
 
+def write_vocabulary(writer, vocabulary: str) -> None:
+    """The ``tokenizer.ggml.*`` keys of :func:`save_llama` (and of ``save_bitnet``).
+
+    ``"bytes"``: a GPT-2 BPE vocabulary of the 256 bytes (:func:`byte_vocabulary`) with one
+    merge that never applies, no BOS/EOS added; ``"none"``: ``tokenizer.ggml.model = "none"``.
+    """
+    gguf = gguf_io.require_gguf()
+    if vocabulary == "bytes":
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")  # (no merge applies: any splitting is the same)
+        writer.add_token_list(byte_vocabulary())
+        writer.add_token_types([int(gguf.TokenType.NORMAL)] * 256)
+        writer.add_token_merges([_NO_MERGE])
+        writer.add_add_bos_token(False)
+        writer.add_add_eos_token(False)
+    else:
+        writer.add_tokenizer_model("none")
+
+
+def _refuse_bitlinear(model: TransformerLM) -> None:
+    """A BitNet LM (BitLinear projections: SubLNs, int8 activations; or removed block norms) is
+    not a ``llama`` model: writing its latent weights as floats would drop all of that."""
+    from ternref.methods.bitlinear import BitLinear
+
+    found = [name for name, layer in projection_layers(model).items()
+             if isinstance(layer, BitLinear)]  # fmt: skip
+    norms = [f"blocks.{n}.{a}" for n, blk in enumerate(model.blocks)
+             for a in ("attn_norm", "ffn_norm")
+             if not hasattr(getattr(blk, a), "weight")]  # fmt: skip
+    if found or norms:
+        what = ", ".join((found + norms)[:3]) + (" ..." if len(found + norms) > 3 else "")
+        raise ValueError(
+            f"save_llama: this is a BitNet LM ({what}: BitLinear projections with SubLNs or "
+            "int8 activations, or removed block norms), which the llama architecture cannot "
+            "express; a model trained with subln='shared' is written as llama.cpp's bitnet "
+            "architecture by ternref.interop.save_bitnet (save_gguf does that), the default "
+            "per-projection placement cannot be written. Nothing was written."
+        )
+
+
 def save_llama(
     model: TransformerLM,
     path,
@@ -486,6 +526,7 @@ def save_llama(
             f"vocabulary='bytes' needs vocab_size 256 (one token per byte), the model has "
             f"{model.vocab_size}; use vocabulary='none' for a file of token ids only"
         )
+    _refuse_bitlinear(model)
     given = _resolve(model, ternary)
     layers = projection_layers(model)
     for lname, layer in layers.items():
@@ -559,16 +600,7 @@ def save_llama(
         writer.add_rope_freq_base(float(model.rope.theta))
         writer.add_layer_norm_rms_eps(float(model.norm_eps))
         writer.add_vocab_size(model.vocab_size)
-        if vocabulary == "bytes":
-            writer.add_tokenizer_model("gpt2")
-            writer.add_tokenizer_pre("gpt-2")  # (no merge applies: any splitting is the same)
-            writer.add_token_list(byte_vocabulary())
-            writer.add_token_types([int(gguf.TokenType.NORMAL)] * 256)
-            writer.add_token_merges([_NO_MERGE])
-            writer.add_add_bos_token(False)
-            writer.add_add_eos_token(False)
-        else:
-            writer.add_tokenizer_model("none")
+        write_vocabulary(writer, vocabulary)
         writer.add_string("ternref.version", ternref.__version__)
         if projection is not None:
             writer.add_string("ternref.projection", str(projection))
@@ -585,35 +617,39 @@ def save_llama(
 # ------------------------------------------------------------------------- reading
 
 
-def _llama_config(meta) -> dict:
-    """TransformerLM keyword arguments from a file's ``llama.*`` keys (refusing what it lacks)."""
+def _llama_config(meta, arch: str = ARCHITECTURE) -> dict:
+    """TransformerLM keyword arguments from a file's ``llama.*`` keys (refusing what it lacks).
+
+    ``arch``: the key prefix (``"bitnet"`` reads the same hyper-parameters under ``bitnet.*``).
+    """
+    unsupported = tuple(arch + p[len(ARCHITECTURE) :] for p in _UNSUPPORTED_PREFIXES)
     for key in meta.fields:
-        if key.startswith(_UNSUPPORTED_PREFIXES):
+        if key.startswith(unsupported):
             value = meta.fields[key].contents()
-            if key == "llama.rope.scaling.type" and value == "none":
+            if key == f"{arch}.rope.scaling.type" and value == "none":
                 continue
             meta.fail(f"metadata key {key!r} = {value!r}: TransformerLM has no such feature")
-    dim = meta.get("llama.embedding_length", "int")
-    n_heads = meta.get("llama.attention.head_count", "int")
-    n_kv = meta.get("llama.attention.head_count_kv", "int", required=False) or n_heads
+    dim = meta.get(f"{arch}.embedding_length", "int")
+    n_heads = meta.get(f"{arch}.attention.head_count", "int")
+    n_kv = meta.get(f"{arch}.attention.head_count_kv", "int", required=False) or n_heads
     if dim < 1 or n_heads < 1 or dim % n_heads or n_heads % n_kv:
         meta.fail(f"embedding_length {dim}, head_count {n_heads}, head_count_kv {n_kv} "
                   "do not split into heads")  # fmt: skip
     head_dim = dim // n_heads
-    for key in ("llama.rope.dimension_count", "llama.attention.key_length",
-                "llama.attention.value_length"):  # fmt: skip
+    for key in (f"{arch}.rope.dimension_count", f"{arch}.attention.key_length",
+                f"{arch}.attention.value_length"):  # fmt: skip
         value = meta.get(key, "int", required=False)
         if value is not None and value != head_dim:
             meta.fail(f"{key} = {value}, but TransformerLM needs the head width {head_dim}")
-    eps = meta.get("llama.attention.layer_norm_rms_epsilon", "float")
-    theta = meta.get("llama.rope.freq_base", "float", required=False)
+    eps = meta.get(f"{arch}.attention.layer_norm_rms_epsilon", "float")
+    theta = meta.get(f"{arch}.rope.freq_base", "float", required=False)
     return {
         "dim": dim,
-        "n_layers": meta.get("llama.block_count", "int"),
+        "n_layers": meta.get(f"{arch}.block_count", "int"),
         "n_heads": n_heads,
         "n_kv_heads": n_kv,
-        "ffn_dim": meta.get("llama.feed_forward_length", "int"),
-        "max_seq_len": meta.get("llama.context_length", "int"),
+        "ffn_dim": meta.get(f"{arch}.feed_forward_length", "int"),
+        "max_seq_len": meta.get(f"{arch}.context_length", "int"),
         "rope_theta": 10000.0 if theta is None else theta,  # llama.cpp's default
         "norm_eps": eps,
     }

@@ -10,7 +10,8 @@ holding ``__header__``, a uint8 array of UTF-8 JSON::
                 "ffn_dim": 768, "max_seq_len": 128, "rope_theta": 10000.0, "norm_eps": 1e-05,
                 "tie_embeddings": true},
      "dtype": "float32",
-     "block_norms": true,                  false for BitNet b1.58 (the norms moved into BitLinear)
+     "block_norms": true,                  false for BitNet b1.58 (the norms moved into BitLinear;
+                                           true with subln="shared": q/k/v, gate/up share them)
      "method": null | {"name": "bitnet", "hyperparameters": {...}},      what trained it (info)
      "projections": {"blk.0.attn.q_proj": {"kind": "bitlinear" | "linear", "subln": bool,
                                           "activations": "float" | "int8",

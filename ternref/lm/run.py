@@ -45,6 +45,7 @@ class LMSettings:
     method: str | None = None  # None: full precision
     hyperparameters: dict = field(default_factory=dict)
     bitlinear: bool | None = None  # None: BitLinear for bitnet only
+    subln: str = "projection"  # "shared": llama.cpp bitnet placement (quantize_transformer)
     dim: int = 256
     n_layers: int = 4
     n_heads: int = 8
@@ -123,7 +124,7 @@ def prepare(settings: LMSettings) -> Prepared:
         from ternref.methods.bitlinear import quantize_transformer
 
         method = methods.get(s.method, **s.hyperparameters)
-        callbacks = quantize_transformer(model, method, bitlinear=s.bitlinear)
+        callbacks = quantize_transformer(model, method, bitlinear=s.bitlinear, subln=s.subln)
     elif s.hyperparameters:
         raise ValueError("hyper-parameters need a method")
     optimizer = adamw(model, s.lr, s.weight_decay)
@@ -161,7 +162,10 @@ def restore_checkpoint(path, p: Prepared) -> tuple[int, list]:
         header = json.loads(npz["__header__"].tobytes().decode())
         if header.get("format") != CHECKPOINT_FORMAT or header.get("version") != 1:
             raise ValueError(f"{path} is not a ternref-lm checkpoint")
-        if header["settings"] != p.settings.to_dict():
+        saved = dict(header["settings"])
+        # checkpoints written before the subln setting existed trained the default placement
+        saved.setdefault("subln", "projection")
+        if saved != p.settings.to_dict():
             raise ValueError(f"{path} was written by a run with other settings: "
                              f"{header['settings']}")  # fmt: skip
         for i, param in enumerate(p.optimizer.parameters()):

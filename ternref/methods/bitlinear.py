@@ -66,8 +66,10 @@ does for an MLP, and its callbacks (TTQ's scale clamp, LAT's link to Adam's ``v`
 unchanged because they find the layers with :func:`quantized_layers`. With
 ``bitlinear=True`` (the default for BitNet b1.58 only) each projection becomes a
 :class:`BitLinear` carrying the method's weight quantizer, and the blocks' pre-norms are
-removed; with ``bitlinear=False`` the projections stay ``Linear`` layers with a weight
-quantizer (float activations, block norms kept: how TWN, TTQ and LAT quantize a network).
+removed (``subln="shared"``: q/k/v and gate/up share the kept block norms, o and down keep
+a SubLN each, llama.cpp's ``bitnet`` placement); with ``bitlinear=False`` the projections stay
+``Linear`` layers with a weight quantizer (float activations, block norms kept: how TWN, TTQ
+and LAT quantize a network).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ from ternref.nn.module import Module
 from ternref.nn.norms import RMSNorm
 from ternref.ternary import Ternary
 
-__all__ = ["BitLinear", "Identity", "PROJECTIONS", "projections", "quantize_transformer"]
+__all__ = ["BitLinear", "Identity", "PROJECTIONS", "SUBLN", "projections", "quantize_transformer"]
 
 #: The projections of a TransformerBlock, as (child, attribute) paths: attention, then SwiGLU.
 PROJECTIONS = (
@@ -243,7 +245,12 @@ def projections(model) -> list[tuple[Module, str, Linear]]:
     return out
 
 
-def quantize_transformer(model, method: Method, bitlinear: bool | None = None) -> list:
+#: Where the SubLN sits in a BitLinear model (see :func:`quantize_transformer`).
+SUBLN = ("projection", "shared")
+
+
+def quantize_transformer(model, method: Method, bitlinear: bool | None = None,
+                         subln: str = "projection") -> list:  # fmt: skip
     """Attach ``method`` to the projections of a :class:`ternref.nn.TransformerLM`, in place.
 
     Parameters
@@ -259,6 +266,21 @@ def quantize_transformer(model, method: Method, bitlinear: bool | None = None) -
         ``None`` (default): True for ``bitnet``, False for the others (the weight quantizer
         goes on the unchanged ``Linear``; float activations). ``bitnet`` with
         ``quantize_activations=False`` gets a BitLinear with float activations.
+    subln : {"projection", "shared"}, default "projection"
+        Where the SubLN RMSNorms sit in a BitLinear model (``bitlinear`` true).
+        ``"projection"``: one per projection, seven per block, the blocks' pre-norms removed
+        (the released code's layer, the default). ``"shared"``: the placement of BitNet
+        b1.58 2B4T and of llama.cpp's ``bitnet`` architecture, one norm per input that
+        projections share: q, k, v read one normalised input (the block's ``attn_norm``,
+        kept), gate and up another (``ffn_norm``, kept), and ``o_proj`` and ``down_proj``
+        keep their own SubLN (``attn_sub_norm``, ``ffn_sub_norm`` in llama.cpp), so a block
+        has four RMSNorms. Every projection still quantizes its (normalised) input to int8
+        per token; q, k and v quantize the same input, hence identically. The backward is
+        the composition of existing layers, unchanged: the block sums the three (two)
+        projections' input gradients before its norm's backward (``MultiHeadAttention`` and
+        ``SwiGLU`` add ``dx`` of q, k, v and of gate, up), then ``RMSNorm.backward``; o and
+        down run BitLinear's own derived backward. ``tests/lm/test_quantize_transformer.py``
+        checks the whole model against central finite differences of the STE surrogate.
 
     Returns
     -------
@@ -300,14 +322,23 @@ def quantize_transformer(model, method: Method, bitlinear: bool | None = None) -
         bitlinear = is_bitnet
     if not isinstance(bitlinear, bool):
         raise TypeError(f"bitlinear must be a bool or None, got {_validate.describe(bitlinear)}")
+    _validate.one_of(subln, "subln", SUBLN)
+    if subln == "shared" and not bitlinear:
+        raise ValueError(
+            "subln='shared' places BitLinear SubLNs; it needs bitlinear=True (the default for "
+            "bitnet), got bitlinear=False"
+        )
+    shared = subln == "shared"
     for owner, attr, layer in projections(model):
         quantizer = method.weight_quantizer(layer)
         act = method.activation_quantizer(layer)
         if bitlinear:
             if act is None and not is_bitnet:
                 act = BitNetActivation()  # BitLinear is W1.58A8 whatever the weight rule
+            # shared: q, k, v, gate, up read the block's norm; o and down keep a SubLN
+            own_norm = not shared or attr in ("o_proj", "down_proj")
             new = BitLinear.from_linear(layer, quantizer, activation_quantizer=act,
-                                        input_norm=True, norm_eps=model.norm_eps)  # fmt: skip
+                                        input_norm=own_norm, norm_eps=model.norm_eps)  # fmt: skip
             setattr(owner, attr, new)
         elif act is not None:  # bitnet without SubLN: int8 activations in front, norms kept
             new = BitLinear.from_linear(layer, quantizer, activation_quantizer=act,
@@ -315,7 +346,7 @@ def quantize_transformer(model, method: Method, bitlinear: bool | None = None) -
             setattr(owner, attr, new)
         else:
             layer.weight_quantizer = quantizer
-    if bitlinear:
+    if bitlinear and not shared:
         for blk in model.blocks:  # "remove RMSNorm before attention and SwiGLU" (FAQ, step 2)
             blk.attn_norm = Identity()
             blk.ffn_norm = Identity()

@@ -121,3 +121,36 @@ def test_generate_refuses_too_long_and_eval_refuses_a_non_model(tmp_path):
 def test_lm_without_verb_prints_help():
     out = run("lm")
     assert out.returncode == 2 and "train" in out.stdout
+
+
+@pytest.mark.slow
+def test_shared_subln_train_then_export_gguf(tmp_path):
+    """``--subln shared`` trains the llama.cpp bitnet placement; ``lm export-gguf`` writes it
+    and refuses the default placement with the reason."""
+    pytest.importorskip("gguf")
+    from ternref.interop import load_gguf
+    from ternref.lm import load_lm
+
+    small = ["--layers", "1", "--dim", "256", "--heads", "4", "--kv-heads", "2", "--ffn", "512",
+             "--context", "16", "--batch-size", "2", "--steps", "2", "--eval-every", "0",
+             "--quiet"]  # fmt: skip
+    model = tmp_path / "shared.npz"
+    out = run("lm", "train", *small, "--method", "bitnet", "--subln", "shared", "--save",
+              str(model))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    gguf_path = tmp_path / "shared.gguf"
+    out = run("lm", "export-gguf", str(model), str(gguf_path))
+    assert out.returncode == 0, out.stderr
+    assert "wrote" in out.stdout
+    ids = np.arange(12)[None]
+    saved, _ = load_lm(model)
+    back = load_gguf(gguf_path)
+    assert np.abs(back(ids) - saved(ids)).max() < 0.1 * np.abs(saved(ids)).max()
+
+    default = tmp_path / "default.npz"
+    out = run("lm", "train", *small, "--method", "bitnet", "--save", str(default))
+    assert out.returncode == 0, out.stderr
+    out = run("lm", "export-gguf", str(default), str(tmp_path / "no.gguf"))
+    assert out.returncode != 0
+    assert "per-projection SubLN" in out.stderr and "--subln shared" in out.stderr
+    assert not (tmp_path / "no.gguf").exists()

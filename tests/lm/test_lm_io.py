@@ -165,3 +165,22 @@ def test_refuses_files_that_are_not_npz_or_have_no_header(tmp_path):
 def test_save_refuses_what_it_cannot_store(tmp_path):
     with pytest.raises(TypeError, match="TransformerLM"):
         save_lm(tmp_path / "x.npz", object())
+
+
+def test_round_trip_of_the_shared_subln_placement(tmp_path):
+    from ternref.nn import RMSNorm
+
+    model = tiny()
+    quantize_transformer(model, methods.get("bitnet"), subln="shared")
+    for p in model.parameters():
+        if p.data.ndim == 1:
+            p.data[...] = np.random.default_rng(5).uniform(0.5, 1.5, p.shape)
+    model.eval()
+    save_lm(tmp_path / "s.npz", model)
+    loaded, header = load_lm(tmp_path / "s.npz")
+    assert header["block_norms"] is True
+    np.testing.assert_array_equal(loaded(IDS), model(IDS))
+    blk = loaded.blocks[0]
+    assert isinstance(blk.attn_norm, RMSNorm) and blk.attn.q_proj.input_norm is None
+    assert isinstance(blk.attn.o_proj.input_norm, RMSNorm)
+    assert isinstance(blk.ffn.down_proj.input_norm, RMSNorm) and blk.ffn.up_proj.input_norm is None

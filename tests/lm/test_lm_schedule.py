@@ -111,3 +111,25 @@ def test_checkpoint_resume_ends_where_an_uninterrupted_run_ends(tmp_path, method
     assert restore_checkpoint(ckpt, check)[0] == 6  # the resumed run wrote its own at step 6
     with pytest.raises(ValueError, match="other settings"):
         restore_checkpoint(ckpt, prepare(LMSettings(method=method, steps=7, **TINY)))
+
+
+def test_checkpoint_without_subln_setting_resumes_as_the_default_placement(tmp_path):
+    """Checkpoints from before ``subln`` existed hold no such key: they trained the default."""
+    import json
+
+    import numpy as np
+
+    settings = LMSettings(method="bitnet", steps=2, **TINY)
+    p = prepare(settings)
+    ckpt = tmp_path / "old.ckpt"
+    save_checkpoint(ckpt, p, 1, [])
+    with np.load(ckpt, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays["__header__"].tobytes().decode())
+    del header["settings"]["subln"]
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "old2.ckpt.npz", **arrays)
+    assert restore_checkpoint(tmp_path / "old2.ckpt.npz", prepare(settings))[0] == 1
+    shared = LMSettings(method="bitnet", steps=2, subln="shared", **TINY)
+    with pytest.raises(ValueError, match="other settings"):
+        restore_checkpoint(tmp_path / "old2.ckpt.npz", prepare(shared))

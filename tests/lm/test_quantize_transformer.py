@@ -52,6 +52,40 @@ def test_bitnet_makes_every_projection_a_bitlinear_and_removes_block_norms():
         quantize_transformer(model, methods.get("bitnet"))
 
 
+def test_shared_subln_is_the_llama_cpp_bitnet_placement():
+    """q/k/v and gate/up read the kept block norms; o and down keep a SubLN each; every
+    projection still quantizes its input to int8; q, k and v see the same normalised input."""
+    model = tiny()
+    quantize_transformer(model, methods.get("bitnet"), subln="shared")
+    for blk in model.blocks:
+        assert isinstance(blk.attn_norm, RMSNorm) and isinstance(blk.ffn_norm, RMSNorm)
+        for layer in (blk.attn.q_proj, blk.attn.k_proj, blk.attn.v_proj, blk.ffn.gate_proj,
+                      blk.ffn.up_proj):  # fmt: skip
+            assert isinstance(layer, BitLinear) and layer.input_norm is None
+            assert isinstance(layer.activation_quantizer, BitNetActivation)
+        for layer in (blk.attn.o_proj, blk.ffn.down_proj):
+            assert isinstance(layer, BitLinear) and isinstance(layer.input_norm, RMSNorm)
+            assert isinstance(layer.activation_quantizer, BitNetActivation)
+    # the block's forward is the shared placement written out
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    blk = model.blocks[0]
+    h = blk.attn_norm(x)
+    q = blk.attn.q_proj(h)
+    ref = blk.attn.q_proj.weight_quantizer.forward(blk.attn.q_proj.weight.data)
+    act = BitNetActivation()(h.reshape(-1, 16)).reshape(h.shape)
+    np.testing.assert_allclose(q, act @ ref.T, rtol=1e-5, atol=1e-6)
+
+
+def test_default_subln_placement_is_unchanged():
+    a, b = tiny(), tiny()
+    quantize_transformer(a, methods.get("bitnet"))
+    quantize_transformer(b, methods.get("bitnet"), subln="projection")
+    ids = np.random.default_rng(0).integers(0, 256, (1, 6))
+    np.testing.assert_array_equal(a(ids), b(ids))
+    assert all(isinstance(m.input_norm, RMSNorm) for _, _, m in projections(a))
+
+
 def test_weight_methods_attach_to_plain_linears_by_default():
     model = tiny()
     quantize_transformer(model, methods.get("ttq"))
@@ -134,16 +168,18 @@ def test_ttq_clamp_and_lat_hessian_work_through_the_lm_loop():
     assert np.abs(layer.weight.data).max() <= 1.0  # LAT's latent clip ran
 
 
-def test_whole_bitnet_model_gradient_matches_the_ste_surrogate():
+@pytest.mark.parametrize("subln", ["projection", "shared"])
+def test_whole_bitnet_model_gradient_matches_the_ste_surrogate(subln):
     """Every parameter of a float64 BitNet b1.58 LM against finite differences of the model
-    with each quantizer's offset frozen (the STE surrogate)."""
+    with each quantizer's offset frozen (the STE surrogate), for both SubLN placements (with
+    "shared", the block norms' gains get the summed gradients of q, k, v and of gate, up)."""
     rng = np.random.default_rng(0)
     model = tiny(rng, np.float64, dim=8, n_heads=2, n_kv_heads=1, ffn_dim=6, max_seq_len=6)
     for p in model.parameters():
         p.data[...] = rng.standard_normal(p.shape) * (0.5 if p.data.ndim == 2 else 0.2) + (
             1.0 if p.data.ndim == 1 else 0.0
         )
-    quantize_transformer(model, methods.get("bitnet"))
+    quantize_transformer(model, methods.get("bitnet"), subln=subln)
     ids = rng.integers(0, 256, (2, 5))
     targets = rng.integers(0, 256, (2, 5))
     loss = LMCrossEntropyLoss()
@@ -164,23 +200,22 @@ def test_whole_bitnet_model_gradient_matches_the_ste_surrogate():
     for _, _, layer in projections(model):
         w0 = layer.weight.data.copy()
         layer.weight_quantizer.forward = Frozen(layer.weight_quantizer, w0)
-    # activation offsets depend on each layer's input: record them from one forward
+    # activation offsets depend on each layer's (normalised) input: record them from one
+    # forward, at the activation quantizer's input (after the SubLN, or the shared block norm)
     inputs = {}
     for _, _, layer in projections(model):
-        norm = layer.input_norm
-        orig = norm.forward
+        act = layer.activation_quantizer
+        orig = act.forward
 
-        def record(x, _orig=orig, _layer=layer):
-            h = _orig(x)
+        def record(h, _orig=orig, _layer=layer):
             inputs[id(_layer)] = h.copy()
-            return h
+            return _orig(h)
 
-        norm.forward = record
+        act.forward = record
     model(ids)
     for _, _, layer in projections(model):
         layer.activation_quantizer.forward = Frozen(layer.activation_quantizer,
                                                     inputs[id(layer)])  # fmt: skip
-        del layer.input_norm.forward
 
     def f():
         return loss.forward(model(ids), targets)
@@ -204,5 +239,9 @@ def test_refusals():
         quantize_transformer(Linear(2, 2), methods.get("twn"))
     with pytest.raises(TypeError, match="bitlinear"):
         quantize_transformer(tiny(), methods.get("twn"), bitlinear="yes")
+    with pytest.raises(ValueError, match="subln must be one of"):
+        quantize_transformer(tiny(), methods.get("bitnet"), subln="block")
+    with pytest.raises(ValueError, match="needs bitlinear=True"):
+        quantize_transformer(tiny(), methods.get("bitnet"), bitlinear=False, subln="shared")
     with pytest.raises(ValueError, match="first_last"):
         methods.quantize_model(tiny(), methods.get("twn"), keep_full_precision="none")
