@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
+from ternref.packed import _vnni
 from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
 from ternref.packed._gemm import (
     REASSOC,
@@ -72,6 +73,9 @@ from ternref.packed._gemm import (
     tile_product_i8,
     tile_rows,
 )
+
+if _vnni.AVAILABLE:
+    from ternref.packed._vnni import i2_field_dot, i2_field_dot4
 
 BLOCK = 128
 """Weights per block; rows and scale groups are padded to a multiple of this."""
@@ -249,43 +253,89 @@ def zeros_f32(codes, xs, r0, r1, zeros):
             zeros[n, r0:r1, g] = sums
 
 
+ROWS_PER_PASS = 4 if _vnni.AVAILABLE else 1
+"""Activation rows :func:`dot_i8` multiplies per pass over the codes: 4 with ``vpdpbusd``
+(:func:`ternref.packed._vnni.i2_field_dot4`, each decoded byte serves four rows), else 1."""
+
+STREAM_GEMM_I8 = _vnni.AVAILABLE
+"""True when :func:`dot_i8` should also run the int8 products of large batches (with
+``vpdpbusd`` it beats the float32 tile product of :func:`gemm_i8`; see
+:func:`ternref.packed.kernels.product`)."""
+
+if _vnni.AVAILABLE:
+
+    @njit(nogil=True)
+    def _field_sums_i8(codes, xs, n0, nb, t0, seg, mask, r0, r1, sums):
+        """``sums[i, r - r0] = sum_t sum_s ((byte_t >> 2 s) & mask) x_s[t]`` of activation rows
+        ``n0 + i < n0 + nb`` over bytes ``t0 .. t0 + seg - 1`` of rows ``r0 .. r1 - 1``: ``Q``
+        with ``mask = 3``, ``Z`` with ``mask = 1``. Here with ``vpdpbusd``
+        (:mod:`ternref.packed._vnni`), four activation rows per pass when ``nb == 4``."""
+        for r in range(r0, r1):
+            row = codes[r, t0 : t0 + seg]
+            if nb == 4:
+                s0, s1, s2, s3 = i2_field_dot4(row, xs, n0, t0, mask)
+                sums[0, r - r0] = s0
+                sums[1, r - r0] = s1
+                sums[2, r - r0] = s2
+                sums[3, r - r0] = s3
+            else:
+                for i in range(nb):
+                    sums[i, r - r0] = i2_field_dot(row, xs, n0 + i, t0, mask)
+
+else:
+
+    @njit(nogil=True)
+    def _field_sums_i8(codes, xs, n0, nb, t0, seg, mask, r0, r1, sums):
+        """The plain-loop form of the ``vpdpbusd`` kernel (same contract): one activation row
+        at a time, :func:`_code_sums_i8` (``mask = 3``) or :func:`_zero_sums_i8` (``mask = 1``)."""
+        t1 = t0 + seg
+        for i in range(nb):
+            x = xs[n0 + i]
+            if mask == 3:
+                _code_sums_i8(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
+                              r0, r1, sums[i])  # fmt: skip
+            else:
+                _zero_sums_i8(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
+                              r0, r1, sums[i])  # fmt: skip
+
+
 @njit(nogil=True)
 def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y):
     """:func:`dot_f32` for int8 activations: exact integer sums, then the float64 epilogue.
 
     ``xs`` int8 (N, 4, L/4), ``xsum`` int64 (N, G) and ``zeros`` int32 (:func:`zeros_i8`) as in
     :func:`dot_f32`; ``inv_s`` float64 (N,) rescales row n (``x ~= xq * inv_s``). The sums
-    (:func:`_code_sums_i8`) are exact in int32 for rows shorter than 2^22 weights
-    (``|q x| <= 254``; :func:`ternref.packed.pack` refuses longer rows).
+    (:func:`_field_sums_i8`: ``vpdpbusd`` where the CPU has AVX-512 VNNI, else
+    :func:`_code_sums_i8`) are exact in int32 for rows shorter than 2^22 weights
+    (``|q x| <= 254``; :func:`ternref.packed.pack` refuses longer rows). Activation rows go
+    :data:`ROWS_PER_PASS` at a time.
     """
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
-    sums = np.empty(r1 - r0, np.int32)
-    total = np.empty(r1 - r0, np.float64)
-    for n in range(xs.shape[0]):
+    step = ROWS_PER_PASS
+    sums = np.empty((step, r1 - r0), np.int32)
+    total = np.empty((step, r1 - r0), np.float64)
+    for n0 in range(0, xs.shape[0], step):
+        nb = min(step, xs.shape[0] - n0)
         total[:] = 0.0
         for g in range(n_groups):
-            t0, t1 = g * seg, (g + 1) * seg
-            x = xs[n]
-            _code_sums_i8(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
-                          r0, r1, sums)  # fmt: skip
-            add_group_int(total, sums, zeros, xsum, n, g, sc, r0, asym, has_offset)
-        finish_rows(total, inv_s[n], bias, has_bias, relu, r0, y[n])
+            _field_sums_i8(codes, xs, n0, nb, g * seg, seg, 3, r0, r1, sums)
+            for i in range(nb):
+                add_group_int(total[i], sums[i], zeros, xsum, n0 + i, g, sc, r0, asym, has_offset)
+        for i in range(nb):
+            finish_rows(total[i], inv_s[n0 + i], bias, has_bias, relu, r0, y[n0 + i])
 
 
 @njit(nogil=True)
 def zeros_i8(codes, xs, r0, r1, zeros):
-    """:func:`zeros_f32` for int8 activations (exact int32 sums)."""
+    """:func:`zeros_f32` for int8 activations (exact int32 sums, :func:`_field_sums_i8`)."""
     n_groups = zeros.shape[2]
     seg = codes.shape[1] // n_groups
-    sums = np.empty(r1 - r0, np.int32)
+    sums = np.empty((1, r1 - r0), np.int32)
     for n in range(xs.shape[0]):
         for g in range(n_groups):
-            t0, t1 = g * seg, (g + 1) * seg
-            x = xs[n]
-            _zero_sums_i8(codes, t0, seg, x[0, t0:t1], x[1, t0:t1], x[2, t0:t1], x[3, t0:t1],
-                          r0, r1, sums)  # fmt: skip
-            zeros[n, r0:r1, g] = sums
+            _field_sums_i8(codes, xs, n, 1, g * seg, seg, 1, r0, r1, sums)
+            zeros[n, r0:r1, g] = sums[0]
 
 
 @njit(nogil=True)

@@ -12,7 +12,10 @@ contiguous arrays, which LLVM vectorizes (with ``vpmaddwd`` / ``vpdpwssd`` for i
 More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile of weight rows
 at a time (values for float32 activations, signed codes for int8) and multiplies it with a
 register-blocked product (:mod:`ternref.packed._gemm`). The packed weight is never expanded
-whole; nothing decoded is kept between calls.
+whole; nothing decoded is kept between calls. The exception: a format whose ``STREAM_GEMM_I8``
+is true (``i2`` on a CPU with AVX-512 VNNI, :mod:`ternref.packed._vnni`) runs int8 products of
+every batch size through its stream kernel ``dot_i8``, whose byte dot products (64 per
+instruction) beat the float32 tile product.
 
 ``activations="int8"`` quantizes each row of ``x`` to int8, absmax per row, BitNet-style
 (:func:`quantize_activations`; the kernels do the same inside :func:`prepare_streams` /
@@ -230,7 +233,8 @@ def product(
     has_offset = p.offset is not None
     mod = p.module
     data = _data(p)
-    if n < GEMM_MIN_BATCH:
+    stream_gemm = int8 and backend == "numba" and getattr(mod, "STREAM_GEMM_I8", False)
+    if n < GEMM_MIN_BATCH or stream_gemm:
         has_bias = bias is not None
         b = bias if has_bias else _NO_BIAS
         twin = "_numpy" if backend == "numpy" else ""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ternref.packed import _threads, linear, quantize_activations
+from ternref.packed import FORMATS, _threads, linear, quantize_activations
 from ternref.packed.kernels import GEMM_MIN_BATCH
 
 UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
@@ -34,6 +34,10 @@ def kernel_names(fmt: str, n: int, activations: str, threaded: bool = False) -> 
     if n < GEMM_MIN_BATCH:  # small products run whole in one serial call (gemv = layout + dot)
         kernel = "dot" if threaded else "gemv"
         return f"{fmt}.{kernel}_{act}", f"{fmt}.dot_{act}_numpy"
+    if act == "i8" and getattr(FORMATS[fmt], "STREAM_GEMM_I8", False):
+        # i2 with vpdpbusd: the stream kernel beats the tile product at every batch size
+        # (ternref.packed.kernels.product); the twin stays the tile algorithm's, exact as well
+        return f"{fmt}.dot_i8", "kernels._gemm_i8_numpy"
     return f"{fmt}.gemm_{act}", f"kernels._gemm_{act}_numpy"
 
 

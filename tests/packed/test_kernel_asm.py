@@ -1,5 +1,8 @@
 """The int8 GEMV kernels use the CPU's integer dot-product instructions (issue: no int32
-multiply in the inner loop). Checked in the machine code LLVM generated, on CPUs that have them.
+multiply in the inner loop). Checked in the machine code LLVM generated, on CPUs that have them:
+``i2`` with AVX-512 VNNI runs the hand-written ``vpdpbusd`` loop of ``ternref.packed._vnni``
+(64 byte products per instruction); with ``TERNREF_VNNI=0``, and in ``tq1``, LLVM's own
+vectorization of the plain loops (``vpmaddwd`` / ``vpdpwssd``).
 
 Run in a fresh interpreter with an empty Numba cache: ``inspect_asm`` only works on code compiled
 in the process, not on code loaded from the cache.
@@ -28,19 +31,20 @@ def _cpu_flags() -> set:
 
 FLAGS = _cpu_flags()
 HAS_VNNI = bool(FLAGS & {"avx512_vnni", "avx_vnni"})
+HAS_AVX512_VNNI = {"avx512_vnni", "avx512bw", "avx512vl"} <= FLAGS
 HAS_AVX2 = "avx2" in FLAGS
 
 SCRIPT = r"""
 import json, re, numpy as np
 from ternref import Ternary
-from ternref.packed import i2, tq1, linear, pack
+from ternref.packed import _vnni, i2, tq1, linear, pack
 rng = np.random.default_rng(0)
 t = Ternary(rng.integers(-1, 2, (8, 512)).astype(np.int8), np.float32(0.5))
 x = rng.standard_normal((1, 512)).astype(np.float32)
 for fmt in ("i2", "tq1"):
     linear(x, pack(t, fmt), "int8")
-found = {}
-for name, fn in (("i2", i2._code_sums_i8), ("tq1", tq1._code_sums_i8)):
+found = {"i2_vnni": _vnni.AVAILABLE}
+for name, fn in (("i2", i2._field_sums_i8), ("tq1", tq1._code_sums_i8)):
     asm = "\n".join(fn.inspect_asm(sig) for sig in fn.signatures)
     found[name] = {op: len(re.findall(r"\b" + op + r"\b", asm))
                    for op in ("vpdpwssd", "vpdpbusd", "vpmaddwd", "vpmaddubsw", "vpmulld")}
@@ -48,8 +52,9 @@ print(json.dumps(found))
 """
 
 
-def _instructions(tmp_path) -> dict:
+def _instructions(tmp_path, vnni: str = "1") -> dict:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+    env["TERNREF_VNNI"] = vnni
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "empty-cache")
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
@@ -60,12 +65,18 @@ def _instructions(tmp_path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2 (no vpmaddwd to look for)")
-def test_int8_gemv_inner_loops_use_integer_dot_instructions(tmp_path):
-    found = _instructions(tmp_path)
+@pytest.mark.parametrize("vnni", ["1", "0"])
+def test_int8_gemv_inner_loops_use_integer_dot_instructions(tmp_path, vnni):
+    found = _instructions(tmp_path, vnni)
+    uses_vnni = found.pop("i2_vnni")
+    assert uses_vnni == (vnni == "1" and HAS_AVX512_VNNI), (uses_vnni, vnni, HAS_AVX512_VNNI)
     for fmt, counts in found.items():
         dot = counts["vpdpwssd"] + counts["vpdpbusd"] + counts["vpmaddwd"] + counts["vpmaddubsw"]
         assert dot > 0, f"{fmt}: no integer dot-product instruction in the int8 GEMV: {counts}"
         assert counts["vpmulld"] == 0, f"{fmt}: an int32 multiply in the int8 GEMV: {counts}"
-    if HAS_VNNI:
-        # i2's 2-bit codes times int8 activations: LLVM fuses vpmaddwd + vpaddd into VNNI
+    if uses_vnni:
+        # the hand-written byte dot product (ternref.packed._vnni)
+        assert found["i2"]["vpdpbusd"] > 0, found["i2"]
+    elif HAS_VNNI:
+        # the plain loop: LLVM fuses vpmaddwd + vpaddd into VNNI's 16-bit form
         assert found["i2"]["vpdpwssd"] + found["i2"]["vpdpbusd"] > 0, found["i2"]
