@@ -75,7 +75,7 @@ from ternref.packed._gemm import (
 )
 
 if _vnni.AVAILABLE:
-    from ternref.packed._vnni import i2_field_dot, i2_field_dot4
+    from ternref.packed._vnni import i2_field_dot, i2_field_dot_4acts, i2_field_dot_4rows
 
 BLOCK = 128
 """Weights per block; rows and scale groups are padded to a multiple of this."""
@@ -255,7 +255,7 @@ def zeros_f32(codes, xs, r0, r1, zeros):
 
 ROWS_PER_PASS = 4 if _vnni.AVAILABLE else 1
 """Activation rows :func:`dot_i8` multiplies per pass over the codes: 4 with ``vpdpbusd``
-(:func:`ternref.packed._vnni.i2_field_dot4`, each decoded byte serves four rows), else 1."""
+(:func:`ternref.packed._vnni.i2_field_dot_4acts`, each decoded byte serves four rows), else 1."""
 
 STREAM_GEMM_I8 = _vnni.AVAILABLE
 """True when :func:`dot_i8` should also run the int8 products of large batches (with
@@ -269,18 +269,27 @@ if _vnni.AVAILABLE:
         """``sums[i, r - r0] = sum_t sum_s ((byte_t >> 2 s) & mask) x_s[t]`` of activation rows
         ``n0 + i < n0 + nb`` over bytes ``t0 .. t0 + seg - 1`` of rows ``r0 .. r1 - 1``: ``Q``
         with ``mask = 3``, ``Z`` with ``mask = 1``. Here with ``vpdpbusd``
-        (:mod:`ternref.packed._vnni`), four activation rows per pass when ``nb == 4``."""
-        for r in range(r0, r1):
-            row = codes[r, t0 : t0 + seg]
-            if nb == 4:
-                s0, s1, s2, s3 = i2_field_dot4(row, xs, n0, t0, mask)
+        (:mod:`ternref.packed._vnni`): four activation rows per pass when ``nb == 4``, else
+        four weight rows per pass against each activation row."""
+        if nb == 4:
+            for r in range(r0, r1):
+                s0, s1, s2, s3 = i2_field_dot_4acts(codes, r, t0, seg, xs, n0, mask)
                 sums[0, r - r0] = s0
                 sums[1, r - r0] = s1
                 sums[2, r - r0] = s2
                 sums[3, r - r0] = s3
-            else:
-                for i in range(nb):
-                    sums[i, r - r0] = i2_field_dot(row, xs, n0 + i, t0, mask)
+            return
+        r4 = r0 + (r1 - r0) // 4 * 4
+        for i in range(nb):
+            out = sums[i]
+            for r in range(r0, r4, 4):
+                s0, s1, s2, s3 = i2_field_dot_4rows(codes, r, t0, seg, xs, n0 + i, mask)
+                out[r - r0] = s0
+                out[r - r0 + 1] = s1
+                out[r - r0 + 2] = s2
+                out[r - r0 + 3] = s3
+            for r in range(r4, r1):
+                out[r - r0] = i2_field_dot(codes, r, t0, seg, xs, n0 + i, mask)
 
 else:
 

@@ -15,21 +15,32 @@ pytestmark = pytest.mark.skipif(not _vnni.AVAILABLE, reason="no AVX-512 VNNI ker
 
 if _vnni.AVAILABLE:
     from ternref._jit import njit
-    from ternref.packed._vnni import i2_field_dot, i2_field_dot4
+    from ternref.packed._vnni import i2_field_dot, i2_field_dot_4acts, i2_field_dot_4rows
 
     @njit
-    def _dot1(row, xs, n, t0, mask):
-        return i2_field_dot(row, xs, n, t0, mask)
+    def _dot1(codes, r, t0, seg, xs, n, mask):
+        return i2_field_dot(codes, r, t0, seg, xs, n, mask)
 
     @njit
-    def _dot4(row, xs, n0, t0, mask):
-        return i2_field_dot4(row, xs, n0, t0, mask)
+    def _dot_4rows(codes, r, t0, seg, xs, n, mask):
+        return i2_field_dot_4rows(codes, r, t0, seg, xs, n, mask)
+
+    @njit
+    def _dot_4acts(codes, r, t0, seg, xs, n, mask):
+        return i2_field_dot_4acts(codes, r, t0, seg, xs, n, mask)
 
 
-def _dense(row, xs, n, t0, mask):
-    """``sum_t sum_s ((row[t] >> 2 s) & mask) * xs[n, s, t0 + t]`` in int64."""
-    x = xs[n, :, t0 : t0 + row.shape[0]].astype(np.int64)
-    return int(sum((((row.astype(np.int64) >> (2 * s)) & mask) * x[s]).sum() for s in range(4)))
+def _dense(codes, r, t0, seg, xs, n, mask):
+    """``sum_t sum_s ((codes[r, t0 + t] >> 2 s) & mask) * xs[n, s, t0 + t]`` in int64."""
+    row = codes[r, t0 : t0 + seg].astype(np.int64)
+    x = xs[n, :, t0 : t0 + seg].astype(np.int64)
+    return int(sum((((row >> (2 * s)) & mask) * x[s]).sum() for s in range(4)))
+
+
+def _random_codes(rng, rows, nbytes):
+    fields = rng.integers(0, 3, (rows, nbytes, 4))  # i2 never stores the pattern 0b11
+    packed = fields[..., 0] | fields[..., 1] << 2 | fields[..., 2] << 4 | fields[..., 3] << 6
+    return packed.astype(np.uint8)
 
 
 @settings(max_examples=60, deadline=None)
@@ -43,36 +54,41 @@ def _dense(row, xs, n, t0, mask):
 )
 def test_field_dot_is_the_dense_sum(blocks, offset_blocks, rows, mask, extreme, seed):
     rng = np.random.default_rng(seed)
-    nbytes, t0 = 32 * blocks, 32 * offset_blocks
-    width = t0 + nbytes + 32 * rng.integers(0, 2)
-    fields = rng.integers(0, 3, (nbytes, 4))  # i2 never stores the pattern 0b11
-    row = (fields[:, 0] | fields[:, 1] << 2 | fields[:, 2] << 4 | fields[:, 3] << 6).astype(
-        np.uint8
-    )
+    seg, t0 = 32 * blocks, 32 * offset_blocks
+    width = t0 + seg + 32 * int(rng.integers(0, 2))
+    codes = _random_codes(rng, rows, width)
     if extreme:  # every product at its largest magnitude
         xs = rng.choice(np.array([-127, 127], np.int8), (rows, 4, width))
-        row[:] = 0b10101010
+        codes[:] = 0b10101010
     else:
         xs = rng.integers(-127, 128, (rows, 4, width)).astype(np.int8)
-    for n in range(rows):
-        assert _dot1(row, xs, n, t0, mask) == _dense(row, xs, n, t0, mask)
-    for n0 in range(rows - 3):
-        got = _dot4(row, xs, n0, t0, mask)
-        assert list(got) == [_dense(row, xs, n0 + i, t0, mask) for i in range(4)]
+    args = (t0, seg, xs)
+    for r in range(rows):
+        for n in range(rows):
+            assert _dot1(codes, r, *args, n, mask) == _dense(codes, r, *args, n, mask)
+    for first in range(rows - 3):
+        for other in range(rows):
+            got = _dot_4rows(codes, first, *args, other, mask)
+            assert list(got) == [_dense(codes, first + j, *args, other, mask) for j in range(4)]
+            got = _dot_4acts(codes, other, *args, first, mask)
+            assert list(got) == [_dense(codes, other, *args, first + i, mask) for i in range(4)]
 
 
-def test_field_dot_of_a_non_contiguous_stream_batch():
-    """The streams are addressed through their strides: a batch sliced from a bigger one."""
+def test_field_dot_through_strides():
+    """Rows are addressed through their strides: a batch and code rows sliced from bigger
+    arrays (only the last axis must be contiguous)."""
     rng = np.random.default_rng(3)
-    big = rng.integers(-127, 128, (12, 4, 96)).astype(np.int8)
-    xs = big[::3]  # every third activation row: outer stride 3x the row size
-    row = rng.integers(0, 3, 64).astype(np.uint8) * 0b01010101
-    for n in range(xs.shape[0]):
-        assert _dot1(row, xs, n, 32, 3) == _dense(row, xs, n, 32, 3)
+    xs = rng.integers(-127, 128, (12, 4, 96)).astype(np.int8)[::3]
+    codes = _random_codes(rng, 10, 128)[::2, 32:]
+    for r in range(codes.shape[0] - 3):
+        for n in range(xs.shape[0]):
+            want = [_dense(codes, r + j, 32, 64, xs, n, 3) for j in range(4)]
+            assert list(_dot_4rows(codes, r, 32, 64, xs, n, 3)) == want
+            assert _dot1(codes, r, 32, 64, xs, n, 3) == want[0]
 
 
 def test_typing_refuses_wrong_dtypes():
     from numba.core.errors import TypingError
 
-    with pytest.raises(TypingError, match="uint8 codes row"):
-        _dot1(np.zeros(32, np.int8), np.zeros((1, 4, 32), np.int8), 0, 0, 3)
+    with pytest.raises(TypingError, match="uint8 codes"):
+        _dot1(np.zeros((1, 32), np.int8), 0, 0, 32, np.zeros((1, 4, 32), np.int8), 0, 3)
