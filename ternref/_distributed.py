@@ -354,7 +354,7 @@ def _register(name: str, cls) -> None:
 
 
 # ----------------------------------------------------------------------------- the client
-def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
+def run(client, tasks: list[dict], on_record, *, spec_of, depends_on, on_state=None) -> None:
     """Submit ``tasks`` to ``client`` and call ``on_record(task, record)`` as each finishes.
 
     ``spec_of(task)`` gives the specification for :func:`run_task`; ``depends_on(task)`` the
@@ -364,6 +364,12 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
     than ``distributed.scheduler.allowed-failures``, or it could not be unpickled) becomes a
     failed record. On KeyboardInterrupt (or any exception) every pending task is cancelled
     before the exception goes on.
+
+    A task with ``role == "stored"`` carries the state of a baseline saved by an earlier
+    sitting (``task["state"]``): it is not run; the state goes from this process straight to
+    the workers (``client.scatter``, not through the scheduler) as its dependents' parent.
+    ``on_state(task, record, state)``, if given, receives the trained state of every task with
+    ``return_state`` (fetched from its worker) when its record arrives.
     """
     from distributed import as_completed
 
@@ -381,6 +387,11 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
     try:
         for number, task in enumerate(sorted(tasks, key=lambda t: t["method"] != FULL_PRECISION)):
             task["number"] = number
+            if task.get("role") == "stored":
+                value = (task["expected"], task["state"])
+                fp_futures[task["seed"]] = client.scatter([value], hash=False)[0]
+                on_record(task, task["expected"])
+                continue
             spec = {**spec_of(task), "topic": topic, "task": number}
             key = f"ternref-{task['method']}-seed{task['seed']}-{uuid.uuid4().hex[:8]}"
             seed = depends_on(task)
@@ -417,6 +428,12 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on) -> None:
                     users[seed] -= 1
                     if users[seed] == 0 and seed in fp_futures:
                         fp_futures.pop(seed).release()  # the state can leave the worker
+                own = fp_futures.get(task["seed"]) if task.get("return_state") else None
+                if own is not None and on_state is not None:
+                    result = own.result() if own.status != "error" else (record, None)
+                    on_state(task, record, result[1])
+                    if not users.get(task["seed"]):
+                        fp_futures.pop(task["seed"]).release()  # nobody else needs it
                 on_record(task, record)
             if ready or early:
                 continue

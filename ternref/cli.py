@@ -335,6 +335,7 @@ def _add_compare(sub):
 
 
 def _run_compare(args) -> int:
+    import os
     import shlex
 
     from ternref.compare import compare, write_outputs
@@ -378,6 +379,7 @@ def _run_compare(args) -> int:
             threads=args.threads,
             resume=args.out if args.resume else None,
             connect_timeout=args.connect_timeout,
+            baselines=os.path.join(args.out, "baselines") if args.out else None,
         )
     except (ImportError, ConnectionError) as exc:  # the extra is missing; the cluster is down
         raise UserError(str(exc)) from None

@@ -31,6 +31,14 @@ trained model is the start (or the teacher) of the runs that need it.
 ``compare.json`` keeps one record per (method, seed) run beside the aggregated rows, so a sweep
 can be resumed (``resume``): only the pairs it lacks (or whose run failed) run, the rows are
 recomputed from all records, and the settings that decide the numbers must match.
+
+Baselines across sittings (``baselines``, a folder; the CLI's is ``OUT/baselines``): every
+trained full-precision model of the sweep is saved there (``fp-seed<N>.npz``: its parameters and
+BatchNorm statistics, with the test accuracy of its row). A later sitting whose runs start from
+(or learn from) the baseline of a seed loads it instead of training it again, so the sweep can
+go on on another machine, whose BLAS would not reproduce the same bits. Without a saved model
+the baseline is trained again and must reproduce its stored row, or its dependent runs fail
+with the reason.
 """
 
 from __future__ import annotations
@@ -687,6 +695,47 @@ def model_from_state(model_name: str, data, state: list):
     return model
 
 
+def baseline_path(folder, seed: int) -> str:
+    """Where the trained full-precision model of ``seed`` is saved in ``folder``."""
+    return os.path.join(os.fspath(folder), f"fp-seed{int(seed)}.npz")
+
+
+def save_baseline(folder, record: dict, state: list) -> str:
+    """Save ``state`` (:func:`model_state`) of the full-precision run ``record`` in ``folder``,
+    written to a temporary file and renamed (a reader never sees half a file)."""
+    os.makedirs(folder, exist_ok=True)
+    path = baseline_path(folder, record["seed"])
+    arrays = {f"value{i}": np.asarray(value) for i, (_, value) in enumerate(state)}
+    meta = {"seed": int(record["seed"]), "accuracy": record["accuracy"],
+            "keys": [key for key, _ in state]}  # fmt: skip
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_baseline(folder, record: dict) -> list | None:
+    """The saved state of the full-precision run ``record``, or ``None`` if ``folder`` has none
+    for its seed, or one saved with another test accuracy (the model of another run).
+
+    Raises ValueError naming the file if it is there but not a baseline file."""
+    path = baseline_path(folder, record["seed"])
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            if meta["accuracy"] != record["accuracy"] or meta["seed"] != record["seed"]:
+                return None
+            state = []
+            for i, key in enumerate(meta["keys"]):
+                value = f[f"value{i}"]
+                state.append((key, int(value) if key == "num_batches_tracked" else value.copy()))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path} is not a baseline saved by ternref compare: {exc}") from None
+    return state
+
+
 # ------------------------------------------------------------------------- rows from runs
 def _run_order(names: list):
     position = {name: i for i, name in enumerate(names)}
@@ -827,6 +876,7 @@ def compare(
     threads: int | None = None,
     resume=None,
     connect_timeout: float = 10.0,
+    baselines=None,
 ) -> Comparison:
     """Train the full-precision baseline and each method under one recipe; see the module doc.
 
@@ -863,6 +913,9 @@ def compare(
         new sweep.
     connect_timeout : float
         Seconds to wait for a remote scheduler and its first worker (ConnectionError after).
+    baselines : str or os.PathLike, optional
+        A folder for the trained full-precision models (see the module doc): each one trained
+        here is saved there, and a resumed sweep loads the ones its runs need from there.
 
     Returns
     -------
@@ -992,9 +1045,12 @@ def compare(
             plan.append({"method": FULL_PRECISION, "seed": seed, "role": "row", "expected": None})
         elif seed in baseline_users:
             old = stored[(FULL_PRECISION, seed)]
-            plan.append(
-                {"method": FULL_PRECISION, "seed": seed, "role": "baseline", "expected": old}
-            )
+            state = None if baselines is None else load_baseline(baselines, old)
+            role = "baseline" if state is None else "stored"
+            task = {"method": FULL_PRECISION, "seed": seed, "role": role, "expected": old}
+            if state is not None:
+                task["state"] = state
+            plan.append(task)
     plan += [
         {"method": n, "seed": s, "role": "row", "expected": None}
         for n, s in pending
@@ -1002,7 +1058,14 @@ def compare(
     ]
     for task in plan:
         task["measure_packed"] = task["role"] == "row" and task["seed"] == packed_seed
-        task["return_state"] = task["method"] == FULL_PRECISION and task["seed"] in baseline_users
+        task["return_state"] = task["method"] == FULL_PRECISION and (
+            task["seed"] in baseline_users or baselines is not None
+        )
+
+    def keep_state(task, record, state):
+        # a baseline trained in this sitting (not one loaded, not one that did not reproduce)
+        if baselines is not None and state is not None and task["role"] != "stored":
+            save_baseline(baselines, record, state)
 
     n_runs, finished = len(plan), 0
     bar = progress_bar(
@@ -1020,7 +1083,12 @@ def compare(
             outcome = f"test accuracy {100 * record['accuracy']:.2f} %"
         else:
             outcome = f"{record['status']}: {record['error']}"
-        if task["role"] == "baseline":
+        if task["role"] == "stored":
+            outcome = (
+                f"loaded from {baseline_path(baselines, seed)} (test accuracy "
+                f"{100 * record['accuracy']:.2f} %) for the runs that need it"
+            )
+        elif task["role"] == "baseline":
             verdict = (
                 ""
                 if record["status"] != "ok"
@@ -1064,9 +1132,10 @@ def compare(
                 connect_timeout,
                 needs_baseline,
                 sitting,
+                keep_state,
             )
         else:
-            _run_here(plan, handle, data, args, start, threads, epochs, bar)
+            _run_here(plan, handle, data, args, start, threads, epochs, bar, keep_state)
     except KeyboardInterrupt:
         result.interrupted = sitting["interrupted"] = True
     finally:
@@ -1074,7 +1143,7 @@ def compare(
     return result
 
 
-def _run_here(plan, handle, data, args, start, threads, epochs, bar) -> None:
+def _run_here(plan, handle, data, args, start, threads, epochs, bar, keep_state) -> None:
     """Run the plan in this process, in order (the default, no Dask)."""
     from ternref._distributed import limited_threads
 
@@ -1082,6 +1151,11 @@ def _run_here(plan, handle, data, args, start, threads, epochs, bar) -> None:
     with limited_threads(threads):
         for task in plan:
             name, seed = task["method"], task["seed"]
+            if task["role"] == "stored":  # a baseline saved by an earlier sitting
+                fp_models[seed] = model_from_state(args["model"], data, task["state"])
+                bar.update(epochs)
+                handle(task, task["expected"])
+                continue
             done_before = bar.n
             record, model = execute_run(
                 name,
@@ -1098,6 +1172,8 @@ def _run_here(plan, handle, data, args, start, threads, epochs, bar) -> None:
             if name == FULL_PRECISION:
                 if model is not None and record.get("reproduces", True):
                     fp_models[seed] = model  # the start and the teacher of this seed's runs
+                    if task["return_state"]:
+                        keep_state(task, record, model_state(model))
                 else:
                     fp_problems[seed] = baseline_problem(record)
             bar.update(epochs - (bar.n - done_before))  # a failed run skips its epochs
@@ -1118,6 +1194,7 @@ def _run_on_cluster(
     connect_timeout,
     needs_baseline,
     sitting,
+    keep_state,
 ) -> None:
     """Run the plan on a Dask cluster (see :mod:`ternref._distributed`)."""
     import contextlib
@@ -1156,7 +1233,9 @@ def _run_on_cluster(
     with context as client:
         if sitting["scheduler"] is None and jobs is None:
             sitting["scheduler"] = client.scheduler.address
-        _distributed.run(client, plan, handle, spec_of=spec_of, depends_on=depends_on)
+        _distributed.run(
+            client, plan, handle, spec_of=spec_of, depends_on=depends_on, on_state=keep_state
+        )
 
 
 def write_outputs(result: Comparison, out_dir: str, plot: bool = False) -> list[str]:

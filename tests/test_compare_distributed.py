@@ -517,3 +517,58 @@ def test_ctrl_c_on_the_command_line_keeps_the_finished_runs(tmp_path):
     assert doc["interrupted"] and 1 <= len(doc["runs"]) < 5
     assert all(r["status"] == "ok" for r in doc["runs"])
     assert "interrupted" in err
+
+
+# ------------------------------------------------------------------- baselines across sittings
+def test_a_resumed_sweep_loads_the_saved_baselines_instead_of_training_them(
+    reference, tmp_path, monkeypatch
+):
+    """The trained full-precision models are saved with the sweep; a later sitting whose runs
+    learn from them (kd) loads them, trains no baseline again, and gives the one-sitting bits."""
+    real, calls = cmp._run_one, []
+
+    def counted(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(cmp, "_run_one", counted)
+    folder = tmp_path / "baselines"
+    first = compare(
+        "digits", "mlp", ["twn"], epochs=1, seeds=2, threads=THREADS, progress=False,
+        baselines=folder,
+    )  # fmt: skip
+    write_outputs(first, str(tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == ["fp-seed0.npz", "fp-seed1.npz"]
+    calls.clear()
+    second = compare(
+        "digits", "mlp", ["twn", "kd"], epochs=1, seeds=2, threads=THREADS, progress=False,
+        resume=tmp_path, baselines=folder,
+    )  # fmt: skip
+    assert calls == ["kd", "kd"]  # no full-precision run trained again
+    assert _numbers(second) == _numbers(reference)
+
+
+def test_saved_baselines_reach_the_workers_of_a_cluster(reference, tmp_path, capsys):
+    from ternref.cli import main
+
+    common = ["compare", "--epochs", "1", "--seeds", "2", "--out", str(tmp_path)]
+    assert main([*common, "--methods", "twn", "--threads", str(THREADS)]) == 0
+    assert main([*common, "--methods", "twn,kd", "--jobs", "2", "--resume"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("compare [")]
+    assert sum("loaded from" in x and "fp-seed" in x for x in lines) == 2, lines
+    assert not any("trained again" in x for x in lines)
+    assert _numbers(read_comparison(tmp_path)) == _numbers(reference)
+
+
+def test_a_saved_baseline_of_another_run_is_not_used_and_a_foreign_file_is_refused(tmp_path):
+    folder = tmp_path / "baselines"
+    first = compare(
+        "digits", "mlp", [], epochs=1, threads=THREADS, progress=False, baselines=folder
+    )
+    record = first.runs[0]
+    assert cmp.load_baseline(folder, record) is not None
+    assert cmp.load_baseline(folder, {**record, "accuracy": record["accuracy"] - 0.01}) is None
+    assert cmp.load_baseline(folder, {**record, "seed": 5}) is None  # no file for that seed
+    (folder / "fp-seed0.npz").write_bytes(b"not an npz file")
+    with pytest.raises(ValueError, match="fp-seed0.npz is not a baseline saved by ternref"):
+        cmp.load_baseline(folder, record)
