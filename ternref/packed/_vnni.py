@@ -253,3 +253,139 @@ each loaded activation vector serves four weight rows), a tuple of four int32.""
 i2_field_dot_4acts = _make_field_dot(1, 4)
 """:func:`i2_field_dot` of one code row with activation rows ``n .. n + 3`` (the GEMM form:
 each decoded field serves four activation rows), a tuple of four int32."""
+
+
+# ------------------------------------------------------------------ the 4 x 4 block (GEMM)
+BLOCK_ROWS = 4
+"""Weight rows and activation rows of one :func:`i2_field_block` call (16 products)."""
+
+
+def _emit_block_step(builder, bits, code_ptrs, stream_ptrs, offset, mask, accs):
+    """One step of :func:`i2_field_block`: ``accs[j][i]`` (weight row ``j``, activation row
+    ``i``) += the four fields of the step's code bytes times their streams. One accumulator per
+    (weight row, activation row): the 16 independent chains hide ``vpdpbusd``'s latency, and 16
+    registers leave room for the fields and loads."""
+    vbytes, vlanes = _BYTES[bits], _LANES[bits]
+    dot = _function(builder, f"llvm.x86.avx512.vpdpbusd.{bits}", vlanes, [vlanes, vbytes, vbytes])
+
+    def load(ptr):
+        at = builder.gep(ptr, [offset])
+        return builder.load(builder.bitcast(at, vbytes.as_pointer()), align=1)
+
+    mask_vector = _splat(builder, mask, vbytes)
+    accs = [list(row) for row in accs]
+    code_bytes = [load(ptr) for ptr in code_ptrs]
+    for s in range(4):
+        x = [load(ptrs[s]) for ptrs in stream_ptrs]
+        for j, b in enumerate(code_bytes):
+            shifted = builder.lshr(b, ir.Constant(vbytes, [2 * s] * vbytes.count)) if s else b
+            field = builder.and_(shifted, mask_vector)
+            for i in range(len(stream_ptrs)):
+                accs[j][i] = builder.call(dot, [accs[j][i], field, x[i]])
+    return accs
+
+
+def _sum_lanes_of_each(builder, vectors):
+    """``[v_0, ..., v_15]`` (16 x <16 x i32>) -> one <16 x i32> whose lane ``k`` is the sum of
+    the lanes of ``v_k``: a tree of pairwise half-swaps (15 adds, 30 shuffles) instead of 16
+    separate horizontal sums. At each level every vector holds groups of ``g`` partial sums of
+    consecutive inputs; the first halves of the groups of two vectors are added to the second
+    halves, which leaves groups of ``g / 2`` covering twice as many inputs."""
+    group = 16
+    while len(vectors) > 1:
+        half = group // 2
+        firsts = [j * group + k for j in range(16 // group) for k in range(half)]
+        seconds = [j * group + half + k for j in range(16 // group) for k in range(half)]
+        merged = []
+        for a, b in zip(vectors[0::2], vectors[1::2]):
+            lo = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 16),
+                                        firsts + [16 + k for k in firsts]))  # fmt: skip
+            hi = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 16),
+                                        seconds + [16 + k for k in seconds]))  # fmt: skip
+            merged.append(builder.add(lo, hi))
+        vectors, group = merged, half
+    return vectors[0]
+
+
+def _block_typer(typingctx, codes, r0, t0, seg, xs, n0, mask, out, c0):
+    """Typing of :func:`i2_field_block` (argument types, then its code generator)."""
+    if not (
+        isinstance(codes, types.Array) and codes.ndim == 2 and codes.dtype == types.uint8
+        and isinstance(xs, types.Array) and xs.ndim == 3 and xs.dtype == types.int8
+        and isinstance(out, types.Array) and out.ndim == 2 and out.dtype == types.int32
+    ):  # fmt: skip
+        raise numba.core.errors.TypingError(
+            "i2_field_block needs 2-D uint8 codes, 3-D int8 streams and a 2-D int32 output, "
+            f"got {codes}, {xs} and {out}"
+        )
+    n = types.intp
+    return types.none(codes, n, n, n, xs, n, n, out, n), _block_codegen
+
+
+def _block_codegen(context, builder, signature, args):
+    codes = context.make_array(signature.args[0])(context, builder, args[0])
+    xs = context.make_array(signature.args[4])(context, builder, args[4])
+    out = context.make_array(signature.args[7])(context, builder, args[7])
+    r0, t0, nbytes, n0, c0 = args[1], args[2], args[3], args[5], args[8]
+    mask = builder.trunc(args[6], _I8)
+    idx = nbytes.type
+
+    def const(value):
+        return ir.Constant(idx, value)
+
+    def element(array, ndim, first, last):
+        strides = [builder.extract_value(array.strides, d) for d in range(ndim)]
+        at = builder.mul(last, strides[-1])
+        for index, stride in zip(first, strides):
+            at = builder.add(at, builder.mul(index, stride))
+        return builder.gep(builder.bitcast(array.data, _I8.as_pointer()), [at])
+
+    rows = range(BLOCK_ROWS)
+    code_ptrs = [element(codes, 2, [builder.add(r0, const(j))], t0) for j in rows]
+    row_stride = builder.extract_value(codes.strides, 0)
+    streams = [[element(xs, 3, [builder.add(n0, const(i)), const(s)], t0) for s in range(4)]
+               for i in rows]  # fmt: skip
+    zero16 = ir.Constant(_LANES[512], [0] * 16)
+    slots = [[cgutils.alloca_once_value(builder, zero16) for _ in rows] for _ in rows]
+    prefetch = _function(builder, "llvm.prefetch.p0", ir.VoidType(),
+                         [_I8.as_pointer(), _I32, _I32, _I32])  # fmt: skip
+    with cgutils.for_range(builder, builder.udiv(nbytes, const(64))) as loop:
+        offset = builder.mul(loop.index, const(64))
+        for ptr in code_ptrs:  # the weight rows of the next block
+            ahead = builder.gep(ptr, [builder.add(offset, builder.mul(row_stride, const(4)))])
+            builder.call(prefetch, [ahead, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                                    ir.Constant(_I32, 1)])  # fmt: skip
+        accs = [[builder.load(x) for x in row] for row in slots]
+        accs = _emit_block_step(builder, 512, code_ptrs, streams, offset, mask, accs)
+        for row_slots, row_accs in zip(slots, accs):
+            for slot, acc in zip(row_slots, row_accs):
+                builder.store(acc, slot)
+    with builder.if_then(builder.icmp_unsigned("!=", builder.urem(nbytes, const(64)), const(0))):
+        offset = builder.sub(nbytes, const(32))  # the trailing 32 bytes (rows are whole blocks)
+        zero8 = ir.Constant(_LANES[256], [0] * 8)
+        start = [[zero8 for _ in rows] for _ in rows]
+        accs = _emit_block_step(builder, 256, code_ptrs, streams, offset, mask, start)
+        widen = ir.Constant(ir.VectorType(_I32, 16), list(range(16)))  # lanes 8-15 from zeros
+        for row_slots, row_accs in zip(slots, accs):
+            for slot, acc in zip(row_slots, row_accs):
+                wide = builder.shuffle_vector(acc, zero8, widen)
+                builder.store(builder.add(builder.load(slot), wide), slot)
+    # lane k of the totals: weight row k // 4, activation row k % 4
+    totals = _sum_lanes_of_each(builder, [builder.load(x) for row in slots for x in row])
+    out_strides = [builder.extract_value(out.strides, d) for d in range(2)]
+    out_base = builder.bitcast(out.data, _I8.as_pointer())
+    for j in rows:
+        for i in rows:
+            at = builder.add(builder.mul(const(i), out_strides[0]),
+                             builder.mul(builder.add(c0, const(j)), out_strides[1]))  # fmt: skip
+            ptr = builder.bitcast(builder.gep(out_base, [at]), _I32.as_pointer())
+            builder.store(builder.extract_element(totals, ir.Constant(_I32, 4 * j + i)), ptr)
+    return context.get_dummy_value()
+
+
+i2_field_block = intrinsic(_block_typer)
+"""``i2_field_block(codes, r, t0, seg, xs, n, mask, out, c)``: for weight rows ``r + j`` and
+activation rows ``n + i`` (``i, j < 4``), ``out[i, c + j] =`` :func:`i2_field_dot` of the pair:
+16 products per pass over the bytes, each decoded field serving four activation rows and each
+loaded activation vector four weight rows; the 16 sums leave through one lane-sum tree. What
+:func:`ternref.packed.i2.dot_i8` runs on batches of four or more rows."""

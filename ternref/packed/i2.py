@@ -75,7 +75,12 @@ from ternref.packed._gemm import (
 )
 
 if _vnni.AVAILABLE:
-    from ternref.packed._vnni import i2_field_dot, i2_field_dot_4acts, i2_field_dot_4rows
+    from ternref.packed._vnni import (
+        i2_field_block,
+        i2_field_dot,
+        i2_field_dot_4acts,
+        i2_field_dot_4rows,
+    )
 
 BLOCK = 128
 """Weights per block; rows and scale groups are padded to a multiple of this."""
@@ -269,17 +274,20 @@ if _vnni.AVAILABLE:
         """``sums[i, r - r0] = sum_t sum_s ((byte_t >> 2 s) & mask) x_s[t]`` of activation rows
         ``n0 + i < n0 + nb`` over bytes ``t0 .. t0 + seg - 1`` of rows ``r0 .. r1 - 1``: ``Q``
         with ``mask = 3``, ``Z`` with ``mask = 1``. Here with ``vpdpbusd``
-        (:mod:`ternref.packed._vnni`): four activation rows per pass when ``nb == 4``, else
-        four weight rows per pass against each activation row."""
+        (:mod:`ternref.packed._vnni`): blocks of four weight rows by four activation rows when
+        ``nb == 4`` (:func:`~ternref.packed._vnni.i2_field_block`), else four weight rows per
+        pass against each activation row."""
+        r4 = r0 + (r1 - r0) // 4 * 4
         if nb == 4:
-            for r in range(r0, r1):
+            for r in range(r0, r4, 4):  # 4 weight rows x 4 activation rows per pass
+                i2_field_block(codes, r, t0, seg, xs, n0, mask, sums, r - r0)
+            for r in range(r4, r1):
                 s0, s1, s2, s3 = i2_field_dot_4acts(codes, r, t0, seg, xs, n0, mask)
                 sums[0, r - r0] = s0
                 sums[1, r - r0] = s1
                 sums[2, r - r0] = s2
                 sums[3, r - r0] = s3
             return
-        r4 = r0 + (r1 - r0) // 4 * 4
         for i in range(nb):
             out = sums[i]
             for r in range(r0, r4, 4):

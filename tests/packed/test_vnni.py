@@ -15,7 +15,16 @@ pytestmark = pytest.mark.skipif(not _vnni.AVAILABLE, reason="no AVX-512 VNNI ker
 
 if _vnni.AVAILABLE:
     from ternref._jit import njit
-    from ternref.packed._vnni import i2_field_dot, i2_field_dot_4acts, i2_field_dot_4rows
+    from ternref.packed._vnni import (
+        i2_field_block,
+        i2_field_dot,
+        i2_field_dot_4acts,
+        i2_field_dot_4rows,
+    )
+
+    @njit
+    def _block(codes, r, t0, seg, xs, n, mask, out, c):
+        i2_field_block(codes, r, t0, seg, xs, n, mask, out, c)
 
     @njit
     def _dot1(codes, r, t0, seg, xs, n, mask):
@@ -72,6 +81,13 @@ def test_field_dot_is_the_dense_sum(blocks, offset_blocks, rows, mask, extreme, 
             assert list(got) == [_dense(codes, first + j, *args, other, mask) for j in range(4)]
             got = _dot_4acts(codes, other, *args, first, mask)
             assert list(got) == [_dense(codes, other, *args, first + i, mask) for i in range(4)]
+    for r in range(rows - 3):
+        for n in range(rows - 3):
+            out = np.full((4, rows + 2), -1, np.int32)
+            _block(codes, r, *args, n, mask, out, 1)
+            want = [[_dense(codes, r + j, *args, n + i, mask) for j in range(4)] for i in range(4)]
+            assert out[:, 1:5].tolist() == want
+            assert (out[:, 0] == -1).all() and (out[:, 5:] == -1).all()  # nothing else written
 
 
 def test_field_dot_through_strides():
