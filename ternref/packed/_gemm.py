@@ -115,6 +115,42 @@ def scatter_i8(x2d, dest, group, out, xsum, inv_s):
             xsum[n, group[k]] += np.int64(q)
 
 
+def layout_runs(dest, group) -> np.ndarray:
+    """The maximal runs of a scatter layout: rows ``(k0, dest[k0], length, group[k0])`` of int64
+    for every stretch of columns ``k0 .. k0 + length - 1`` that land on consecutive
+    destinations in one scale group (``i2``'s streams take 32 consecutive columns at a time)."""
+    dest, group = np.asarray(dest, np.int64), np.asarray(group, np.int64)
+    breaks = np.flatnonzero((np.diff(dest) != 1) | (np.diff(group) != 0)) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64)
+    ends = np.concatenate([breaks, [dest.shape[0]]]).astype(np.int64)
+    return np.ascontiguousarray(np.stack([starts, dest[starts], ends - starts, group[starts]], 1))
+
+
+@njit(nogil=True)
+def scatter_i8_runs(x2d, runs, out, xsum, inv_s):
+    """:func:`scatter_i8` over the runs of :func:`layout_runs`: the same values, sums and
+    scales, but each run is a contiguous loop that LLVM vectorizes (quantize, store, sum),
+    where the column-by-column scatter cannot be."""
+    out[:] = 0
+    xsum[:] = 0
+    for n in range(x2d.shape[0]):
+        row = x2d[n]
+        amax = np.float32(0.0)
+        for k in range(row.shape[0]):
+            amax = max(amax, abs(np.float32(row[k])))
+        s = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
+        inv_s[n] = np.float64(amax) / INT8_MAX
+        out_row = out[n]
+        for r in range(runs.shape[0]):
+            k0, d0, length, g = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3]
+            acc = np.int32(0)  # |q| <= 127: exact for runs shorter than 2^24
+            for k in range(length):
+                q = min(max(np.rint(np.float32(row[k0 + k]) * s), np.float32(-INT8_MAX)), INT8_MAX)
+                out_row[d0 + k] = q
+                acc += np.int32(q)
+            xsum[n, g] += np.int64(acc)
+
+
 # ------------------------------------------------------------------------------ epilogues
 @njit(nogil=True)
 def group_value(q_sum, z_sum, x_sum, sc, r, g, asym):

@@ -41,7 +41,15 @@ import numpy as np
 
 from ternref._validate import describe, float_array, one_of
 from ternref.packed import _threads
-from ternref.packed._gemm import INT8_MAX, X_BLOCK, add_group_numpy, scatter_f32, scatter_i8
+from ternref.packed._gemm import (
+    INT8_MAX,
+    X_BLOCK,
+    add_group_numpy,
+    layout_runs,
+    scatter_f32,
+    scatter_i8,
+    scatter_i8_runs,
+)
 from ternref.packed.packed import Packed, pad_activations
 
 GEMM_MIN_BATCH = 8
@@ -93,6 +101,7 @@ def _layout(p: Packed) -> dict:
         p._cache["layout"] = {
             "plain": np.ascontiguousarray(plain, dtype=np.int64),
             "stream": np.ascontiguousarray(s * per_stream + t, dtype=np.int64),
+            "stream_runs": layout_runs(s * per_stream + t, group),
             "group": np.ascontiguousarray(group, dtype=np.int64),
             "n_groups": p.n_groups,
             "width": p.padded_length,
@@ -130,7 +139,10 @@ def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
         out = np.empty((n, width), qtype)
         xsum = np.empty((n, g), np.int64)
         inv_s = np.empty(n, np.float64)
-        scatter_i8(x2d, lay[key], lay["group"], out, xsum, inv_s)
+        if key == "stream":  # contiguous runs: the vectorized scatter
+            scatter_i8_runs(x2d, lay["stream_runs"], out, xsum, inv_s)
+        else:
+            scatter_i8(x2d, lay[key], lay["group"], out, xsum, inv_s)
         return out, xsum, inv_s
     out = np.empty((n, width), np.float32)
     xsum = np.empty((n, g), np.float64)
