@@ -129,26 +129,37 @@ def layout_runs(dest, group) -> np.ndarray:
 @njit(nogil=True)
 def scatter_i8_runs(x2d, runs, out, xsum, inv_s):
     """:func:`scatter_i8` over the runs of :func:`layout_runs`: the same values, sums and
-    scales, but each run is a contiguous loop that LLVM vectorizes (quantize, store, sum),
-    where the column-by-column scatter cannot be."""
+    scales. Each row is quantized in one contiguous loop (which LLVM vectorizes, where the
+    column-by-column scatter cannot be), then copied run by run. ``x2d`` must be float32 with
+    contiguous rows (``max |x|`` is an integer reduction over its bits, :func:`absmax_bits`)."""
     out[:] = 0
     xsum[:] = 0
+    cell = np.empty(1, np.int32)  # reinterprets the bits of max |x| as a float32
+    as_float = cell.view(np.float32)
+    quantized = np.empty(x2d.shape[1], np.int8)
+    one_group = xsum.shape[1] == 1
     for n in range(x2d.shape[0]):
         row = x2d[n]
-        amax = np.float32(0.0)
-        for k in range(row.shape[0]):
-            amax = max(amax, abs(np.float32(row[k])))
+        cell[0] = absmax_bits(row)
+        amax = as_float[0]
         s = np.float32(INT8_MAX) / amax if amax > 0 else np.float32(0.0)
         inv_s[n] = np.float64(amax) / INT8_MAX
+        total = np.int32(0)  # |q| <= 127: exact for rows shorter than 2^24
+        for k in range(row.shape[0]):
+            q = min(max(np.rint(row[k] * s), np.float32(-INT8_MAX)), np.float32(INT8_MAX))
+            quantized[k] = np.int8(q)
+            total += np.int32(q)
         out_row = out[n]
         for r in range(runs.shape[0]):
-            k0, d0, length, g = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3]
-            acc = np.int32(0)  # |q| <= 127: exact for runs shorter than 2^24
-            for k in range(length):
-                q = min(max(np.rint(np.float32(row[k0 + k]) * s), np.float32(-INT8_MAX)), INT8_MAX)
-                out_row[d0 + k] = q
-                acc += np.int32(q)
-            xsum[n, g] += np.int64(acc)
+            k0, d0, length = runs[r, 0], runs[r, 1], runs[r, 2]
+            out_row[d0 : d0 + length] = quantized[k0 : k0 + length]
+            if not one_group:
+                part = np.int32(0)
+                for k in range(k0, k0 + length):
+                    part += np.int32(quantized[k])
+                xsum[n, runs[r, 3]] += np.int64(part)
+        if one_group:
+            xsum[n, 0] = np.int64(total)
 
 
 # ------------------------------------------------------------------------------ epilogues

@@ -140,7 +140,8 @@ def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
         xsum = np.empty((n, g), np.int64)
         inv_s = np.empty(n, np.float64)
         if key == "stream":  # contiguous runs: the vectorized scatter
-            scatter_i8_runs(x2d, lay["stream_runs"], out, xsum, inv_s)
+            x32 = np.ascontiguousarray(x2d, dtype=np.float32)
+            scatter_i8_runs(x32, lay["stream_runs"], out, xsum, inv_s)
         else:
             scatter_i8(x2d, lay[key], lay["group"], out, xsum, inv_s)
         return out, xsum, inv_s

@@ -27,7 +27,7 @@ def test_run_scatter_equals_the_column_scatter_and_the_twin(fmt, k, group_size, 
     scale = np.ones(Ternary.scale_shape(codes.shape, gran, group_size), np.float32)
     p = pack(Ternary(codes, scale, granularity=gran, group_size=group_size), fmt)
     lay = _layout(p)
-    x = rng.standard_normal((n, k)).astype(np.float32) * rng.choice([1e-3, 1.0, 1e3])
+    x = (rng.standard_normal((n, k)) * rng.choice([1e-3, 1.0, 1e3])).astype(np.float32)
     x[0] = 0.0  # an all-zero row: scale 0, no NaN
     if n > 1:
         x[1] = 0.0
