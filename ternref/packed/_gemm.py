@@ -237,6 +237,22 @@ def finish_rows(total, scale, bias, has_bias, relu, r0, y_row):
         y_row[r0 + i] = v
 
 
+@njit(nogil=True)
+def finish_plain_i8(sums, x_sum, alpha, scale, bias, has_bias, relu, r0, y_row):
+    """:func:`add_group_int` then :func:`finish_rows` in one pass for the common case (one group,
+    symmetric scales, no offset): ``y_row[r0 + i] = act(float32((alpha[i] * D) * scale) + b)``
+    with ``D = sums[i] - x_sum``, the same float64 operations in the same order (the total
+    starts at 0.0, and ``0.0 + v == v``), without the per-row branches and 3-D indexing, so
+    LLVM vectorizes it. ``alpha`` is ``sc[0, r0:r1, 0]``."""
+    for i in range(sums.shape[0]):
+        v = np.float32((alpha[i] * np.float64(np.int64(sums[i]) - x_sum)) * scale)
+        if has_bias:
+            v += bias[r0 + i]
+        if relu and v < 0:
+            v = np.float32(0.0)
+        y_row[r0 + i] = v
+
+
 def finish_rows_numpy(yr, scale, bias, relu, y_row):
     """NumPy twin of :func:`finish_rows` for one activation row (``yr`` float64 (R,))."""
     v = (yr * scale).astype(np.float32)

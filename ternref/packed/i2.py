@@ -61,6 +61,7 @@ from ternref.packed._gemm import (
     add_group_int,
     add_group_numpy,
     conv_tile_rows,
+    finish_plain_i8,
     finish_rows,
     finish_rows_numpy,
     plain_int8_sums,
@@ -332,8 +333,18 @@ def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, 
     step = ROWS_PER_PASS
     sums = np.empty((step, r1 - r0), np.int32)
     total = np.empty((step, r1 - r0), np.float64)
+    plain = n_groups == 1 and not asym and not has_offset
+    alpha = sc[0, r0:r1, 0]
     for n0 in range(0, xs.shape[0], step):
         nb = min(step, xs.shape[0] - n0)
+        if plain:  # the common case: one pass, the same float64 operations
+            _field_sums_i8(codes, xs, n0, nb, 0, seg, 3, r0, r1, sums)
+            for i in range(nb):
+                n = n0 + i
+                finish_plain_i8(
+                    sums[i], xsum[n, 0], alpha, inv_s[n], bias, has_bias, relu, r0, y[n]
+                )
+            continue
         total[:] = 0.0
         for g in range(n_groups):
             _field_sums_i8(codes, xs, n0, nb, g * seg, seg, 3, r0, r1, sums)
