@@ -262,8 +262,8 @@ class PackedSequential(Sequential):
     * fuses a ``ReLU`` into the packed or full-precision ``Linear``/``Conv2d`` before it (applied
       to the output block while it is in cache, instead of another pass over memory);
     * runs full-precision ``Linear`` layers as ``x @ W.T + b`` without the training layer's
-      checks and caches (a full-precision ``Conv2d`` runs its own im2col + BLAS forward and
-      drops the im2col matrix it caches for training);
+      checks and caches (a full-precision ``Conv2d`` runs its own im2col + BLAS forward on
+      chunks of images, keeping one chunk-sized im2col matrix, :func:`_dense_conv_step`);
     * runs ``Flatten`` as a reshape.
 
     Every other layer runs its own ``forward``. The result equals ``Sequential.forward`` of the
@@ -341,10 +341,45 @@ def _dense_linear_step(layer: Linear, relu: bool):
     return step
 
 
+CONV_SCRATCH_BYTES = 4 << 20
+"""A full-precision convolution of an inference plan runs im2col + BLAS on chunks of images whose
+im2col matrix fits this many bytes, and keeps that one chunk-sized matrix between calls."""
+
+
 def _dense_conv_step(layer: Conv2d, relu: bool):
+    """The plan's step for a full-precision ``Conv2d``: im2col + BLAS (measured faster than a
+    blocked kernel at LeNet-5's K = 25), a chunk of images at a time. The whole batch's im2col
+    matrix would be tens of MB at a test-set batch; allocating it fresh at every call (first
+    touch of every page) made the float export of LeNet-5 slower than the float model, which
+    keeps it; keeping it would cost the inference model that memory. A chunk-sized buffer
+    (:data:`CONV_SCRATCH_BYTES`) costs neither and stays in the caches."""
+    scratch = {}  # dtype -> the im2col matrix of the last full chunk
+
+    def forward(part):
+        layer._cols_t = scratch.get(part.dtype)  # reused when the shape matches
+        y = layer.forward(part)
+        cols = layer._cols_t
+        layer._cols_t = None  # the layer keeps nothing; the step keeps one chunk's matrix
+        kept = scratch.get(part.dtype)
+        if kept is None or cols.size >= kept.size:
+            scratch[part.dtype] = cols
+        return y
+
     def step(x):
-        y = layer.forward(x)  # im2col + BLAS (measured faster than a blocked kernel at K = 25)
-        layer._cols_t = None  # an inference model keeps no im2col matrix between calls
+        x = _checked_input(x, 4, "Conv2d input")
+        n = x.shape[0]
+        k = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        oh, ow = conv_output_shape(x.shape[2], x.shape[3], layer.kernel_size, layer.stride,
+                                   layer.padding)  # fmt: skip
+        chunk = max(1, CONV_SCRATCH_BYTES // max(k * oh * ow * x.dtype.itemsize, 1))
+        if n <= chunk:
+            return _relu(forward(x), relu)
+        y = None
+        for n0 in range(0, n, chunk):
+            part = forward(x[n0 : n0 + chunk])
+            if y is None:
+                y = np.empty((n, *part.shape[1:]), part.dtype)
+            y[n0 : n0 + part.shape[0]] = part
         return _relu(y, relu)
 
     return step
