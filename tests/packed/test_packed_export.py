@@ -240,3 +240,36 @@ def test_export_leaves_the_trained_model_untouched():
     before = [p.data.copy() for p in model.parameters()]
     export(model)
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+
+
+def test_full_precision_convolutions_of_the_plan_run_in_chunks_with_bounded_scratch(monkeypatch):
+    """A batch larger than one im2col chunk gives the float model's output, and the plan keeps
+    one chunk-sized im2col matrix per convolution (none on the layer)."""
+    from ternref.nn import Conv2d, Flatten, Linear, ReLU, Sequential
+    from ternref.packed import layers as packed_layers
+
+    monkeypatch.setattr(packed_layers, "CONV_SCRATCH_BYTES", 3 * 4 * 9 * 6 * 6)  # 3 images
+    rng = np.random.default_rng(0)
+    model = Sequential(
+        Conv2d(2, 4, 3, rng=rng), ReLU(), Conv2d(4, 3, 3, padding=1, rng=rng), Flatten(),
+        Linear(3 * 6 * 6, 5, rng=rng),
+    )  # fmt: skip
+    model.eval()
+    exported = export(model)
+    for n in (1, 3, 7, 8):
+        x = rng.standard_normal((n, 2, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(exported.forward(x), model.forward(x), rtol=1e-5, atol=1e-5)
+    convs = [layer for layer in exported.layers if type(layer) is Conv2d]
+    assert all(layer._cols_t is None for layer in convs)
+    kept = []  # the scratch dicts held by the plan's steps (through their closures)
+    todo = list(exported._plan)
+    while todo:
+        for cell in getattr(todo.pop(), "__closure__", None) or ():
+            value = cell.cell_contents
+            if isinstance(value, dict):
+                kept.append(value)
+            elif callable(value):
+                todo.append(value)
+    assert len(kept) == 2 and all(
+        a.nbytes <= packed_layers.CONV_SCRATCH_BYTES for d in kept for a in d.values()
+    )
