@@ -248,7 +248,9 @@ def test_full_precision_convolutions_of_the_plan_run_in_chunks_with_bounded_scra
     from ternref.nn import Conv2d, Flatten, Linear, ReLU, Sequential
     from ternref.packed import layers as packed_layers
 
-    monkeypatch.setattr(packed_layers, "CONV_SCRATCH_BYTES", 3 * 4 * 9 * 6 * 6)  # 3 images
+    monkeypatch.setattr(
+        packed_layers, "CONV_SCRATCH_BYTES", 3 * 4 * 18 * 6 * 6
+    )  # 3 images of conv1
     rng = np.random.default_rng(0)
     model = Sequential(
         Conv2d(2, 4, 3, rng=rng), ReLU(), Conv2d(4, 3, 3, padding=1, rng=rng), Flatten(),
