@@ -166,7 +166,8 @@ def _zero_sums_f32(codes, t0, seg, x0, x1, x2, x3, r0, r1, out):
 
 @njit(nogil=True)
 def _code_sums_i8(codes, t0, seg, x0, x1, x2, x3, r0, r1, out):
-    """:func:`_code_sums_f32` for int8 streams, exact in int32 (``out`` int32). The operands have
+    """:func:`_code_sums_f32` for int8 streams, exact in int32 (``out`` int32); the plain loop
+    that runs where :mod:`ternref.packed._vnni` cannot (no AVX-512 VNNI). The operands have
     at most 2 and 8 bits, and LLVM turns ``sum int32(q) * int32(x)`` into ``vpmaddwd``
     (``vpdpwssd`` where the CPU has AVX-512 VNNI or AVX-VNNI): multiply-adds of 16-bit pairs
     into 32-bit lanes; the int32 store is what lets it narrow the (int64) Python sum."""

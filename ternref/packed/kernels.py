@@ -7,7 +7,8 @@ reads the packed bytes directly. The activations are first laid out as *streams*
 (:func:`prepare_streams`): weight ``l`` of a row is decoded from byte ``t`` of the row, field
 ``s``, so ``x[l]`` is written to ``xs[s, t]``; then one byte of codes meets its activations at
 the same position ``t`` of every stream, and the inner loop is a single reduction over
-contiguous arrays, which LLVM vectorizes (with ``vpmaddwd`` / ``vpdpwssd`` for int8).
+contiguous arrays, which LLVM vectorizes (with ``vpmaddwd`` / ``vpdpwssd`` for int8; ``i2``
+with AVX-512 VNNI runs the ``vpdpbusd`` loop of :mod:`ternref.packed._vnni` instead).
 
 More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile of weight rows
 at a time (values for float32 activations, signed codes for int8) and multiplies it with a

@@ -258,10 +258,13 @@ set_num_threads(default_threads)
 # A speed-up above 1 means the packed kernel beat NumPy's float32 BLAS on this run. At batch 1
 # the product reads every weight once and is memory-bound: i2 reads 16x fewer bytes than
 # float32 and, with int8 activations, sums exact integers with the CPU's integer dot-product
-# instructions (`vpdpwssd` where AVX-512 VNNI or AVX-VNNI exists; a test checks the compiled
-# kernel for them). At batch 64 the product is compute-bound, and BLAS's hand-written float
-# kernels are hard to beat: ternref decodes a tile of weights to float32 and multiplies it with
-# a register-blocked loop LLVM vectorizes, near BLAS's speed but not above it. Whole models,
+# instructions: on a CPU with AVX-512 VNNI, i2 runs a loop written in LLVM IR around `vpdpbusd`
+# (64 byte products per instruction, `ternref/packed/_vnni.py`); elsewhere LLVM's own
+# vectorization of the plain loop (`vpmaddwd`, or `vpdpwssd` with AVX-VNNI); a test checks the
+# compiled kernels for them. At batch 64 the product is compute-bound: float32 activations go
+# through a tile of weights decoded to float32 and a register-blocked loop LLVM vectorizes, near
+# BLAS's speed but not above it; int8 activations in i2 with VNNI multiply 4 weight rows by 4
+# activation rows per pass over the bytes and beat sgemm. Whole models,
 # float against packed, are timed by `ternref bench --models` (README, "Benchmarks"); kernels
 # at more sizes by `python benchmarks/bench_kernels.py`.
 #
