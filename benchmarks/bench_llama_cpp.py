@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     except (ImportError, OSError, RuntimeError):
         print("needs llama-cpp-python: pip install llama-cpp-python", file=sys.stderr)
         return 2
-    from ternref.compare import machine_description
+    from ternref._machine import summary
     from ternref.interop import llama as ll
     from ternref.interop import load_gguf
     from ternref.nn import TransformerLM
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):
         for name, run in runners.items():
             times[name].append(run()[1])
-    print(f"\n{machine_description()}; {args.threads} thread(s); {what}: {args.layers} blocks, "
+    print(f"\n{summary()}")
+    print(f"{args.threads} thread(s); {what}: {args.layers} blocks, "
           f"width {args.dim}, heads {args.heads}/{args.kv_heads}, SwiGLU {args.ffn}, vocab 256; "
           f"{n_new} tokens after a {len(prompt)}-token prompt, median of "
           f"{args.repeats}")  # fmt: skip

@@ -44,9 +44,9 @@ import numpy as np
 
 
 def machine() -> str:
-    from ternref.compare import machine_description
+    from ternref._machine import summary
 
-    return f"{machine_description()}, numpy {np.__version__}"
+    return summary()
 
 
 def build_ternref(args, rng):

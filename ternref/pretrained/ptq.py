@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ternref import projections
+from ternref._machine import summary
 from ternref._validate import generator, integer
 from ternref.nn.layers import Linear
 from ternref.nn.module import Module
@@ -465,6 +466,7 @@ def packed_check_encoder(model, encoder, ternaries: dict, sentences, label: str,
         "speedup": packed_per_s / float_per_s,
         "packed_weight_bytes": int(packed_bytes),
         "float_weight_bytes": int(float_bytes),
+        "machine": summary(),
     }
 
 
@@ -657,4 +659,5 @@ def packed_text(p: dict) -> str:
         f"(min {p['cosine_vs_ternary_min']:.5f}), the int8 activation error, as large as the "
         f"float model's own with int8 inputs ({p['float_int8_cosine']:.5f}, min "
         f"{p['float_int8_cosine_min']:.5f})."
+        + (f" Timed on: {p['machine']}" if p.get("machine") else "")
     )
