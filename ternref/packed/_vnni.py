@@ -35,7 +35,10 @@ When it is used
 ``NUMBA_DISABLE_JIT``) for the host CPU (no ``NUMBA_CPU_NAME``), the host CPU has AVX-512 BW,
 VL and VNNI (LLVM's host feature list), and ``TERNREF_VNNI`` is not ``0``. Otherwise the kernels
 keep the plain loops, which compile everywhere: the intrinsic would not compile for a CPU
-without the instruction. ``TERNREF_VNNI=0`` is also how a user compares the two.
+without the instruction. ``TERNREF_VNNI=0`` is also how a user compares the two; Numba's cache
+of compiled kernels does not know about that variable (it keys entries by source file and CPU,
+not by the environment), so compare the two with a separate ``NUMBA_CACHE_DIR`` for each, as
+``tests/packed/test_kernel_asm.py`` does. Both paths give the same exact sums either way.
 """
 
 from __future__ import annotations
