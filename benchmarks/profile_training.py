@@ -2,9 +2,11 @@
 
 Wraps (for the run only, by monkeypatching) every layer's ``forward``/``backward`` and the helper
 functions a step calls (im2col, col2im, the BatchNorm and MaxPool kernels, the optimizer step,
-the loss, the batching), trains ``--steps`` steps of batch 128 with Adam as ``fit`` does, and
-prints a table of milliseconds per step, the share of the step, and, per Conv2d/Linear, the
-remainder of the layer once the named helpers are subtracted (the GEMMs and their re-layouts).
+the loss, the batching, the callbacks' step hooks), trains ``--steps`` steps of batch 128 with
+Adam as ``fit`` does, and prints a table of milliseconds per step, the share of the step, and,
+per Conv2d/Linear, the remainder of the layer once the named helpers are subtracted (the GEMMs
+and their re-layouts). A method that needs a teacher (``kd``) gets an untrained one of the same
+model.
 
 Usage::
 
@@ -55,8 +57,9 @@ def _timed(label, fn):
     return wrapper
 
 
-def instrument(model, optimizer, loss) -> None:
+def instrument(model, optimizer, loss, callbacks=()) -> None:
     from ternref.nn import _kernels, functional, layers
+    from ternref.train import Callback
 
     # helpers, patched where the layers look them up
     for mod, name in [
@@ -83,6 +86,11 @@ def instrument(model, optimizer, loss) -> None:
     optimizer.zero_grad = _timed("optimizer.zero_grad", optimizer.zero_grad)
     loss.forward = _timed("loss forward", loss.forward)
     loss.backward = _timed("loss backward", loss.backward)
+    for cb in callbacks:
+        for hook in ("on_batch_begin", "after_backward", "on_step_end"):
+            if getattr(type(cb), hook) is not getattr(Callback, hook):  # overridden hooks only
+                label = f"callback {type(cb).__name__}.{hook}"
+                setattr(cb, hook, _timed(label, getattr(cb, hook)))
 
 
 def run(model_name: str, steps: int, method: str | None, warmup: int) -> tuple[dict, float]:
@@ -98,7 +106,10 @@ def run(model_name: str, steps: int, method: str | None, warmup: int) -> tuple[d
     if method is not None:
         from ternref import methods
 
-        m = methods.get(method)
+        extra = {}
+        if methods.requires_teacher(method):  # an untrained teacher costs what a trained one does
+            extra["teacher"] = build_model(model_name, data.image_shape, data.n_classes, init_rng)
+        m = methods.get(method, **extra)
         callbacks = [
             cb
             for cb in methods.quantize_model(model, m)
@@ -134,7 +145,7 @@ def run(model_name: str, steps: int, method: str | None, warmup: int) -> tuple[d
     model.train()
     for _ in range(warmup):
         step(*next(it))
-    instrument(model, opt, loss)
+    instrument(model, opt, loss, callbacks)
     data_t = 0.0
     start = time.perf_counter()
     for _ in range(steps):
@@ -161,7 +172,7 @@ def table(times: dict, total: float, steps: int) -> str:
     self_sum = sum(times[k + " (self)"] for k in top if k + " (self)" in times)
     # every top-level entry's self time is disjoint, nested ones are counted in their own rows
     rest = total - self_sum
-    lines.append(f"{'(not timed: loop, isfinite, callbacks)':<40} {'':9} "
+    lines.append(f"{'(not timed: loop, isfinite)':<40} {'':9} "
                  f"{1e3 * rest / steps:9.2f} {100 * rest / total:6.1f}%")  # fmt: skip
     lines.append(f"{'total':<40} {1e3 * total / steps:9.2f}")
     return "\n".join(lines)

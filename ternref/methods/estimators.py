@@ -60,10 +60,16 @@ def ttq_scaled_ste(
     """
     pos = codes > 0
     neg = codes < 0
-    factor = np.where(pos, w_p, np.where(neg, w_n, 1.0)).astype(g.dtype, copy=False)
-    dw = g * factor
-    d_wp = float(np.sum(g[pos], dtype=np.float64))
-    d_wn = -float(np.sum(g[neg], dtype=np.float64))
+    # the factor looked up in g's dtype by sign(code) + 1: the values of the former
+    # np.where(pos, w_p, np.where(neg, w_n, 1.0)).astype(g.dtype), without two float64 arrays
+    levels = np.array([w_n, 1.0, w_p], dtype=g.dtype)
+    dw = g * np.take(levels, np.sign(codes) + 1)
+    # float64 sums over I_p and I_n; np.where instead of g[pos] (a boolean gather of a random
+    # mask runs ~10x slower): the same terms, summed in another order (a float64 rounding
+    # difference)
+    zero = g.dtype.type(0)
+    d_wp = float(np.sum(np.where(pos, g, zero), dtype=np.float64))
+    d_wn = -float(np.sum(np.where(neg, g, zero), dtype=np.float64))
     return dw, d_wp, d_wn
 
 

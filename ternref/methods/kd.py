@@ -27,7 +27,10 @@ teacher counterpart), are skipped. Attention scores do not exist in ternref's mo
 How it is wired into the autograd-free stack
 --------------------------------------------
 * :class:`TeacherOutputs` (a callback) runs the teacher in evaluation mode on every training
-  batch in ``on_batch_begin`` and stores its logits and hidden states in a shared state.
+  batch in ``on_batch_begin`` and stores its logits and hidden states in a shared state. Its
+  forward is inference only: each Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d block is computed
+  with reused buffers and one fused kernel for the last three layers, the same values as the
+  layers' own forward passes (a training epoch of LeNet-5 runs the teacher 469 times).
 * :class:`HiddenStateTap` layers (identity in the forward pass) are inserted into the student in
   front of each ternary layer (before the base method's activation quantizer) when the callbacks
   are created. In training, a tap computes its MSE term and, in the backward pass, adds
@@ -149,12 +152,23 @@ class _TeacherState:
 
 class TeacherOutputs(Callback):
     """Runs the teacher (evaluation mode) on each training batch; stores logits and the inputs
-    of the teacher's weight layers listed in ``hidden_indices``."""
+    of the teacher's weight layers listed in ``hidden_indices``.
+
+    The teacher's forward is inference only (no backward follows), so for a flat ``Sequential``
+    teacher each run of full-precision ``Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2, 2)`` (eval
+    mode) is computed by :func:`_conv_block_eval`: the convolution's GEMM written into a buffer
+    kept across batches, then the BatchNorm's affine map, the ReLU and the pool in one kernel
+    (``nn._kernels.affine_relu_maxpool2x2``), skipping the layers' transpose copy and the caches
+    their backward would read. The values are the layers' own operations in the same order
+    (``tests/methods/test_kd.py`` checks them equal to ``teacher.forward`` bit for bit); any
+    other layer runs its own ``forward``.
+    """
 
     def __init__(self, teacher: Module, state: _TeacherState, hidden_indices=()):
         self.teacher = teacher
         self.state = state
         self.hidden_indices = set(hidden_indices)
+        self._buffers: dict = {}  # per fused block: (im2col, GEMM output) buffers
 
     def on_train_begin(self, model, optimizer):
         self.teacher.eval()
@@ -163,21 +177,87 @@ class TeacherOutputs(Callback):
         self.teacher.eval()
         self.state.hidden = {}
         layers = getattr(self.teacher, "layers", None)
-        if self.hidden_indices and layers is not None:
-            from ternref.nn.layers import Conv2d, Linear
-
-            x, k = xb, 0
-            for layer in layers:
-                if isinstance(layer, (Linear, Conv2d)):
-                    if k in self.hidden_indices:
-                        self.state.hidden[k] = x
-                    k += 1
-                x = layer.forward(x)
-            logits = x
+        if layers is not None:
+            logits = self._sequential_forward(layers, xb)
         else:
             logits = self.teacher.forward(xb)
         self.state.logits = np.asarray(logits)
         self.state.fresh = True
+
+    def _sequential_forward(self, layers, x):
+        from ternref.nn.layers import Conv2d, Linear
+
+        i, k = 0, 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, (Linear, Conv2d)):
+                if k in self.hidden_indices:
+                    self.state.hidden[k] = x
+                k += 1
+            if _fusable_conv_block(layers, i, x):
+                x = _conv_block_eval(layers[i], layers[i + 1], x, self._buffers.setdefault(i, {}))
+                i += 4  # no weight layer among the BatchNorm, ReLU and pool
+            else:
+                x = layer.forward(x)
+                i += 1
+        return x
+
+
+def _fusable_conv_block(layers, i, x) -> bool:
+    """Whether ``layers[i:i + 4]`` is an eval-mode full-precision Conv2d, BatchNorm2d, ReLU,
+    MaxPool2d(2, 2) (exact types) that :func:`_conv_block_eval` computes for input ``x``."""
+    from ternref.nn._kernels import KERNEL_DTYPES
+    from ternref.nn.layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU
+
+    if i + 4 > len(layers):
+        return False
+    conv, bn, relu, pool = layers[i : i + 4]
+    return (
+        type(conv) is Conv2d
+        and type(bn) is BatchNorm2d
+        and type(relu) is ReLU
+        and type(pool) is MaxPool2d
+        and conv.weight_quantizer is None
+        and not (conv.training or bn.training)
+        and bn.num_features == conv.out_channels
+        and tuple(pool.kernel_size) == (2, 2)
+        and tuple(pool.stride) == (2, 2)
+        and isinstance(x, np.ndarray)
+        and x.dtype in KERNEL_DTYPES
+        and x.ndim == 4
+        and x.shape[1] == conv.in_channels
+    )
+
+
+def _conv_block_eval(conv, bn, x, buffers: dict) -> np.ndarray:
+    """``pool(relu(bn(conv(x))))`` in evaluation mode, the same operations as the four layers'
+    forwards (``Conv2d.forward``, ``_BatchNorm.forward``'s eval branch, ``ReLU``,
+    ``MaxPool2d``), with the im2col and GEMM outputs written into ``buffers`` (kept across
+    batches) and the last three layers fused (``nn._kernels.affine_relu_maxpool2x2``)."""
+    from ternref.nn import _kernels
+    from ternref.nn.functional import conv_output_shape, im2col_t
+
+    n, _, h, w = x.shape
+    oh, ow = conv_output_shape(h, w, conv.kernel_size, conv.stride, conv.padding)
+    w_hat = conv.weight.data.astype(x.dtype, copy=False)
+    cols_t = im2col_t(x, conv.kernel_size, conv.stride, conv.padding, out=buffers.get("cols"))
+    buffers["cols"] = cols_t
+    y_buf = buffers.get("y")
+    shape = (conv.out_channels, cols_t.shape[1])
+    if y_buf is None or y_buf.shape != shape or y_buf.dtype != x.dtype:
+        y_buf = np.empty(shape, x.dtype)
+    y_t = np.matmul(w_hat.reshape(conv.out_channels, -1), cols_t, out=y_buf)  # (O, M)
+    buffers["y"] = y_t
+    if conv.bias is not None:
+        y_t += conv.bias.data.astype(x.dtype, copy=False)[:, None]
+    # BatchNorm eval: y = x * a + (beta - mu a), a = gamma / sqrt(running_var + eps)
+    dt = x.dtype.type
+    gamma = bn.weight.data.astype(x.dtype, copy=False)
+    beta = bn.bias.data.astype(x.dtype, copy=False)
+    mu = bn.running_mean.astype(x.dtype)
+    inv_std = 1.0 / np.sqrt(bn.running_var.astype(x.dtype) + dt(bn.eps))
+    a = gamma * inv_std
+    return _kernels.affine_relu_maxpool2x2(y_t.reshape(-1, n, oh, ow), a, beta - mu * a)
 
 
 class HiddenStateTap(Module):

@@ -40,6 +40,8 @@ __all__ = [
     "batchnorm_train_forward_numpy",
     "batchnorm_train_backward_numpy",
     "col2im_t_kernel",
+    "affine_relu_maxpool2x2",
+    "affine_relu_maxpool2x2_numpy",
 ]
 
 # Only reassociation (and fused multiply-add): lets LLVM vectorise the per-channel sums, keeps
@@ -171,6 +173,66 @@ def maxpool2d_backward(dy: np.ndarray, cache, kernel_size, stride) -> np.ndarray
         _maxpool2x2_backward_kernel(dy, a, dx)
         return dx
     return maxpool2d_backward_numpy(a, b, dy, kernel_size, stride)
+
+
+# ------------------------------------------------- eval-mode Conv2d -> BatchNorm -> ReLU -> MaxPool
+# An inference-only fusion for a frozen model's forward pass (the KD teacher,
+# ternref.methods.kd.TeacherOutputs): the convolution's GEMM output y_t, laid out (C, N, H, W),
+# goes through the per-channel affine map of an eval-mode BatchNorm, y*a + b, the ReLU and a
+# 2x2/stride-2 max pool in one read, and is written pooled in (N, C, H/2, W/2). Layer by layer
+# that is a 12.8 MB transpose copy, two BatchNorm passes, the ReLU's mask and output and the pool
+# (LeNet-5's conv1 at batch 128), none of which an eval forward without backward needs.
+
+
+def affine_relu_maxpool2x2_numpy(y_t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``maxpool2x2(relu(y * a + b))`` of ``y_t`` (C, N, H, W), returned as (N, C, H/2, W/2):
+    the layers' own operations (BatchNorm's eval ``y * a``, ``+= b``; ``np.maximum(z, 0)``;
+    :func:`maxpool2d_forward`), in the layers' order."""
+    z = y_t.transpose(1, 0, 2, 3) * a[None, :, None, None]
+    z += b[None, :, None, None]
+    z = np.maximum(z, z.dtype.type(0))
+    return maxpool2d_forward(z, (2, 2), (2, 2))[0]
+
+
+@njit(nogil=True)
+def _affine_relu_maxpool2x2_kernel(y_t, a, b, out):
+    """out[i, c, r, s] = max over the 2x2 window of relu(y_t[c, i] * a[c] + b[c])."""
+    n, c, oh, ow = out.shape
+    zero = y_t.dtype.type(0)
+    for j in range(c):
+        aj, bj = a[j], b[j]
+        for i in range(n):
+            for r in range(oh):
+                top, bottom = y_t[j, i, 2 * r], y_t[j, i, 2 * r + 1]
+                out_row = out[i, j, r]
+                for s in range(ow):
+                    v0 = top[2 * s] * aj + bj
+                    v1 = top[2 * s + 1] * aj + bj
+                    v2 = bottom[2 * s] * aj + bj
+                    v3 = bottom[2 * s + 1] * aj + bj
+                    # np.maximum(v, 0): v unless v < 0 (NaN and -0.0 pass through)
+                    v0 = zero if v0 < zero else v0
+                    v1 = zero if v1 < zero else v1
+                    v2 = zero if v2 < zero else v2
+                    v3 = zero if v3 < zero else v3
+                    # as _maxpool2x2_forward_kernel: strict '>' row-major, NaN propagates
+                    best = v0
+                    best = v1 if v1 > best else best
+                    best = v2 if v2 > best else best
+                    best = v3 if v3 > best else best
+                    nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+                    out_row[s] = np.nan if nan else best
+
+
+def affine_relu_maxpool2x2(y_t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`affine_relu_maxpool2x2_numpy`; the kernel for float32/float64 (same dtype for
+    ``y_t``, ``a`` and ``b``), the twin otherwise."""
+    if y_t.dtype not in KERNEL_DTYPES or a.dtype != y_t.dtype or b.dtype != y_t.dtype:
+        return affine_relu_maxpool2x2_numpy(y_t, a, b)
+    c, n, h, w = y_t.shape
+    out = np.empty((n, c, h // 2, w // 2), y_t.dtype)
+    _affine_relu_maxpool2x2_kernel(np.ascontiguousarray(y_t), a, b, out)
+    return out
 
 
 # ------------------------------------------------------------------------------ BatchNorm

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ternref._jit import njit
 from ternref._validate import float_tensor, real_number
 from ternref.projections._registry import register
 from ternref.ternary import Ternary
@@ -117,8 +118,13 @@ def ec2t_pmf(w, w_p=None, w_n=None) -> np.ndarray:
     w = float_tensor(w, "w")
     w_p, w_n = _centroids(w, w_p, w_n)
     codes = _nearest(w.astype(np.float64), w_p, w_n)
-    n = codes.size
-    p = np.array([np.count_nonzero(codes == k) / n for k in (-1, 0, 1)], dtype=np.float64)
+    return _pmf_from_counts(*(np.count_nonzero(codes == k) for k in (-1, 0, 1)))
+
+
+def _pmf_from_counts(n_neg: int, n_zero: int, n_pos: int) -> np.ndarray:
+    """:func:`ec2t_pmf` from the counts of the preliminary codes -1, 0, +1."""
+    n = n_neg + n_zero + n_pos
+    p = np.array([n_neg / n, n_zero / n, n_pos / n], dtype=np.float64)
     if p[1] < SPARS_BOUND:
         deficit = SPARS_BOUND - p[1]
         side = p[0] + p[2]
@@ -198,10 +204,37 @@ def _ec2t_scaled_lambda(w, w_p: float, w_n: float, divider: float, decay: float)
     """``(ec2t(w, w_p, w_n, lam), lam)``, ``lam = ec2t_lambda_max(w, w_p, w_n) * divider * decay``
     (0 when that is infinite): the training step of :class:`ternref.methods.ec2t.EC2T`.
 
-    The same numbers as calling the two public functions, but the probabilities and the float64
-    copy of ``w`` are computed once instead of twice (a training step pays for every pass over
-    the weights of every layer).
+    The same numbers as calling the two public functions. For float32/float64 ``w`` two Numba
+    passes over the weights compute them (:func:`_ec2t_summary_kernel`: the preliminary codes'
+    counts; :func:`_ec2t_assign_kernel`: the codes), besides ``w.max()`` and ``w.min()``, in
+    float64 element by element with the same operations as the NumPy twin
+    :func:`_ec2t_scaled_lambda_numpy`, so codes and ``lam`` are bit for bit the twin's
+    (``tests/projections/test_ec2t.py``). The twin makes some twenty whole-array float64 passes;
+    on LeNet-5's 512 x 1600 layer they were most of EC2T's extra time per training step.
     """
+    w = float_tensor(w, "w")
+    if w.dtype not in _KERNEL_DTYPES:
+        return _ec2t_scaled_lambda_numpy(w, w_p, w_n, divider, decay)
+    w_p, w_n = _centroids(w, w_p, w_n)
+    flat = np.ascontiguousarray(w).reshape(-1)
+    codes = np.empty(flat.shape, np.int8)
+    info = _information(_pmf_from_counts(*_ec2t_summary_kernel(flat, w_p, w_n, codes)))
+    # max over w > 0 and max of -w over w < 0 (NumPy's reductions vectorise, a float max in a
+    # Numba loop does not without fastmath); float32 -> float64 is exact
+    hi, lo = np.float64(flat.max()), np.float64(flat.min())
+    lam_max = _lambda_max_from_extremes(
+        hi if hi > 0 else None, -lo if lo < 0 else None, w_p, w_n, info
+    )
+    lam = lam_max * divider * decay if np.isfinite(lam_max) else 0.0
+    if lam > 0:  # lam == 0: the preliminary nearest-centroid codes are the answer (_assign)
+        i_n, i_0, i_p = info
+        _ec2t_assign_kernel(flat, w_p, w_n, lam * i_n, lam * i_0, lam * i_p, codes)
+    codes = codes.reshape(w.shape)
+    return Ternary(codes, np.asarray(w_p, dtype=w.dtype), np.asarray(w_n, dtype=w.dtype)), lam
+
+
+def _ec2t_scaled_lambda_numpy(w, w_p: float, w_n: float, divider: float, decay: float):
+    """The NumPy twin of :func:`_ec2t_scaled_lambda` (whole-array passes, any float dtype)."""
     w = float_tensor(w, "w")
     w_p, w_n = _centroids(w, w_p, w_n)
     x = w.astype(np.float64)
@@ -210,6 +243,49 @@ def _ec2t_scaled_lambda(w, w_p: float, w_n: float, divider: float, decay: float)
     lam = lam_max * divider * decay if np.isfinite(lam_max) else 0.0
     codes = _assign(x, w_p, w_n, lam, info)
     return Ternary(codes, np.asarray(w_p, dtype=w.dtype), np.asarray(w_n, dtype=w.dtype)), lam
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@njit(nogil=True)
+def _code_of(x, c_n, c_0, c_p):
+    """One element of :func:`_argmin_codes`, without branches (so that the loops vectorise).
+
+    No NaN handling is needed: ``w`` is finite (``float_tensor``) and so are the centroids, so a
+    cost is finite or (``lam I_c`` with ``P_c = 0``) ``+inf``, never NaN.
+    """
+    leave_zero = min(c_n, c_p) < c_0
+    positive = (c_p < c_n) | ((c_p == c_n) & (x >= 0))
+    return np.int8(leave_zero) * (np.int8(2) * np.int8(positive) - np.int8(1))
+
+
+@njit(nogil=True)
+def _ec2t_summary_kernel(w, w_p, w_n, codes):
+    """Preliminary nearest-centroid codes of flat ``w`` (into ``codes``) and their counts
+    ``(n_-1, n_0, n_+1)``, the input of :func:`_pmf_from_counts`."""
+    n_neg = 0
+    n_pos = 0
+    for i in range(w.size):
+        x = np.float64(w[i])
+        d_n = x + w_n
+        d_p = x - w_p
+        k = _code_of(x, d_n * d_n, x * x, d_p * d_p)
+        codes[i] = k
+        n_neg += k < 0
+        n_pos += k > 0
+    return n_neg, w.size - n_neg - n_pos, n_pos
+
+
+@njit(nogil=True)
+def _ec2t_assign_kernel(w, w_p, w_n, li_n, li_0, li_p, codes):
+    """Codes ``argmin_c (w - c)^2 + lam I_c`` of flat ``w`` into ``codes``; ``li_c = lam * I_c``
+    (:func:`_assign`)."""
+    for i in range(w.size):
+        x = np.float64(w[i])
+        d_n = x + w_n
+        d_p = x - w_p
+        codes[i] = _code_of(x, d_n * d_n + li_n, x * x + li_0, d_p * d_p + li_p)
 
 
 def ec2t_lambda_max(w, w_p=None, w_n=None) -> float:
@@ -249,13 +325,22 @@ def ec2t_lambda_max(w, w_p=None, w_n=None) -> float:
 
 def _lambda_max(x, w_p, w_n, info) -> float:
     """:func:`ec2t_lambda_max` for float64 ``x`` and the information ``info = (I_n, I_0, I_p)``."""
+    pos, neg = x[x > 0], -x[x < 0]
+    return _lambda_max_from_extremes(
+        pos.max() if pos.size else None, neg.max() if neg.size else None, w_p, w_n, info
+    )
+
+
+def _lambda_max_from_extremes(max_pos, max_neg, w_p, w_n, info) -> float:
+    """:func:`_lambda_max` from ``max x`` over ``x > 0`` and ``max -x`` over ``x < 0`` (``None``
+    for an empty side)."""
     i_n, i_0, i_p = info
     out = []
-    for side, c, i_c in ((x[x > 0], w_p, i_p), (-x[x < 0], w_n, i_n)):
-        if side.size == 0 or not i_c > i_0:
+    for extreme, c, i_c in ((max_pos, w_p, i_p), (max_neg, w_n, i_n)):
+        if extreme is None or not i_c > i_0:
             out.append(np.inf)
             continue
-        extreme = side.max()
+        extreme = np.float64(extreme)
         # cost(0) = cost(c) at the extreme weight: e^2 + lam I_0 = (e - c)^2 + lam I_c
         gain = extreme**2 - (extreme - c) ** 2
         out.append(max(gain, 0.0) / (i_c - i_0))

@@ -137,6 +137,72 @@ def test_teacher_hidden_states_are_the_inputs_of_its_matching_weight_layers():
     np.testing.assert_allclose(tap._state.logits, teacher.forward(x), rtol=1e-6)
 
 
+def _lenet_like(seed):
+    rng = np.random.default_rng(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, bias=True, rng=rng),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 8, rng=rng),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 3, rng=rng),
+    )
+    for layer in model.layers:  # running statistics and affine parameters away from 1 and 0
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            k = layer.num_features
+            layer.running_mean[:] = rng.normal(size=k)
+            layer.running_var[:] = rng.uniform(0.5, 2.0, size=k)
+            layer.weight.data[:] = rng.uniform(0.5, 1.5, size=k)
+            layer.bias.data[:] = rng.normal(size=k)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_teacher_fused_forward_is_the_teachers_own_forward_bit_for_bit(dtype):
+    from ternref.methods.kd import TeacherOutputs, _fusable_conv_block, _TeacherState
+
+    teacher = _lenet_like(1)
+    teacher.eval()
+    assert _fusable_conv_block(teacher.layers, 0, np.zeros((1, 1, 12, 12), dtype))
+    assert _fusable_conv_block(teacher.layers, 4, np.zeros((1, 4, 6, 6), dtype))
+    cb = TeacherOutputs(teacher, _TeacherState(), hidden_indices=(1, 2))
+    rng = np.random.default_rng(2)
+    for n in (5, 5, 3):  # the buffers are reused, then re-allocated for a smaller batch
+        x = rng.standard_normal((n, 1, 12, 12)).astype(dtype)
+        cb.on_batch_begin(x, None)
+        expected, hidden = x, {}
+        for i, layer in enumerate(teacher.layers):
+            if i in (4, 9):  # the inputs of weight layers 1 and 2
+                hidden[{4: 1, 9: 2}[i]] = expected
+            expected = layer.forward(expected)
+        assert cb.state.logits.dtype == dtype
+        np.testing.assert_array_equal(cb.state.logits, expected)
+        assert set(cb.state.hidden) == {1, 2}
+        for k in (1, 2):
+            np.testing.assert_array_equal(cb.state.hidden[k], hidden[k])
+
+
+def test_teacher_forward_falls_back_to_the_layers_in_training_mode_or_when_quantized():
+    from ternref.methods.kd import _fusable_conv_block
+
+    teacher = _lenet_like(1)
+    x = np.zeros((2, 1, 10, 10), np.float32)
+    assert not _fusable_conv_block(teacher.layers, 0, x)  # training mode
+    teacher.eval()
+    assert _fusable_conv_block(teacher.layers, 0, x)
+    assert not _fusable_conv_block(teacher.layers, 0, x.astype(np.float16))
+    assert not _fusable_conv_block(teacher.layers, 1, x)
+    teacher.layers[0].weight_quantizer = TTQQuantizer(0.05, 0.5, 0.5)
+    assert not _fusable_conv_block(teacher.layers, 0, x)
+
+
 def test_any_base_method_can_be_distilled():
     teacher = _mlp(1)
     for base in ("ttq", get("ttq", t=0.1)):

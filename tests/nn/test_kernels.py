@@ -154,3 +154,33 @@ def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
         print("ok")
         """
     run_without_jit(script)
+
+
+# ------------------------------------------- eval-mode BatchNorm -> ReLU -> MaxPool (fused)
+
+
+@given(
+    st.integers(1, 3), st.integers(1, 4), st.integers(2, 9), st.integers(2, 9),
+    st.sampled_from(DTYPES), st.sampled_from([0.0, 0.1]), seeds,
+)  # fmt: skip
+def test_affine_relu_maxpool2x2_kernel_equals_twin_bit_for_bit(c, n, h, w, dtype, nan_rate, seed):
+    rng = np.random.default_rng(seed)
+    y_t = _tied_values(rng, (c, n, h, w), dtype, nan_rate)  # (C, N, H, W): a GEMM's layout
+    a = rng.choice([-1.0, 0.5, 1.0, 2.0], size=c).astype(dtype)
+    b = rng.choice([-1.0, 0.0, 0.25], size=c).astype(dtype)
+    out = K.affine_relu_maxpool2x2(y_t, a, b)
+    twin = K.affine_relu_maxpool2x2_numpy(y_t, a, b)
+    assert out.dtype == twin.dtype and out.shape == (n, c, h // 2, w // 2)
+    np.testing.assert_array_equal(out, twin)
+    # and the layers' path: transpose, BatchNorm's y * a + b, ReLU, MaxPool2d
+    z = np.ascontiguousarray(y_t.transpose(1, 0, 2, 3)) * a[None, :, None, None]
+    z += b[None, :, None, None]
+    np.testing.assert_array_equal(out, MaxPool2d(2).forward(np.maximum(z, dtype(0))))
+
+
+def test_affine_relu_maxpool2x2_other_dtypes_run_the_twin():
+    y_t = np.arange(2 * 1 * 4 * 4, dtype=np.float16).reshape(2, 1, 4, 4) - 8
+    a, b = np.ones(2, np.float16), np.zeros(2, np.float16)
+    out = K.affine_relu_maxpool2x2(y_t, a, b)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, K.affine_relu_maxpool2x2_numpy(y_t, a, b))

@@ -5,10 +5,16 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ternref.projections.ec2t import ec2t, ec2t_lambda_max, ec2t_pmf
+from ternref.projections.ec2t import (
+    _ec2t_scaled_lambda,
+    _ec2t_scaled_lambda_numpy,
+    ec2t,
+    ec2t_lambda_max,
+    ec2t_pmf,
+)
 
 W = np.random.default_rng(0).normal(scale=0.5, size=2000)
 
@@ -113,3 +119,51 @@ def test_bad_arguments():
         ec2t(W, 0.5, "0.5")
     with pytest.raises(ValueError, match="finite"):
         ec2t(np.array([np.nan, 1.0]))
+
+
+# ------------------------------------------------ the training step's kernel against its twin
+
+
+@settings(deadline=None)
+@given(
+    st.integers(1, 400),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from(["normal", "ties", "positive", "negative", "zeros"]),
+    st.sampled_from([0.0, 0.25, 0.5, 1.0, 0.37]),
+    st.sampled_from([0.0, 0.25, 0.5, 1.0, 0.61]),
+    st.sampled_from([0.0, 0.2, 1.0, 5.0]),
+    st.integers(0, 2**31 - 1),
+)
+def test_scaled_lambda_kernel_equals_numpy_twin(n, dtype, kind, w_p, w_n, divider, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(scale=rng.uniform(0.05, 2.0), size=(n, 3))
+    if kind == "ties":  # a quarter grid: weights exactly at w_p/2, -w_n/2 and on the grid
+        w = np.round(w * 4) / 4
+    elif kind == "positive":
+        w = np.abs(w)
+    elif kind == "negative":
+        w = -np.abs(w)
+    elif kind == "zeros":
+        w[rng.random(w.shape) < 0.5] = 0.0
+    w = w.astype(dtype)
+    t, lam = _ec2t_scaled_lambda(w, w_p, w_n, divider, 0.7)
+    t_ref, lam_ref = _ec2t_scaled_lambda_numpy(w, w_p, w_n, divider, 0.7)
+    assert lam == lam_ref
+    assert t.codes.dtype == t_ref.codes.dtype and np.array_equal(t.codes, t_ref.codes)
+    assert t.alpha_pos == t_ref.alpha_pos and t.alpha_neg == t_ref.alpha_neg
+    # and both are the public functions' composition
+    lam_pub = ec2t_lambda_max(w, w_p, w_n) * divider * 0.7
+    lam_pub = lam_pub if math.isfinite(lam_pub) else 0.0
+    assert lam == lam_pub
+    assert np.array_equal(t.codes, ec2t(w, w_p, w_n, lam=lam).codes)
+
+
+def test_scaled_lambda_non_contiguous_and_other_dtypes():
+    w = W.reshape(40, 50)[:, ::2]
+    t, lam = _ec2t_scaled_lambda(w, 0.6, 0.5, 0.2, 1.0)
+    t_ref, lam_ref = _ec2t_scaled_lambda_numpy(w, 0.6, 0.5, 0.2, 1.0)
+    assert lam == lam_ref and lam > 0 and np.array_equal(t.codes, t_ref.codes)
+    w16 = w.astype(np.float16)  # no kernel: the twin
+    t16, lam16 = _ec2t_scaled_lambda(w16, 0.6, 0.5, 0.2, 1.0)
+    assert t16.dense().dtype == np.float16
+    assert np.array_equal(t16.codes, _ec2t_scaled_lambda_numpy(w16, 0.6, 0.5, 0.2, 1.0)[0].codes)
