@@ -233,7 +233,7 @@ def main(argv=None) -> int:
 
     from ternref.nn import LMCrossEntropyLoss
 
-    print(f"machine: {machine()}")
+    print(machine())
     rng = np.random.default_rng(0)
     model = build_ternref(args, rng)
     if args.method == "bitnet":
