@@ -41,7 +41,8 @@ from ternref.ternary import Ternary
 
 U = 2.0**-24
 LOGIT_RTOL = 1e-5  # float32 summation order (measured ~4e-7 of max|logit| on these models)
-MAX_CODE_FLIPS = 1e-3  # fraction of activation codes allowed to differ (0 measured here)
+MAX_CODE_FLIPS = 1e-3  # fraction of one call's activation codes allowed to differ where the
+# two models first disagree (0 on the machine that wrote this test, 1 of 5248 on another)
 FLIP_RTOL = 5e-2  # after a code differs (up to 1.7e-2 of max|logit| measured on random models)
 PROMPT = np.frombuffer(b"It is a truth", np.uint8).astype(np.int64)[None]
 N_NEW = 70
@@ -231,8 +232,15 @@ def check_logits(reference, packed, ids, codes_ref=None, codes_packed=None):
     if codes_ref is not None:
         assert len(codes_ref) == len(codes_packed)
         differ = [np.any(x != y, axis=1) for x, y in zip(codes_ref, codes_packed, strict=True)]
-        flips = sum(int(np.sum(x != y)) for x, y in zip(codes_ref, codes_packed, strict=True))
-        assert flips <= MAX_CODE_FLIPS * sum(x.size for x in codes_ref)
+        # Where the two first disagree, only a rounding decision may differ: few codes of that
+        # one call. Every later call reads inputs that already differ, so its flips are the
+        # first one's consequences (measured on an EPYC with OpenBLAS's SkylakeX kernels: one
+        # code of 5248 at call 3, then 13, 7, ... 915 downstream), bounded by FLIP_RTOL below.
+        flips = [int(np.sum(x != y)) for x, y in zip(codes_ref, codes_packed, strict=True)]
+        first_call = next((i for i, f in enumerate(flips) if f), None)
+        if first_call is not None:
+            size = codes_ref[first_call].size
+            assert flips[first_call] <= max(1, MAX_CODE_FLIPS * size), (first_call, flips)
         rows = np.flatnonzero(np.any(differ, axis=0))
         first = rows[0] if rows.size else first
     scale = np.abs(a).max()
