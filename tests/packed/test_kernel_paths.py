@@ -223,6 +223,13 @@ def test_linear_runs_the_kernel_the_path_is_named_after(monkeypatch, fmt, batch,
     """The dispatch the grid above relies on: a batch of each kind runs exactly the named kernel
     and twin. (If a rewrite adds a path, this fails until the grid names it.)"""
     calls = []
+    case = _fixed(m=3, blocks=1, extra=5, seed=6)
+    t, rng = build(case, fmt, "asymmetric", "tensor", "dispatch")
+    x = activations_for(case, batch, t.shape[1], rng)
+    p = pack(t, fmt)
+    # compile first: a kernel compiled while its module's functions are spied on would resolve
+    # its callees to the Python wrappers (Numba reads globals at compile time) and fail
+    kernels.linear(x, pack(t, fmt), activations)
 
     def spy(owner, name):
         real = getattr(owner, name)
@@ -238,10 +245,6 @@ def test_linear_runs_the_kernel_the_path_is_named_after(monkeypatch, fmt, batch,
         spy(FORMATS[fmt], name)
     for name in ("_gemm_f32_numpy", "_gemm_i8_numpy"):
         spy(kernels, name)
-    case = _fixed(m=3, blocks=1, extra=5, seed=6)
-    t, rng = build(case, fmt, "asymmetric", "tensor", "dispatch")
-    x = activations_for(case, batch, t.shape[1], rng)
-    p = pack(t, fmt)
     kernel, twin = kernel_names(fmt, math.prod(x.shape[:-1]), activations)
     kernels.linear(x, p, activations)
     assert calls == [kernel]
