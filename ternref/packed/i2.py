@@ -262,7 +262,8 @@ def zeros_f32(codes, xs, r0, r1, zeros):
 
 ROWS_PER_PASS = 4 if _vnni.AVAILABLE else 1
 """Activation rows :func:`dot_i8` multiplies per pass over the codes: 4 with ``vpdpbusd``
-(:func:`ternref.packed._vnni.i2_field_dot_4acts`, each decoded byte serves four rows), else 1."""
+(:func:`ternref.packed._vnni.i2_field_block`: each decoded byte serves four activation rows and
+each loaded activation vector four weight rows), else 1."""
 
 STREAM_GEMM_I8 = _vnni.AVAILABLE
 """True when :func:`dot_i8` should also run the int8 products of large batches (with
