@@ -57,13 +57,15 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
     """The kernel benchmark; returns one dict per (size, batch, case) and prints a table."""
     from ternref._machine import summary
     from ternref.packed import _threads, linear, pack
+    from ternref.packed.kernels import GEMM_MIN_BATCH
     from ternref.ternary import Ternary
 
     out(summary())
     threads = _threads.get_num_threads()
     out(
         f"median of {reps} interleaved rounds (NumPy and every kernel called in turn, no pause); "
-        f"ratio = NumPy time / this time; G w/s/core = weights per second / {threads} threads; "
+        f"ratio = NumPy time / this time; G w/s/core = weights per second / {threads} threads "
+        f"(/ 1 for the serial vpdpbusd GEMV, kernels.SERIAL_VNNI_GEMV); "
         f"bitnet.cpp's W2A8 GEMV: {BITNET_CPP_GWEIGHTS_PER_CORE:.0f} G w/s/core"
     )
     header = (
@@ -88,13 +90,18 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
             for name, t_ms in ms.items():
                 is_numpy = name == numpy_name
                 p = None if is_numpy else packs[name.split()[0]]
+                serial = (
+                    not is_numpy and n < GEMM_MIN_BATCH and name.endswith("int8")
+                    and getattr(p.module, "STREAM_GEMM_I8", False)
+                )  # fmt: skip
+                used = 1 if serial else threads
                 row = {
                     "size": size,
                     "batch": n,
                     "kernel": name,
                     "ms": t_ms,
                     "ratio": ms[numpy_name] / t_ms,
-                    "gw_per_core": n * size * size / (t_ms * 1e-3) / 1e9 / threads,
+                    "gw_per_core": n * size * size / (t_ms * 1e-3) / 1e9 / used,
                     "bytes": w.nbytes if is_numpy else p.nbytes,
                     "bits": 32.0 if is_numpy else p.bits_per_weight_with_scales,
                 }

@@ -59,6 +59,15 @@ GEMM_MIN_BATCH = 8
 SERIAL_BELOW = _threads.SERIAL_BELOW
 """Products with fewer multiply-adds run on the calling thread alone (see ``_threads``)."""
 
+SERIAL_VNNI_GEMV = True
+"""Documents a choice made in :func:`product`: the ``vpdpbusd`` int8 GEMV (``i2`` with
+``STREAM_GEMM_I8``) always runs on the calling thread. It is fast enough that waking a helper
+thread costs more than it saves. Measured on the project's 2-core AMD EPYC VM (2026-12-02):
+4096 x 4096 with the codes in cache took 0.155 ms on one thread and 0.27 ms on two; in
+``bench_kernels.py`` (interleaved with NumPy) it ran 7.5-7.9x NumPy on one thread against
+4.1-6.3x on two at 4096, and 5.9-7.0x against 5.4-5.5x at 8192. Batches of 8 rows and more
+still use the helper threads (batch 64 at 4096: 7.0 ms on one thread, 4.4 ms on two)."""
+
 
 def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Absmax int8 quantization per row: ``xq = clip(rint(x * (127 / max|x|)), -127, 127)``.
@@ -238,7 +247,9 @@ def product(
     if n < GEMM_MIN_BATCH and backend == "numba":
         gemv = _small_gemv(p, int8, bias, relu)
         if gemv is not None and (
-            n * gemv[3] < _threads.SERIAL_BELOW or _threads.get_num_threads() == 1
+            n * gemv[3] < _threads.SERIAL_BELOW
+            or _threads.get_num_threads() == 1
+            or (int8 and getattr(p.module, "STREAM_GEMM_I8", False))  # see SERIAL_VNNI_GEMV
         ):
             gemv[0](*gemv[1], x2d, *gemv[2], y)
             return y

@@ -31,10 +31,12 @@ def kernel_names(fmt: str, n: int, activations: str, threaded: bool = False) -> 
     """(jitted kernel, NumPy twin) that ``linear`` runs for a batch of ``n`` rows; ``threaded``:
     the product is large enough to be split over threads (:func:`ternref.packed._threads.plan`)."""
     act = "f32" if activations == "float32" else "i8"
+    vnni_i8 = act == "i8" and getattr(FORMATS[fmt], "STREAM_GEMM_I8", False)
     if n < GEMM_MIN_BATCH:  # small products run whole in one serial call (gemv = layout + dot)
-        kernel = "dot" if threaded else "gemv"
+        # (the vpdpbusd GEMV is serial at every size: kernels.SERIAL_VNNI_GEMV)
+        kernel = "dot" if threaded and not vnni_i8 else "gemv"
         return f"{fmt}.{kernel}_{act}", f"{fmt}.dot_{act}_numpy"
-    if act == "i8" and getattr(FORMATS[fmt], "STREAM_GEMM_I8", False):
+    if vnni_i8:
         # i2 with vpdpbusd: the stream kernel beats the tile product at every batch size
         # (ternref.packed.kernels.product); the twin stays the tile algorithm's, exact as well
         return f"{fmt}.dot_i8", "kernels._gemm_i8_numpy"
