@@ -396,7 +396,10 @@ def run(client, tasks: list[dict], on_record, *, spec_of, depends_on, on_state=N
             key = f"ternref-{task['method']}-seed{task['seed']}-{uuid.uuid4().hex[:8]}"
             seed = depends_on(task)
             parent = fp_futures.get(seed) if seed is not None else None
-            future = client.submit(run_task, spec, parent, key=key, pure=False)
+            # baselines first: Dask does not keep submission order (measured: a seed's baseline
+            # still waiting after 18 other runs), and every run of that seed waits for it
+            first = 5 if task["method"] == FULL_PRECISION else 0
+            future = client.submit(run_task, spec, parent, key=key, pure=False, priority=first)
             submitted.append(future)
             if spec["return_state"]:
                 fp_futures[task["seed"]] = future
