@@ -105,9 +105,13 @@ def _splat(builder, value, vector_type):
     return builder.shuffle_vector(first, undef, zeros)
 
 
-def _emit_step(builder, bits, code_ptrs, stream_ptrs, offset, mask, accs, prefetch_ptrs=()):
+def _emit_step(
+    builder, bits, code_ptrs, stream_ptrs, offset, mask, accs, prefetch_ptrs=(), per_stream=True
+):
     """One step of ``bits / 8`` bytes at byte ``offset``: returns the updated accumulators
-    ``accs[j][i][s]`` (code row ``j``, activation row ``i``, stream ``s``).
+    ``accs[j][i][s]`` (code row ``j``, activation row ``i``, stream ``s``), or ``accs[j][i]``
+    with ``per_stream=False`` (one accumulator per pair, the four streams chained into it: the
+    block form, whose 16 pairs are independent chains already).
 
     ``code_ptrs[j]`` points at the first byte of code row ``j``, ``stream_ptrs[i][s]`` at the
     activation of row ``i``, stream ``s`` that meets it. One accumulator per stream keeps the
@@ -123,7 +127,7 @@ def _emit_step(builder, bits, code_ptrs, stream_ptrs, offset, mask, accs, prefet
         return builder.load(builder.bitcast(at, vbytes.as_pointer()), align=1)
 
     mask_vector = _splat(builder, mask, vbytes)
-    accs = [[list(stream) for stream in row] for row in accs]
+    accs = [[list(a) if per_stream else a for a in row] for row in accs]
     code_bytes = [load(ptr) for ptr in code_ptrs]
     prefetch = _function(
         builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
@@ -142,7 +146,10 @@ def _emit_step(builder, bits, code_ptrs, stream_ptrs, offset, mask, accs, prefet
             shifted = builder.lshr(b, ir.Constant(vbytes, [2 * s] * vbytes.count)) if s else b
             field = builder.and_(shifted, mask_vector)  # unsigned bytes in {0, 1, 2}
             for i in range(len(stream_ptrs)):
-                accs[j][i][s] = builder.call(dot, [accs[j][i][s], field, x[i]])
+                if per_stream:
+                    accs[j][i][s] = builder.call(dot, [accs[j][i][s], field, x[i]])
+                else:
+                    accs[j][i] = builder.call(dot, [accs[j][i], field, x[i]])
     return accs
 
 
@@ -263,31 +270,6 @@ BLOCK_ROWS = 4
 """Weight rows and activation rows of one :func:`i2_field_block` call (16 products)."""
 
 
-def _emit_block_step(builder, bits, code_ptrs, stream_ptrs, offset, mask, accs):
-    """One step of :func:`i2_field_block`: ``accs[j][i]`` (weight row ``j``, activation row
-    ``i``) += the four fields of the step's code bytes times their streams. One accumulator per
-    (weight row, activation row): the 16 independent chains hide ``vpdpbusd``'s latency, and 16
-    registers leave room for the fields and loads."""
-    vbytes, vlanes = _BYTES[bits], _LANES[bits]
-    dot = _function(builder, f"llvm.x86.avx512.vpdpbusd.{bits}", vlanes, [vlanes, vbytes, vbytes])
-
-    def load(ptr):
-        at = builder.gep(ptr, [offset])
-        return builder.load(builder.bitcast(at, vbytes.as_pointer()), align=1)
-
-    mask_vector = _splat(builder, mask, vbytes)
-    accs = [list(row) for row in accs]
-    code_bytes = [load(ptr) for ptr in code_ptrs]
-    for s in range(4):
-        x = [load(ptrs[s]) for ptrs in stream_ptrs]
-        for j, b in enumerate(code_bytes):
-            shifted = builder.lshr(b, ir.Constant(vbytes, [2 * s] * vbytes.count)) if s else b
-            field = builder.and_(shifted, mask_vector)
-            for i in range(len(stream_ptrs)):
-                accs[j][i] = builder.call(dot, [accs[j][i], field, x[i]])
-    return accs
-
-
 def _sum_lanes_of_each(builder, vectors):
     """``[v_0, ..., v_15]`` (16 x <16 x i32>) -> one <16 x i32> whose lane ``k`` is the sum of
     the lanes of ``v_k``: a tree of pairwise half-swaps (15 adds, 30 shuffles) instead of 16
@@ -359,7 +341,7 @@ def _block_codegen(context, builder, signature, args):
             builder.call(prefetch, [ahead, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
                                     ir.Constant(_I32, 1)])  # fmt: skip
         accs = [[builder.load(x) for x in row] for row in slots]
-        accs = _emit_block_step(builder, 512, code_ptrs, streams, offset, mask, accs)
+        accs = _emit_step(builder, 512, code_ptrs, streams, offset, mask, accs, per_stream=False)
         for row_slots, row_accs in zip(slots, accs):
             for slot, acc in zip(row_slots, row_accs):
                 builder.store(acc, slot)
@@ -367,7 +349,7 @@ def _block_codegen(context, builder, signature, args):
         offset = builder.sub(nbytes, const(32))  # the trailing 32 bytes (rows are whole blocks)
         zero8 = ir.Constant(_LANES[256], [0] * 8)
         start = [[zero8 for _ in rows] for _ in rows]
-        accs = _emit_block_step(builder, 256, code_ptrs, streams, offset, mask, start)
+        accs = _emit_step(builder, 256, code_ptrs, streams, offset, mask, start, per_stream=False)
         widen = ir.Constant(ir.VectorType(_I32, 16), list(range(16)))  # lanes 8-15 from zeros
         for row_slots, row_accs in zip(slots, accs):
             for slot, acc in zip(row_slots, row_accs):
