@@ -596,6 +596,57 @@ def conv_i8(
         store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
+@njit(nogil=True)
+def _quantize_to_streams(block, nq, seg, xs, xsum, inv_s):
+    """:func:`~ternref.packed._gemm.quantize_rows` of rows ``0 .. nq-1`` of ``block`` (padded
+    layout, float32; quantized in place), the integers then copied into the int8 activation
+    streams ``xs`` (N, 4, L/4): padded column ``l`` goes to stream ``(l % 128) // 32``,
+    position ``32 (l // 128) + l % 32`` (:func:`stream_index`)."""
+    quantize_rows(block, nq, seg, xsum, inv_s)
+    for q in range(nq):
+        row = block[q]
+        for b in range(row.shape[0] // BLOCK):
+            for s in range(STREAMS):
+                part = row[BLOCK * b + 32 * s : BLOCK * b + 32 * s + 32]
+                stream = xs[q, s, 32 * b : 32 * b + 32]
+                for j in range(32):
+                    stream[j] = np.int8(np.int32(part[j]))
+
+
+@njit(nogil=True)
+def conv_i8_streams(
+    codes, sc, code_lut, abs_lut, asym, has_offset, xflat, src, geo, bias, has_bias, relu, p0, p1, y
+):
+    """:func:`conv_i8` on the packed bytes (used where :data:`STREAM_GEMM_I8`, i.e. with
+    ``vpdpbusd``): each block of receptive fields is gathered and quantized as in
+    :func:`conv_i8`, but written straight into the int8 activation streams of the GEMV kernels
+    (:func:`_quantize_to_streams`), and multiplied by :func:`dot_i8`: no decoded tile of weights at all.
+    The same exact integer sums and float64 epilogue as :func:`conv_i8` (its twin is the same),
+    then the float32 bias and ReLU of :func:`~ternref.packed._conv.store_nchw`. ``code_lut`` and
+    ``abs_lut`` are unused (same signature as :func:`conv_i8`)."""
+    length = src.shape[0]
+    m = sc.shape[1]
+    n_groups = sc.shape[2]
+    seg = length // n_groups
+    per_stream = length // STREAMS
+    block = np.empty((X_BLOCK, length), np.float32)
+    xs = np.empty((X_BLOCK, STREAMS, per_stream), np.int8)
+    xsum = np.empty((X_BLOCK, n_groups), np.int64)
+    inv_s = np.empty(X_BLOCK, np.float64)
+    zeros = np.empty((X_BLOCK if asym else 0, m if asym else 0, n_groups), np.int32)
+    out = np.empty((X_BLOCK, m), np.float32)
+    no_bias = np.zeros(0, np.float32)
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        _quantize_to_streams(block, nq, seg, xs, xsum, inv_s)
+        if asym:
+            zeros_i8(codes, xs[:nq], 0, m, zeros[:nq])
+        dot_i8(codes, xs[:nq], xsum, inv_s, sc, zeros, asym, has_offset, no_bias, False, False,
+               0, m, out)  # fmt: skip
+        store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
+
+
 def dequant_tile_numpy(codes, r0, lut, out):
     """NumPy twin of :func:`dequant_row` for the rows ``r0 .. r0 + len(out) - 1``."""
     n_tile, length = out.shape

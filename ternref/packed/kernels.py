@@ -448,7 +448,9 @@ def run_conv(p: Packed, x, kernel_size, stride, padding, int8: bool, bias, relu:
     mod = p.module
     tail = (xflat, src, geo, b, has_bias, relu)
     if int8:
-        kernel = mod.conv_i8
+        # with vpdpbusd, the packed bytes times int8 streams beat the decoded float32 tiles
+        streams = getattr(mod, "STREAM_GEMM_I8", False)
+        kernel = mod.conv_i8_streams if streams else mod.conv_i8
         head = (sc["sc"], sc["code_lut"], sc["abs_lut"], not p.symmetric, p.offset is not None)
         args = (*_data(p), *head, *tail)
     else:

@@ -1,0 +1,123 @@
+"""The jitted packed convolution (gather of receptive fields, quantization, product, NCHW store)
+== its NumPy twin (``im2col`` + the linear twin) == the dense convolution of the unpacked weight,
+on every format, for float32 and int8 activations: odd channel counts and image sizes, strides,
+padding, kernels larger than the image is wide, K not a multiple of any block, scale groups (the
+gather copies only the real prefix of each padded segment), asymmetric scales and offsets, a
+single output position, all-zero images. With int8 activations kernel and twin form the same
+exact integers and the same float64 epilogue: bit-identical. ``i2`` with ``vpdpbusd`` runs
+``conv_i8_streams`` (the packed bytes against int8 streams); without, ``conv_i8``; both are
+checked where the CPU has AVX-512 VNNI."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ternref import Ternary
+from ternref.nn.functional import conv_output_shape, im2col
+from ternref.packed import FORMATS, conv2d, i2, pack, quantize_activations
+
+
+def _dense_reference(x, t, stride, padding, int8):
+    """float64 ``im2col(x) @ W_hat.T`` (int8: of the quantized receptive fields), NCHW."""
+    o, c, kh, kw = t.shape
+    n, _, h, w = x.shape
+    oh, ow = conv_output_shape(h, w, (kh, kw), stride, padding)
+    cols = im2col(x, (kh, kw), stride, padding).astype(np.float64)
+    if int8:
+        xq, inv_s = quantize_activations(cols)
+        cols = xq.astype(np.float64) * inv_s[:, None]
+    y = cols @ t.dense().astype(np.float64).reshape(o, -1).T
+    return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+
+
+@st.composite
+def conv_cases(draw):
+    o = draw(st.integers(1, 9))
+    c = draw(st.sampled_from([1, 2, 3, 7]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h = draw(st.integers(max(1, kh - 2 * padding[0]), 9))
+    w = draw(st.integers(max(1, kw - 2 * padding[1]), 9))
+    n = draw(st.integers(1, 3))
+    gran = draw(st.sampled_from(["tensor", "channel", "group"]))
+    group_size = draw(st.sampled_from([3, 7, 32])) if gran == "group" else None
+    kind = draw(st.sampled_from(["symmetric", "asymmetric", "offset"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    zero_input = draw(st.booleans()) and draw(st.booleans())
+    return o, c, (kh, kw), stride, padding, (n, c, h, w), gran, group_size, kind, seed, zero_input
+
+
+def _build(case):
+    o, c, ksize, stride, padding, xshape, gran, group_size, kind, seed, zero_input = case
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-1, 2, (o, c, *ksize)).astype(np.int8)
+    sshape = Ternary.scale_shape(codes.shape, gran, group_size)
+    ap = (rng.random(sshape) + 0.5).astype(np.float32)
+    an = (rng.random(sshape) + 0.5).astype(np.float32) if kind != "symmetric" else None
+    off = rng.standard_normal(sshape).astype(np.float32) if kind == "offset" else None
+    t = Ternary(codes, ap, an, granularity=gran, group_size=group_size, offset=off)
+    x = np.zeros(xshape, np.float32) if zero_input else rng.standard_normal(xshape)
+    bias = rng.standard_normal(o).astype(np.float32)
+    return t, x.astype(np.float32), stride, padding, bias
+
+
+HAS_STREAMS = i2.STREAM_GEMM_I8
+
+
+KERNELS = [(fmt, False) for fmt in sorted(FORMATS)] + [("i2", True)]
+
+
+@pytest.mark.parametrize(("fmt", "streams"), KERNELS)
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases(), relu=st.booleans())
+def test_conv_kernel_equals_twin_and_dense(fmt, streams, case, relu):
+    if streams and not HAS_STREAMS:
+        pytest.skip("conv_i8_streams runs only for i2 with AVX-512 VNNI")
+    saved = i2.STREAM_GEMM_I8
+    i2.STREAM_GEMM_I8 = streams and HAS_STREAMS
+    try:
+        _check(case, fmt, relu)
+    finally:
+        i2.STREAM_GEMM_I8 = saved
+
+
+def _check(case, fmt, relu):
+    t, x, stride, padding, bias = _build(case)
+    p = pack(t, fmt)
+    for act in ("float32", "int8"):
+        y = conv2d(x, p, stride, padding, act, bias=bias, relu=relu)
+        twin = conv2d(x, p, stride, padding, act, bias=bias, relu=relu, backend="numpy")
+        ref = _dense_reference(x, t, stride, padding, act == "int8") + bias[:, None, None]
+        if relu:
+            ref = np.maximum(ref, 0)
+        assert y.shape == twin.shape == ref.shape and y.dtype == np.float32
+        assert np.all(np.isfinite(y))
+        if act == "int8":
+            np.testing.assert_array_equal(y, twin, err_msg=f"{fmt} int8 kernel != twin")
+        else:
+            np.testing.assert_allclose(y, twin, rtol=1e-5, atol=1e-5, err_msg=f"{fmt} float32")
+        scale = max(1.0, float(np.abs(ref).max()))
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * scale, err_msg=f"{fmt} {act}")
+
+
+def test_streams_kernel_is_the_one_run_with_vnni(monkeypatch):
+    """With ``STREAM_GEMM_I8`` the int8 convolution of ``i2`` runs ``conv_i8_streams``."""
+    if not i2.STREAM_GEMM_I8:
+        pytest.skip("no AVX-512 VNNI path on this CPU (or TERNREF_VNNI=0 / JIT disabled)")
+    calls = []
+    real = i2.conv_i8_streams
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    rng = np.random.default_rng(0)
+    t = Ternary(rng.integers(-1, 2, (4, 3, 3, 3)).astype(np.int8), np.float32(0.5))
+    p = pack(t, "i2")
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    conv2d(x, p, 1, 1, "int8")  # compiled before the spy goes in
+    monkeypatch.setattr(i2, "conv_i8_streams", spy)
+    conv2d(x, p, 1, 1, "int8")
+    assert calls
