@@ -8,7 +8,7 @@ alternates NumPy and packed products (any model whose first and last layers stay
 precision) then starts each parallel region while the other library's threads still hold a core.
 A fork-join region is only as fast as its slowest thread: the thread that lost its core waits
 for the scheduler's next tick, and a 0.65 ms product took 6 ms inside a model (measured on the
-project's 2-core machine; see ``benchmarks/bench_threads.py`` for the comparison of the options).
+project's 2-core machine; the options compared are in the closing notes of issue 17).
 
 What this module does instead
 -----------------------------

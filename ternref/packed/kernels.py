@@ -78,6 +78,19 @@ activations once per chunk of weight rows: on the 2-core AMD EPYC Zen 5 VM (2026
 by activation rows: 2.0 ms)."""
 
 
+SERIAL_VNNI_GEMM_BELOW = 1 << 28
+"""The ``vpdpbusd`` int8 GEMM (``STREAM_GEMM_I8``) runs on the calling thread alone below this
+many multiply-adds. Interleaved with NumPy products (as in every model whose first and last
+layers stay in full precision), OpenBLAS's threads keep spinning on the other core after each
+call, and a helper thread shares that core instead of adding one. Measured on the 2-core AMD
+EPYC Zen 5 VM (2026-12-02), median ms, one thread against two, a NumPy product before each
+call: 256 x 256 at batch 359 (the MLP's packed layer, 23.5 M) 0.21-0.27 against 0.36-0.46;
+512 x 512 at 359 (94 M) 0.49-0.65 against 0.71-0.82; 1024 x 1024 at 64 (67 M) 0.30 against
+0.36; 2048 x 2048 at 64 (268 M) 1.02-1.17 against 1.07-1.34. Above it the helpers stay: without
+a NumPy call in between, 512 x 1600 at batch 1000 (819 M) took 4.0-4.5 ms on one thread and
+2.9-3.1 ms on two."""
+
+
 def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Absmax int8 quantization per row: ``xq = clip(rint(x * (127 / max|x|)), -127, 127)``.
 
@@ -281,7 +294,9 @@ def product(
         zeros_kernel = getattr(mod, f"zeros_{kind}{twin}")
         dot_kernel = getattr(mod, f"dot_{kind}{twin}")
         if stream_gemm and n >= GEMM_MIN_BATCH:  # see STREAM_GEMM_BY_ACTIVATIONS
-            parts = _threads.plan(n, m * p.padded_length, 4)
+            work_total = n * m * p.padded_length
+            serial = work_total < SERIAL_VNNI_GEMM_BELOW
+            parts = [(0, n)] if serial else _threads.plan(n, m * p.padded_length, 4)
 
             def work(i):
                 a0, a1 = parts[i]

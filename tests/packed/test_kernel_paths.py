@@ -198,10 +198,13 @@ def test_kernel_path(fmt, batch, activations, scales, granularity, case):
 
 @pytest.mark.parametrize("scales", SCALES)
 @pytest.mark.parametrize(("fmt", "batch", "activations"), [p for p in PATHS if "n=1" not in p.id])
-def test_kernel_path_threaded(fmt, batch, activations, scales):
+def test_kernel_path_threaded(monkeypatch, fmt, batch, activations, scales):
     """Products of at least ``SERIAL_BELOW`` multiply-adds are split into chunks run by helper
     threads (below it the calling thread runs them alone, small GEMVs in one fused ``gemv_*``
-    call): chunks' row ranges and buffers must not collide."""
+    call): chunks' row ranges and buffers must not collide. The ``vpdpbusd`` GEMM's own serial
+    threshold (``kernels.SERIAL_VNNI_GEMM_BELOW``) is lowered so that it splits too (by
+    activation rows)."""
+    monkeypatch.setattr(kernels, "SERIAL_VNNI_GEMM_BELOW", 0)
     n = GEMM_MIN_BATCH - 1 if batch == SMALL_BATCH else GEMM_MIN_BATCH + 5
     m = 6 * TILE_ROWS + 5
     k = -(-SERIAL_BELOW // (n * m)) + 37
