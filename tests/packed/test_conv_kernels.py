@@ -121,3 +121,28 @@ def test_streams_kernel_is_the_one_run_with_vnni(monkeypatch):
     monkeypatch.setattr(i2, "conv_i8_streams", spy)
     conv2d(x, p, 1, 1, "int8")
     assert calls
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_threaded_conv_equals_twin(monkeypatch, fmt):
+    """A convolution split over threads by output positions (blocks of ``X_BLOCK``, a partial
+    last one) gives the serial result: chunks' positions and buffers do not collide."""
+    from ternref.packed import _threads, kernels
+
+    monkeypatch.setattr(kernels, "SERIAL_VNNI_GEMM_BELOW", 0)
+    monkeypatch.setattr(_threads, "SERIAL_BELOW", 1)
+    monkeypatch.setattr(_threads, "MIN_CHUNK_WORK", 1)
+    rng = np.random.default_rng(7)
+    codes = rng.integers(-1, 2, (6, 5, 3, 3)).astype(np.int8)
+    alpha_pos, alpha_neg = (rng.random((2, 6, 1, 1, 1)) + 0.5).astype(np.float32)
+    t = Ternary(codes, alpha_pos, alpha_neg, granularity="channel")
+    p = pack(t, fmt)
+    x = rng.standard_normal((3, 5, 11, 9)).astype(np.float32)  # 3 x 9 x 7 = 189 positions
+    assert len(_threads.plan(189, 6 * p.padded_length, 64)) > 1
+    for act in ("float32", "int8"):
+        y = conv2d(x, p, 1, 0, act, relu=True)
+        twin = conv2d(x, p, 1, 0, act, relu=True, backend="numpy")
+        if act == "int8":
+            np.testing.assert_array_equal(y, twin)
+        else:
+            np.testing.assert_allclose(y, twin, rtol=1e-5, atol=1e-5)
