@@ -57,7 +57,7 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
     """The kernel benchmark; returns one dict per (size, batch, case) and prints a table."""
     from ternref._machine import summary
     from ternref.packed import _threads, linear, pack
-    from ternref.packed.kernels import GEMM_MIN_BATCH
+    from ternref.packed.kernels import GEMM_MIN_BATCH, SERIAL_VNNI_GEMM_BELOW
     from ternref.ternary import Ternary
 
     out(summary())
@@ -65,7 +65,8 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
     out(
         f"median of {reps} interleaved rounds (NumPy and every kernel called in turn, no pause); "
         f"ratio = NumPy time / this time; G w/s/core = weights per second / {threads} threads "
-        f"(/ 1 for the serial vpdpbusd GEMV, kernels.SERIAL_VNNI_GEMV); "
+        f"(/ 1 where the vpdpbusd int8 kernels run serial: kernels.SERIAL_VNNI_GEMV, "
+        f"SERIAL_VNNI_GEMM_BELOW); "
         f"bitnet.cpp's W2A8 GEMV: {BITNET_CPP_GWEIGHTS_PER_CORE:.0f} G w/s/core"
     )
     header = (
@@ -90,10 +91,13 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
             for name, t_ms in ms.items():
                 is_numpy = name == numpy_name
                 p = None if is_numpy else packs[name.split()[0]]
-                serial = (
-                    not is_numpy and n < GEMM_MIN_BATCH and name.endswith("int8")
-                    and getattr(p.module, "STREAM_GEMM_I8", False)
-                )  # fmt: skip
+                # the vpdpbusd int8 kernels run serial: kernels.SERIAL_VNNI_GEMV and
+                # kernels.SERIAL_VNNI_GEMM_BELOW
+                int8 = not is_numpy and name.endswith("int8")
+                vnni = int8 and getattr(p.module, "STREAM_GEMM_I8", False)
+                serial = vnni and (
+                    n < GEMM_MIN_BATCH or n * size * p.padded_length < SERIAL_VNNI_GEMM_BELOW
+                )
                 used = 1 if serial else threads
                 row = {
                     "size": size,
