@@ -293,10 +293,11 @@ def product(
         )
         zeros_kernel = getattr(mod, f"zeros_{kind}{twin}")
         dot_kernel = getattr(mod, f"dot_{kind}{twin}")
-        if stream_gemm and n >= GEMM_MIN_BATCH:  # see STREAM_GEMM_BY_ACTIVATIONS
-            work_total = n * m * p.padded_length
-            serial = work_total < SERIAL_VNNI_GEMM_BELOW
-            parts = [(0, n)] if serial else _threads.plan(n, m * p.padded_length, 4)
+        if stream_gemm and n >= GEMM_MIN_BATCH:  # STREAM_GEMM_BY_ACTIVATIONS, SERIAL_VNNI_...
+            per_row = m * p.padded_length
+            serial = n * per_row < SERIAL_VNNI_GEMM_BELOW
+            # chunks of whole passes of mod.ROWS_PER_PASS activation rows
+            parts = [(0, n)] if serial else _threads.plan(n, per_row, mod.ROWS_PER_PASS)
 
             def work(i):
                 a0, a1 = parts[i]
