@@ -624,8 +624,8 @@ def conv_i8_streams(
     The same exact integer sums and float64 epilogue as :func:`conv_i8` (its twin is the same),
     then the float32 bias and ReLU of :func:`~ternref.packed._conv.store_nchw`. ``code_lut`` and
     ``abs_lut`` are unused (same signature as :func:`conv_i8`). Measured on LeNet-5's second
-    convolution (2026-12-02, AMD EPYC Zen 5, one thread): 0.087 ms at batch 1 against 0.114 ms
-    for :func:`conv_i8`, 53 ms against 66 ms at batch 1000."""
+    convolution (2026-12-02, AMD EPYC Zen 5): 0.087 ms at batch 1 against 0.114 ms for
+    :func:`conv_i8` (one thread), 53 ms against 66 ms at batch 1000 (two threads)."""
     length = src.shape[0]
     m = sc.shape[1]
     n_groups = sc.shape[2]
