@@ -42,6 +42,7 @@ __all__ = [
     "col2im_t_kernel",
     "affine_relu_maxpool2x2",
     "affine_relu_maxpool2x2_numpy",
+    "maxpool2x2_inference",
 ]
 
 # Only reassociation (and fused multiply-add): lets LLVM vectorise the per-channel sums, keeps
@@ -141,6 +142,25 @@ def _maxpool2x2_backward_kernel(dy, arg, dx):
                 dx3[q, 2 * r, 2 * s + 1] = g if k == 1 else 0.0
                 dx3[q, 2 * r + 1, 2 * s] = g if k == 2 else 0.0
                 dx3[q, 2 * r + 1, 2 * s + 1] = g if k == 3 else 0.0
+
+
+@njit(nogil=True)
+def maxpool2x2_inference(x, y):
+    """``y = max of each 2x2 window of x`` (stride 2, floor mode, NaN propagates): the forward of
+    :func:`_maxpool2x2_forward_kernel` without the routed offsets, which only a backward needs.
+    What an inference plan runs (:class:`ternref.packed.layers.PackedSequential`); NumPy twin:
+    :func:`maxpool2d_forward_numpy`."""
+    n, c, oh, ow = y.shape
+    for i in range(n):
+        for j in range(c):
+            for r in range(oh):
+                top, bottom, y_row = x[i, j, 2 * r], x[i, j, 2 * r + 1], y[i, j, r]
+                for s in range(ow):
+                    v0, v1 = top[2 * s], top[2 * s + 1]
+                    v2, v3 = bottom[2 * s], bottom[2 * s + 1]
+                    best = max(max(v0, v1), max(v2, v3))
+                    nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+                    y_row[s] = np.nan if nan else best
 
 
 def maxpool2d_forward(x: np.ndarray, kernel_size, stride):

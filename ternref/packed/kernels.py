@@ -423,8 +423,11 @@ def _gemm_i8_numpy(p: Packed, xq, xsum, inv_s, sc, asym, has_offset, y) -> None:
 def _conv_input(x, padding) -> np.ndarray:
     """``x`` zero-padded, float32, C-contiguous, flattened (what the gather kernels read)."""
     ph, pw = padding
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    if ph or pw:  # zeros and one copy: np.pad costs ~20 us of overhead on a small input
+        n, c, h, w = x.shape
+        padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), np.float32)
+        padded[:, :, ph : ph + h, pw : pw + w] = x
+        return padded.reshape(-1)
     return np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
 
 

@@ -42,6 +42,7 @@ import copy
 import numpy as np
 
 from ternref._validate import describe, float_array, one_of
+from ternref.nn._kernels import KERNEL_DTYPES, maxpool2x2_inference
 from ternref.nn.functional import conv_output_shape, pair
 from ternref.nn.layers import (
     AvgPool2d,
@@ -264,6 +265,7 @@ class PackedSequential(Sequential):
     * runs full-precision ``Linear`` layers as ``x @ W.T + b`` without the training layer's
       checks and caches (a full-precision ``Conv2d`` runs its own im2col + BLAS forward on
       chunks of images, keeping one chunk-sized im2col matrix, :func:`_dense_conv_step`);
+    * runs a 2x2, stride-2 ``MaxPool2d`` through a forward-only kernel (:func:`_maxpool_step`);
     * runs ``Flatten`` as a reshape.
 
     Every other layer runs its own ``forward``. The result equals ``Sequential.forward`` of the
@@ -293,6 +295,9 @@ def _inference_plan(layers) -> list:
             steps.append(_dense_linear_step(layer, relu))
         elif type(layer) is Conv2d and layer.weight_quantizer is None:
             steps.append(_dense_conv_step(layer, relu))
+        elif type(layer) is MaxPool2d:
+            steps.append(_maxpool_step(layer))
+            relu = False
         elif type(layer) is Flatten:
             steps.append(_flatten)
             relu = False
@@ -381,6 +386,25 @@ def _dense_conv_step(layer: Conv2d, relu: bool):
                 y = np.empty((n, *part.shape[1:]), part.dtype)
             y[n0 : n0 + part.shape[0]] = part
         return _relu(y, relu)
+
+    return step
+
+
+def _maxpool_step(layer: MaxPool2d):
+    """The plan's step for a 2x2, stride-2 ``MaxPool2d`` on float32/float64 input: the
+    forward-only kernel :func:`~ternref.nn._kernels.maxpool2x2_inference`, without the routed
+    offsets a backward would need and the layer's checks and caches (MaxPool2d.forward cost
+    15-25 us at LeNet-5's batch-1 shapes, 2026-12-02). Any other pooling runs the layer."""
+    if tuple(layer.kernel_size) != (2, 2) or tuple(layer.stride) != (2, 2):
+        return layer.forward
+
+    def step(x):
+        x = np.asarray(x)
+        if x.ndim != 4 or x.dtype not in KERNEL_DTYPES or x.shape[2] < 2 or x.shape[3] < 2:
+            return layer.forward(x)  # its own checks and messages
+        y = np.empty((*x.shape[:2], x.shape[2] // 2, x.shape[3] // 2), x.dtype)
+        maxpool2x2_inference(np.ascontiguousarray(x), y)
+        return y
 
     return step
 

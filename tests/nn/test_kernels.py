@@ -56,6 +56,20 @@ def test_maxpool2x2_kernel_equals_twin_bit_for_bit(n, c, h, w, dtype, nan_rate, 
     assert not dx[:, :, 2 * oh :].any() and not dx[:, :, :, 2 * ow :].any()  # floor mode
 
 
+@given(
+    st.integers(1, 3), st.integers(1, 3), st.integers(2, 9), st.integers(2, 9),
+    st.sampled_from(DTYPES), st.sampled_from([0.0, 0.1]), seeds,
+)  # fmt: skip
+def test_maxpool2x2_inference_kernel_equals_twin_bit_for_bit(n, c, h, w, dtype, nan_rate, seed):
+    """The forward-only kernel of the inference plan: odd sizes (floor mode drops the last row
+    or column), ties, NaN windows, an all-zero input."""
+    x = _tied_values(np.random.default_rng(seed), (n, c, h, w), dtype, nan_rate)
+    for arr in (x, np.zeros_like(x)):
+        y = np.empty((n, c, h // 2, w // 2), dtype)
+        K.maxpool2x2_inference(arr, y)
+        np.testing.assert_array_equal(y, K.maxpool2d_forward_numpy(arr, (2, 2), (2, 2)))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxpool2x2_kernel_all_zero_input_routes_to_the_first_element(dtype):
     x = np.zeros((1, 1, 4, 4), dtype)
@@ -140,6 +154,9 @@ def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
         x = rng.integers(-2, 3, (2, 3, 5, 6)).astype(np.float32)
         y, cache = K.maxpool2d_forward(x, (2, 2), (2, 2))
         assert np.array_equal(y, K.maxpool2d_forward_numpy(x, (2, 2), (2, 2)))
+        y_inference = np.empty_like(y)
+        K.maxpool2x2_inference(x, y_inference)
+        assert np.array_equal(y_inference, y)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         assert np.array_equal(K.maxpool2d_backward(dy, cache, (2, 2), (2, 2)),
                               K.maxpool2d_backward_numpy(x, y, dy, (2, 2), (2, 2)))

@@ -275,3 +275,25 @@ def test_full_precision_convolutions_of_the_plan_run_in_chunks_with_bounded_scra
     assert len(kept) == 2 and all(
         a.nbytes <= packed_layers.CONV_SCRATCH_BYTES for d in kept for a in d.values()
     )
+
+
+def test_plan_maxpool_step_equals_the_layer_and_falls_back_where_it_has_no_kernel():
+    """The plan's forward-only 2x2 pooling gives the layer's output (odd sizes, NaN, float64);
+    3x3 windows, other dtypes and inputs the kernel cannot take run the layer itself."""
+    from ternref.nn import MaxPool2d
+    from ternref.packed.layers import _maxpool_step
+
+    rng = np.random.default_rng(0)
+    pool = MaxPool2d(2)
+    step = _maxpool_step(pool)
+    for dtype in (np.float32, np.float64, np.float16):
+        x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+        x[0, 1, 2, 3] = np.nan
+        got = step(x)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, pool.forward(x))
+    three = MaxPool2d(3)
+    x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    np.testing.assert_array_equal(_maxpool_step(three)(x), three.forward(x))
+    with pytest.raises(ValueError):
+        step(rng.standard_normal((2, 3, 7)).astype(np.float32))
