@@ -58,3 +58,18 @@ def test_bad_arguments():
         trq(np.ones(3), alpha="1")
     with pytest.raises(ValueError, match="finite"):
         trq(np.array([np.nan]))
+
+
+@given(
+    hnp.arrays(np.float32, st.integers(1, 30), elements=st.floats(-1e-37, 1e-37, width=32)),
+    st.sampled_from([0.0, 1e-45, 1e-39, 1e-38]),
+)
+def test_signed_zeros_and_subnormals_follow_the_literal_recursion(w, alpha):
+    """The int8 sign arithmetic of ``trq`` equals the stem/residual recursion written with
+    ``np.where`` (sgn(-0) = +1, ties against the stem) where the residual is subnormal or zero."""
+    a = np.float32(alpha)
+    s_stem = np.where(w >= 0, 1, -1)
+    r = w - a * s_stem.astype(np.float32)
+    s_res = np.where(r > 0, 1, np.where(r < 0, -1, -s_stem))
+    want = (s_stem + s_res) // 2 if a > 0 else np.zeros_like(s_stem)
+    assert np.array_equal(trq(w, alpha=alpha).codes, want)
