@@ -63,6 +63,7 @@ from ternref.packed._gemm import (
     add_group_int,
     add_group_numpy,
     conv_tile_rows,
+    finish_plain_f32,
     finish_plain_i8,
     finish_rows,
     finish_rows_numpy,
@@ -235,7 +236,14 @@ def dot_f32(codes, xs, xsum, sc, zeros, asym, has_offset, bias, has_bias, relu, 
     seg = codes.shape[1] // n_groups  # bytes per group
     sums = np.empty(r1 - r0, np.float32)
     total = np.empty(r1 - r0, np.float64)
+    plain = n_groups == 1 and not asym and not has_offset
+    alpha = sc[0, r0:r1, 0].copy()  # contiguous: the epilogue vectorizes (finish_plain_f32)
     for n in range(xs.shape[0]):
+        if plain:  # the common case: one pass, the same float64 operations
+            x = xs[n]
+            _code_sums_f32(codes, 0, seg, x[0], x[1], x[2], x[3], r0, r1, sums)
+            finish_plain_f32(sums, xsum[n, 0], alpha, bias, has_bias, relu, r0, y[n])
+            continue
         total[:] = 0.0
         for g in range(n_groups):
             t0, t1 = g * seg, (g + 1) * seg
@@ -338,7 +346,7 @@ def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, 
     sums = np.empty((step, r1 - r0), np.int32)
     total = np.empty((step, r1 - r0), np.float64)
     plain = n_groups == 1 and not asym and not has_offset
-    alpha = sc[0, r0:r1, 0]
+    alpha = sc[0, r0:r1, 0].copy()  # contiguous: the epilogue vectorizes (finish_plain_i8)
     for n0 in range(0, xs.shape[0], step):
         nb = min(step, xs.shape[0] - n0)
         if plain:  # the common case: one pass, the same float64 operations
