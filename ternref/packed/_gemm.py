@@ -256,9 +256,11 @@ def _bias_relu(out, bias, has_bias, relu):
 @njit(nogil=True)
 def finish_plain_i8(sums, x_sum, alpha, scale, bias, has_bias, relu, r0, y_row):
     """:func:`add_group_int` then :func:`finish_rows` for the common case (one group,
-    symmetric scales, no offset): ``y_row[r0 + i] = act(float32((alpha[i] * D) * scale) + b)``
-    with ``D = sums[i] - x_sum``, the same float64 operations in the same order (the total
-    starts at 0.0, and ``0.0 + v == v``), without the per-row branches and 3-D indexing, so
+    symmetric scales, no offset):
+    ``y_row[r0 + i] = act(float32((0.0 + alpha[i] * D) * scale) + b)`` with
+    ``D = sums[i] - x_sum``, the same float64 operations in the same order (the running total
+    starts at 0.0; the ``0.0 +`` stays, it turns a ``-0.0`` into ``+0.0`` as that total does,
+    ``tests/packed/test_epilogues.py``), without the per-row branches and 3-D indexing, so
     LLVM vectorizes it; bias and ReLU follow in :func:`_bias_relu` (the same float32
     operations). ``alpha`` is ``sc[0, r0:r1, 0]`` copied into a contiguous array: passed as
     that strided view (Numba's layout ``A``), the loop stays scalar (0.062 ms against 0.014 ms
@@ -266,7 +268,7 @@ def finish_plain_i8(sums, x_sum, alpha, scale, bias, has_bias, relu, r0, y_row):
     """
     out = y_row[r0 : r0 + sums.shape[0]]
     for i in range(out.shape[0]):
-        out[i] = np.float32((alpha[i] * np.float64(np.int64(sums[i]) - x_sum)) * scale)
+        out[i] = np.float32((0.0 + alpha[i] * np.float64(np.int64(sums[i]) - x_sum)) * scale)
     _bias_relu(out, bias[r0 : r0 + out.shape[0]] if has_bias else bias, has_bias, relu)
 
 
@@ -275,8 +277,8 @@ def finish_plain_f32(sums, x_sum, alpha, bias, has_bias, relu, r0, y_row):
     """:func:`add_group` then :func:`finish_rows` (scale 1.0) for the common case of the
     float32 products (one group, symmetric scales, no offset):
     ``y_row[r0 + i] = act(float32(0.0 + alpha[i] * (float64(sums[i]) - x_sum)) + b)``, the same
-    float64 operations in the same order (``total * 1.0`` is ``total``; the ``0.0 +`` stays,
-    it turns a ``-0.0`` into ``+0.0`` as the running total does), vectorized as
+    float64 operations in the same order (``total * 1.0`` is ``total``; the ``0.0 +`` as in
+    :func:`finish_plain_i8`), vectorized as
     :func:`finish_plain_i8` is, with the same contiguous ``alpha``."""
     out = y_row[r0 : r0 + sums.shape[0]]
     for i in range(out.shape[0]):
