@@ -263,8 +263,8 @@ def finish_plain_i8(sums, x_sum, alpha, scale, bias, has_bias, relu, r0, y_row):
     ``tests/packed/test_epilogues.py``), without the per-row branches and 3-D indexing, so
     LLVM vectorizes it; bias and ReLU follow in :func:`_bias_relu` (the same float32
     operations). ``alpha`` is ``sc[0, r0:r1, 0]`` copied into a contiguous array: passed as
-    that strided view (Numba's layout ``A``), the loop stays scalar (0.062 ms against 0.014 ms
-    for the measurement of :func:`_bias_relu`, flags known at compile time).
+    that strided view (Numba's layout ``A``), the loop stays scalar (359 rows of 256 outputs,
+    bias and ReLU flags known at compile time: 0.062 ms against 0.014 ms contiguous).
     """
     out = y_row[r0 : r0 + sums.shape[0]]
     for i in range(out.shape[0]):
@@ -278,8 +278,7 @@ def finish_plain_f32(sums, x_sum, alpha, bias, has_bias, relu, r0, y_row):
     float32 products (one group, symmetric scales, no offset):
     ``y_row[r0 + i] = act(float32(0.0 + alpha[i] * (float64(sums[i]) - x_sum)) + b)``, the same
     float64 operations in the same order (``total * 1.0`` is ``total``; the ``0.0 +`` as in
-    :func:`finish_plain_i8`), vectorized as
-    :func:`finish_plain_i8` is, with the same contiguous ``alpha``."""
+    :func:`finish_plain_i8`), vectorized in the same way, with the same contiguous ``alpha``."""
     out = y_row[r0 : r0 + sums.shape[0]]
     for i in range(out.shape[0]):
         out[i] = np.float32(0.0 + alpha[i] * (np.float64(sums[i]) - x_sum))
