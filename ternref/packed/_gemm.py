@@ -233,20 +233,22 @@ def finish_rows(total, scale, bias, has_bias, relu, r0, y_row):
     out = y_row[r0 : r0 + total.shape[0]]
     for i in range(out.shape[0]):
         out[i] = np.float32(total[i] * scale)
-    _bias_relu(out, bias[r0 : r0 + out.shape[0]] if has_bias else bias, has_bias, relu)
+    _bias_relu(out, bias, r0, has_bias, relu)
 
 
 @njit(nogil=True)
-def _bias_relu(out, bias, has_bias, relu):
-    """``out += bias`` (float32) when ``has_bias``, then ReLU in place when ``relu``, each a loop
+def _bias_relu(out, bias, r0, has_bias, relu):
+    """``out += bias[r0 : r0 + len(out)]`` (float32) when ``has_bias``, then ReLU in place when
+    ``relu``, each a loop
     of its own over slices, which LLVM vectorizes. Two things kept the epilogues below scalar
     (measured on the AMD EPYC Zen 5 VM, 2026-12-03, 359 rows of 256 outputs): the two flags
     inside the loop that computes the values (LLVM does not unswitch it), and indexing with a
     run-time offset, ``y_row[r0 + i]`` (Numba's negative-index wraparound on every access):
     0.124 ms that way, 0.045 ms over slices with the flags outside."""
     if has_bias:
+        b = bias[r0 : r0 + out.shape[0]]
         for i in range(out.shape[0]):
-            out[i] += bias[i]
+            out[i] += b[i]
     if relu:
         for i in range(out.shape[0]):
             v = out[i]
@@ -269,7 +271,7 @@ def finish_plain_i8(sums, x_sum, alpha, scale, bias, has_bias, relu, r0, y_row):
     out = y_row[r0 : r0 + sums.shape[0]]
     for i in range(out.shape[0]):
         out[i] = np.float32((0.0 + alpha[i] * np.float64(np.int64(sums[i]) - x_sum)) * scale)
-    _bias_relu(out, bias[r0 : r0 + out.shape[0]] if has_bias else bias, has_bias, relu)
+    _bias_relu(out, bias, r0, has_bias, relu)
 
 
 @njit(nogil=True)
@@ -282,7 +284,7 @@ def finish_plain_f32(sums, x_sum, alpha, bias, has_bias, relu, r0, y_row):
     out = y_row[r0 : r0 + sums.shape[0]]
     for i in range(out.shape[0]):
         out[i] = np.float32(0.0 + alpha[i] * (np.float64(sums[i]) - x_sum))
-    _bias_relu(out, bias[r0 : r0 + out.shape[0]] if has_bias else bias, has_bias, relu)
+    _bias_relu(out, bias, r0, has_bias, relu)
 
 
 def finish_rows_numpy(yr, scale, bias, relu, y_row):
