@@ -57,6 +57,9 @@ from ternref.nn.layers import (
     Sequential,
 )
 from ternref.nn.module import Module, Parameter
+from ternref.packed import _threads
+from ternref.packed._direct_conv import MAX_TAPS as DIRECT_MAX_TAPS
+from ternref.packed._direct_conv import conv2d_direct, flat_input
 from ternref.packed._gemm import dense_small
 from ternref.packed.kernels import GEMM_MIN_BATCH, product, run_conv
 from ternref.packed.packed import FORMATS, Packed, pack
@@ -352,8 +355,10 @@ im2col matrix fits this many bytes, and keeps that one chunk-sized matrix betwee
 
 
 def _dense_conv_step(layer: Conv2d, relu: bool):
-    """The plan's step for a full-precision ``Conv2d``: im2col + BLAS (measured faster than a
-    blocked kernel at LeNet-5's K = 25), a chunk of images at a time. The whole batch's im2col
+    """The plan's step for a full-precision ``Conv2d``. A stride-1 float32 convolution with at
+    most :data:`~ternref.packed._direct_conv.MAX_TAPS` multiply-adds per output (LeNet-5's first
+    layer) runs the direct kernel of :mod:`ternref.packed._direct_conv`. Any other runs im2col +
+    BLAS, a chunk of images at a time. The whole batch's im2col
     matrix would be tens of MB at a test-set batch; allocating it fresh at every call (first
     touch of every page) made the float export of LeNet-5 slower than the float model, which
     keeps it; keeping it would cost the inference model that memory. A chunk-sized buffer
@@ -370,8 +375,16 @@ def _dense_conv_step(layer: Conv2d, relu: bool):
             scratch[part.dtype] = cols
         return y
 
+    taps = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+    small = tuple(layer.stride) == (1, 1) and taps <= DIRECT_MAX_TAPS
+
     def step(x):
         x = _checked_input(x, 4, "Conv2d input")
+        if small and x.dtype == np.float32 and x.shape[1] == layer.in_channels:
+            w = layer.weight.data
+            b = layer.bias.data if layer.bias is not None else _NO_BIAS
+            if w.dtype == b.dtype == np.float32 and w.flags.c_contiguous:
+                return _direct_conv(x, w, b, layer, relu)
         n = x.shape[0]
         k = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
         oh, ow = conv_output_shape(x.shape[2], x.shape[3], layer.kernel_size, layer.stride,
@@ -388,6 +401,19 @@ def _dense_conv_step(layer: Conv2d, relu: bool):
         return _relu(y, relu)
 
     return step
+
+
+def _direct_conv(x, weight, bias, layer, relu):
+    """A small stride-1 float32 convolution without im2col (:mod:`ternref.packed._direct_conv`),
+    images split between the threads of the packed kernels."""
+    n, _, h, w = x.shape
+    oh, ow = conv_output_shape(h, w, layer.kernel_size, layer.stride, layer.padding)
+    x_flat, hp, wp = flat_input(x, layer.padding)
+    y = np.empty((n, layer.out_channels, oh, ow), np.float32)
+    work = layer.out_channels * hp * wp * weight[0].size  # multiply-adds per image, padded width
+    args = (x_flat, weight, bias, layer.bias is not None, relu, hp, wp)
+    _threads.run(conv2d_direct, args, _threads.plan(n, work), y)
+    return y
 
 
 def _maxpool_step(layer: MaxPool2d):

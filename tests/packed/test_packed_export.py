@@ -251,6 +251,7 @@ def test_full_precision_convolutions_of_the_plan_run_in_chunks_with_bounded_scra
     monkeypatch.setattr(
         packed_layers, "CONV_SCRATCH_BYTES", 3 * 4 * 18 * 6 * 6
     )  # 3 images of conv1
+    monkeypatch.setattr(packed_layers, "DIRECT_MAX_TAPS", 0)  # both through im2col
     rng = np.random.default_rng(0)
     model = Sequential(
         Conv2d(2, 4, 3, rng=rng), ReLU(), Conv2d(4, 3, 3, padding=1, rng=rng), Flatten(),
