@@ -35,9 +35,16 @@ import os
 import queue
 import threading
 
-SERIAL_BELOW = 1 << 21
-"""Products with fewer multiply-adds than this (a few tens of microseconds of work) run in the
-calling thread alone: waking a helper thread can take longer than that."""
+SERIAL_BELOW = 1 << 23
+"""Products with fewer multiply-adds than this (about 0.1 ms of work for the float32 tiles)
+run in the calling thread alone: a helper woken through the queue starts 23-56 us later
+(median; p90 45-220 us) on the project's 2-core VM, and longer when OpenBLAS's threads still
+spin after a NumPy call. Measured 2026-12-03 (AMD EPYC Zen 5), models interleaved with their
+float models: LeNet-5's packed second convolution at batch 1 (5.7 M multiply-adds) took 96-100
+us on one thread and 103-149 us on two, and the packed LeNet-5 at batch 1 0.25-0.27 ms with the
+threshold at 2^21 against 0.20-0.21 ms at 2^23; the MLP's 256 x 256 layer at batch 359 (23.5
+M) is as fast or faster on two threads (0.41-0.47 ms against 0.47-0.49 ms for the model with
+the threshold at 2^25)."""
 
 CHUNKS_PER_THREAD = 4
 """Chunks per thread for a parallel product: enough for the claiming to balance the load."""
