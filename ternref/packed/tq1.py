@@ -123,21 +123,32 @@ def stream_index(l):
     return (l % BLOCK) // 32, 32 * (l // BLOCK) + l % 32
 
 
+@njit(nogil=True)
+def _trit(byte, power):
+    """Trit ``s`` of ``byte`` for ``power = 3^s``: ``((byte 3^s) mod 256) 3 >> 8``, computed in
+    8- and 16-bit integers. Written with Python ints, Numba computes it in int64 and LLVM
+    converts 64-bit lanes (``vcvtqq2ps``, eight an instruction); with the narrow types it uses
+    16-bit multiplies and ``vcvtdq2ps`` on sixteen lanes: the float32 code sums ran 1.6-1.9x
+    faster (measured 2026-12-03, AMD EPYC Zen 5; every byte's five trits checked equal)."""
+    wrapped = (np.uint16(byte) * np.uint16(power)) & np.uint16(255)  # < 2^16: no overflow
+    return np.uint8((wrapped * np.uint16(3)) >> np.uint16(8))
+
+
 @njit(nogil=True, fastmath=REASSOC)
 def _code_sums_f32(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
     """``out[r - r0] = Q = sum_t sum_s trit_s(byte t) x_s[t]`` (float32 streams), the trit
-    decode ``((b 3^s) mod 256) 3 >> 8``; as :func:`ternref.packed.i2._code_sums_f32`."""
+    decode :func:`_trit`; as :func:`ternref.packed.i2._code_sums_f32`."""
     for r in range(r0, r1):
         cr = codes[r, t0 : t0 + seg]
         acc = np.float32(0.0)
         for t in range(seg):
-            b = np.int32(cr[t])
+            b = cr[t]
             acc += (
-                np.float32((b * 3) >> 8) * x0[t]
-                + np.float32((((b * 3) & 255) * 3) >> 8) * x1[t]
-                + np.float32((((b * 9) & 255) * 3) >> 8) * x2[t]
-                + np.float32((((b * 27) & 255) * 3) >> 8) * x3[t]
-                + np.float32((((b * 81) & 255) * 3) >> 8) * x4[t]
+                np.float32(_trit(b, np.uint8(1))) * x0[t]
+                + np.float32(_trit(b, np.uint8(3))) * x1[t]
+                + np.float32(_trit(b, np.uint8(9))) * x2[t]
+                + np.float32(_trit(b, np.uint8(27))) * x3[t]
+                + np.float32(_trit(b, np.uint8(81))) * x4[t]
             )
         out[r - r0] = acc
 
@@ -145,17 +156,18 @@ def _code_sums_f32(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
 @njit(nogil=True, fastmath=REASSOC)
 def _zero_sums_f32(codes, t0, seg, x0, x1, x2, x3, x4, r0, r1, out):
     """``out[r - r0] = Z = sum_{c = 0} x``: ``[trit = 1] = trit & 1``."""
+    one = np.uint8(1)
     for r in range(r0, r1):
         cr = codes[r, t0 : t0 + seg]
         acc = np.float32(0.0)
         for t in range(seg):
-            b = np.int32(cr[t])
+            b = cr[t]
             acc += (
-                np.float32(((b * 3) >> 8) & 1) * x0[t]
-                + np.float32(((((b * 3) & 255) * 3) >> 8) & 1) * x1[t]
-                + np.float32(((((b * 9) & 255) * 3) >> 8) & 1) * x2[t]
-                + np.float32(((((b * 27) & 255) * 3) >> 8) & 1) * x3[t]
-                + np.float32(((((b * 81) & 255) * 3) >> 8) & 1) * x4[t]
+                np.float32(np.uint8(_trit(b, np.uint8(1)) & one)) * x0[t]
+                + np.float32(np.uint8(_trit(b, np.uint8(3)) & one)) * x1[t]
+                + np.float32(np.uint8(_trit(b, np.uint8(9)) & one)) * x2[t]
+                + np.float32(np.uint8(_trit(b, np.uint8(27)) & one)) * x3[t]
+                + np.float32(np.uint8(_trit(b, np.uint8(81)) & one)) * x4[t]
             )
         out[r - r0] = acc
 

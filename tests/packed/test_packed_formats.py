@@ -84,13 +84,28 @@ def test_tq1_decode_formula_for_all_243_words():
 
 
 def test_tq1_decoders_use_no_division():
-    # every line that decodes a trit (the "& 255" wrap) multiplies and shifts only
+    # every line that decodes a trit (the "& 255" wrap, the uint8 wrap of _trit, or a call of
+    # _trit) multiplies and shifts only
     kernels = (tq1._code_sums_f32, tq1._zero_sums_f32, tq1._code_sums_i8, tq1._zero_sums_i8)
-    for fn in (tq1.decode_trit, tq1._trits, *(k.py_func for k in kernels)):
-        lines = [ln for ln in inspect.getsource(fn).splitlines() if "& 255" in ln]
+    for fn in (tq1.decode_trit, tq1._trits, *(k.py_func for k in (tq1._trit, *kernels))):
+        lines = [
+            ln for ln in inspect.getsource(fn).splitlines()
+            if "& 255" in ln or "_trit(" in ln or "byte * power" in ln
+        ]  # fmt: skip
         assert lines, fn
         for ln in lines:
             assert "//" not in ln and "%" not in ln and "/" not in ln, ln
+
+
+def test_tq1_narrow_trit_decoder_equals_the_formula_for_every_byte():
+    """``_trit`` (8/16-bit arithmetic, what the float32 kernels vectorize) against
+    ``((b 3^s) & 255) 3 >> 8`` in Python ints, every byte and trit, jitted and not."""
+    b = np.arange(256)
+    for s, power in enumerate((1, 3, 9, 27, 81)):
+        want = (((b * power) & 255) * 3) >> 8
+        for fn in (tq1._trit, tq1._trit.py_func):
+            got = [int(fn(np.uint8(v), np.uint8(power))) for v in b]
+            assert got == want.tolist(), (s, fn)
 
 
 def test_tq1_weight_w_lands_in_byte_w_mod_32_as_trit_w_div_32():
