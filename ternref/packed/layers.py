@@ -386,10 +386,9 @@ def _dense_conv_step(layer: Conv2d, relu: bool):
             if w.dtype == b.dtype == np.float32 and w.flags.c_contiguous:
                 return _direct_conv(x, w, b, layer, relu)
         n = x.shape[0]
-        k = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
         oh, ow = conv_output_shape(x.shape[2], x.shape[3], layer.kernel_size, layer.stride,
                                    layer.padding)  # fmt: skip
-        chunk = max(1, CONV_SCRATCH_BYTES // max(k * oh * ow * x.dtype.itemsize, 1))
+        chunk = max(1, CONV_SCRATCH_BYTES // max(taps * oh * ow * x.dtype.itemsize, 1))
         if n <= chunk:
             return _relu(forward(x), relu)
         y = None
