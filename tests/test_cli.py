@@ -212,6 +212,19 @@ def test_eval_refuses_a_corrupt_file_in_one_line(tmp_path):
     assert out.returncode == 2 and "no such file" in out.stderr
 
 
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--min-seconds", "-1"], "--min-seconds must be >= 0"),
+        (["--min-seconds", "nan"], "--min-seconds must be >= 0"),
+        (["--reps", "0"], "must be positive"),
+    ],
+)
+def test_bad_bench_arguments_are_refused(args, fragment):
+    out = run("bench", "--sizes", "64", *args)
+    assert out.returncode == 2 and fragment in out.stderr, out.stderr
+
+
 BENCH_ROW = re.compile(
     r"^\s*(?P<size>\d+)\s+(?P<batch>\d+)\s+(?P<kernel>\S+(?: \S+)*?)\s+(?P<ms>[\d.]+)\s+"
     r"(?P<ratio>[\d.]+)x\s+(?P<gw>[\d.]+)\s+(?P<mb>[\d.]+)\s+(?P<bits>[\d.]+)$"

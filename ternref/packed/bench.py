@@ -19,9 +19,10 @@ Two benchmarks, both printing ratios measured in one process, and the machine
 
 How it measures: every callable of one configuration is called once before timing (the JIT
 compiles or loads its cache then: a one-time cost a program pays once), then the callables run
-*interleaved*, one after the other, ``reps`` rounds, with no pause between calls, exactly as a
-program that alternates NumPy and packed products would run them; each reported time is the
-median over the rounds. Nothing here sleeps, and no test asserts a time.
+*interleaved*, one after the other, with no pause between calls, exactly as a program that
+alternates NumPy and packed products would run them: at least ``reps`` rounds, and more until
+the timed calls of the configuration add up to :data:`MIN_SECONDS` (so a 15 us model gets
+thousands of rounds and a stable median); each reported time is the median over the rounds. Nothing here sleeps, and no test asserts a time.
 """
 
 from __future__ import annotations
@@ -38,22 +39,42 @@ BITNET_CPP_GWEIGHTS_PER_CORE = 72.0
 """bitnet.cpp's W2A8 GEMV, [1, 2048] x [2048, 2048] in 0.058 ms on one thread (published)."""
 
 
-def interleaved_medians(fns: dict, reps: int) -> dict:
-    """Median wall time (ms) of each callable, calling them in turn ``reps`` rounds after one
-    untimed call each (compilation); no pause anywhere."""
+MIN_SECONDS = 0.5
+"""Each configuration keeps running rounds until its timed calls add up to this many seconds
+(at least ``reps`` rounds, at most :data:`MAX_ROUNDS`): a median of 9 calls of a 15 us model
+moved by 1.5x between runs on the project's 2-core VM; of a few thousand it moves by far less."""
+
+MAX_ROUNDS = 5000
+
+
+def interleaved_medians(fns: dict, reps: int, min_seconds: float = MIN_SECONDS) -> dict:
+    """Median wall time (ms) of each callable, calling them in turn after one untimed call each
+    (compilation): at least ``reps`` rounds, and more until the timed calls add up to
+    ``min_seconds`` (at most :data:`MAX_ROUNDS` rounds). No pause anywhere: every call starts
+    right after the previous callable's call returns."""
+    if reps < 1:
+        raise ValueError(f"reps must be a positive integer, got {reps!r}")
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
-    for _ in range(reps):
+    spent = 0.0
+    rounds = 0
+    while rounds < reps or (spent < min_seconds and rounds < MAX_ROUNDS):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            times[name].append(elapsed)
+            spent += elapsed
+        rounds += 1
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------- kernels
-def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) -> list[dict]:
+def run(
+    sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print,
+    min_seconds=MIN_SECONDS,
+) -> list[dict]:  # fmt: skip
     """The kernel benchmark; returns one dict per (size, batch, case) and prints a table."""
     from ternref._machine import summary
     from ternref.packed import _threads, linear, pack
@@ -63,7 +84,8 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
     out(summary())
     threads = _threads.get_num_threads()
     out(
-        f"median of {reps} interleaved rounds (NumPy and every kernel called in turn, no pause); "
+        f"median of at least {reps} interleaved rounds, more until {min_seconds:g} s of calls per "
+        "configuration (NumPy and every kernel called in turn, no pause); "
         f"ratio = NumPy time / this time; G w/s/core = weights per second / {threads} threads "
         f"(/ 1 where the vpdpbusd int8 kernels run serial: kernels.SERIAL_VNNI_GEMV, "
         f"SERIAL_VNNI_GEMM_BELOW); "
@@ -87,7 +109,8 @@ def run(sizes=(1024, 4096, 8192), batches=(1, 64), reps=9, seed=0, out=print) ->
         for n in batches:
             x = rng.standard_normal((n, size)).astype(np.float32)
             numpy_name = "numpy W @ x" if n == 1 else "numpy X @ W.T"
-            ms = interleaved_medians(_kernel_calls(numpy_name, w, x, packs, linear), reps)
+            calls = _kernel_calls(numpy_name, w, x, packs, linear)
+            ms = interleaved_medians(calls, reps, min_seconds)
             for name, t_ms in ms.items():
                 is_numpy = name == numpy_name
                 p = None if is_numpy else packs[name.split()[0]]
@@ -151,15 +174,19 @@ def build_pair(name: str, shape: tuple, method: str = "twn", seed: int = 0):
     return fp, q
 
 
-def run_models(formats=("i2", "tq1"), reps=15, seed=0, out=print) -> list[dict]:
+def run_models(
+    formats=("i2", "tq1"), reps=15, seed=0, out=print, min_seconds=MIN_SECONDS
+) -> list[dict]:
     """The end-to-end benchmark; returns one dict per configuration and prints a table."""
     from ternref import packed
     from ternref._machine import summary
 
     out(summary())
     out(
-        f"median ms of {reps} interleaved rounds (float model, its float inference export, the "
-        "packed model, called in turn, no pause); speed-up = float ms / packed ms"
+        f"median ms of at least {reps} interleaved rounds (batch 1; a third of that for the large "
+        f"batch), more until {min_seconds:g} s of calls per configuration (float model, its float "
+        "inference export, the packed model, called in turn, no pause); "
+        "speed-up = float ms / packed ms"
     )
     header = (
         f"{'model':<7} {'format':<6} {'activations':<11} {'batch':>5} {'float':>10} "
@@ -180,7 +207,7 @@ def run_models(formats=("i2", "tq1"), reps=15, seed=0, out=print) -> list[dict]:
                     n_rounds = reps if batch == 1 else max(5, reps // 3)
                     models = {"float": fp, "export": fp_export, "packed": pm}
                     calls = {k: (lambda m=m, x=x: m.forward(x)) for k, m in models.items()}
-                    ms = interleaved_medians(calls, n_rounds)
+                    ms = interleaved_medians(calls, n_rounds, min_seconds)
                     row = {"model": name, "format": fmt, "activations": act, "batch": batch}
                     row.update({k + "_ms": v for k, v in ms.items()})
                     row["speedup"] = ms["float"] / ms["packed"]
@@ -205,11 +232,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--formats", nargs="+", default=["i2", "tq1"], help="(--models) formats")
-    ap.add_argument("--reps", type=int, default=9, help="interleaved timed rounds (median)")
+    ap.add_argument("--reps", type=int, default=9, help="least interleaved timed rounds (median)")
+    ap.add_argument(
+        "--min-seconds", type=float, default=MIN_SECONDS,
+        help="more rounds until the timed calls of a configuration add up to this",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="packed kernel threads")
     args = ap.parse_args(argv)
     if args.reps < 1 or any(s < 1 for s in args.sizes) or any(b < 1 for b in args.batches):
         ap.error("sizes, batches and reps must be positive")
+    if not args.min_seconds >= 0:
+        ap.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
     if args.threads is not None:
         from ternref.packed import set_num_threads
 
@@ -217,7 +250,10 @@ def main(argv=None) -> int:
             ap.error("--threads must be positive")
         set_num_threads(args.threads)
     if args.models:
-        run_models(formats=tuple(args.formats), reps=args.reps)
+        run_models(formats=tuple(args.formats), reps=args.reps, min_seconds=args.min_seconds)
     else:
-        run(sizes=tuple(args.sizes), batches=tuple(args.batches), reps=args.reps)
+        run(
+            sizes=tuple(args.sizes), batches=tuple(args.batches), reps=args.reps,
+            min_seconds=args.min_seconds,
+        )  # fmt: skip
     return 0
