@@ -22,7 +22,8 @@ compiles or loads its cache then: a one-time cost a program pays once), then the
 *interleaved*, one after the other, with no pause between calls, exactly as a program that
 alternates NumPy and packed products would run them: at least ``reps`` rounds, and more until
 the timed calls of the configuration add up to :data:`MIN_SECONDS` (so a 15 us model gets
-thousands of rounds and a stable median); each reported time is the median over the rounds. Nothing here sleeps, and no test asserts a time.
+thousands of rounds and a stable median); each reported time is the median over the rounds.
+Nothing here sleeps, and no test asserts a time.
 """
 
 from __future__ import annotations
