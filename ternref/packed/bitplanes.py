@@ -36,6 +36,7 @@ import numpy as np
 from ternref._jit import njit
 from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
 from ternref.packed._gemm import (
+    NO_BIAS,
     REASSOC,
     add_group,
     add_group_int,
@@ -339,7 +340,7 @@ def dequant_row(pos, neg, r, lut, out_row):
 
 
 @njit(nogil=True)
-def gemm_f32(pos, neg, xp, lut, r0, r1, n0, n1, y):
+def gemm_f32(pos, neg, xp, lut, bias, has_bias, relu, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
     rows = tile_rows(r1 - r0, xp.shape[1] * 4)
     buf = np.empty((rows, xp.shape[1]), np.float32)
@@ -347,7 +348,7 @@ def gemm_f32(pos, neg, xp, lut, r0, r1, n0, n1, y):
         nr = min(rows, r1 - t0)
         for i in range(nr):
             dequant_row(pos, neg, t0 + i, lut, buf[i])
-        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1)
+        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1, bias, has_bias, relu)
 
 
 @njit(nogil=True)
@@ -365,7 +366,7 @@ def gemm_i8(pos, neg, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, 
             if asym:
                 dequant_row(pos, neg, t0 + i, abs_lut, abs_buf[i])
         if plain:  # exact sums straight into y, scaled once below
-            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1)
+            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1, NO_BIAS, False, False)
         else:
             tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
     if plain:

@@ -57,6 +57,7 @@ from ternref.packed import _vnni
 from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
 from ternref.packed._gemm import (
     INT8_MAX,
+    NO_BIAS,
     REASSOC,
     absmax_bits,
     add_group,
@@ -511,7 +512,7 @@ def dequant_row(codes, r, lut, out_row):
 
 
 @njit(nogil=True)
-def gemm_f32(codes, xp, lut, r0, r1, n0, n1, y):
+def gemm_f32(codes, xp, lut, bias, has_bias, relu, r0, r1, n0, n1, y):
     """``y[n0:n1, r0:r1] = xp[n0:n1] @ W_hat[r0:r1].T`` (float32): decode tiles of rows into a
     float32 buffer (:func:`dequant_row`), multiply (:func:`~ternref.packed._gemm.tile_matmul`)."""
     rows = tile_rows(r1 - r0, xp.shape[1] * 4)
@@ -520,7 +521,7 @@ def gemm_f32(codes, xp, lut, r0, r1, n0, n1, y):
         nr = min(rows, r1 - t0)
         for i in range(nr):
             dequant_row(codes, t0 + i, lut, buf[i])
-        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1)
+        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1, bias, has_bias, relu)
 
 
 @njit(nogil=True)
@@ -541,7 +542,7 @@ def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0,
             if asym:
                 dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
         if plain:  # exact sums straight into y, scaled once below
-            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1)
+            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1, NO_BIAS, False, False)
         else:
             tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
     if plain:

@@ -326,10 +326,13 @@ def product(
             kernel = mod.gemm_i8
             luts = (sc["code_lut"], sc["abs_lut"])
             args = (*data, xp, xsum, inv_s, sc["sc"], *luts, asym, has_offset)
-        else:
+        else:  # bias and ReLU in the tile stores (tile_matmul_act)
             kernel = mod.gemm_f32
-            args = (*data, xp, sc["lut"])
+            has_bias = bias is not None
+            args = (*data, xp, sc["lut"], bias if has_bias else _NO_BIAS, has_bias, relu)
         _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
+        if not int8:
+            return y
     if bias is not None:
         y += bias
     if relu:

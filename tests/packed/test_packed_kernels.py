@@ -185,3 +185,61 @@ def test_dense_small_equals_its_twin_and_float64(n, m, k, has_bias, relu, zero, 
         assert np.all(err <= bound), f"{name}: error {err.max():.3g} above the bound"
     if zero:
         assert np.array_equal(y, y_twin)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    fmt=st.sampled_from(sorted(FORMATS)),
+    n=st.integers(GEMM_MIN_BATCH, 70),
+    m=st.integers(1, 37),
+    k=st.integers(1, 300),
+    has_bias=st.booleans(),
+    relu=st.booleans(),
+    zero=st.booleans(),
+    chunked=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_gemm_f32_bias_and_relu_in_the_tile_stores(
+    fmt, n, m, k, has_bias, relu, zero, chunked, seed
+):
+    """The float32 GEMM applies bias and ReLU as it stores each 4 x 4 block
+    (``tile_matmul_act``): kernel == twin (NumPy epilogue after ``X @ tile.T``) == float64
+    within the float32 bound plus the bias rounding, on row and column counts that are not
+    multiples of the blocks, one element, all-zero input, a NaN row (ReLU keeps NaN as
+    ``np.maximum`` does), serial and cut into chunks over two threads."""
+    from ternref.packed import _threads
+    from ternref.packed.kernels import product
+
+    with pytest.MonkeyPatch.context() as mp:
+        if chunked:  # every product parallel, in chunks of weight rows or of activation rows
+            mp.setattr(_threads, "SERIAL_BELOW", 0)
+            mp.setattr(_threads, "MIN_CHUNK_WORK", 1)
+            mp.setattr(_threads, "_threads", 2)
+        _check_gemm_epilogue(product, fmt, n, m, k, has_bias, relu, zero, seed)
+
+
+def _check_gemm_epilogue(product, fmt, n, m, k, has_bias, relu, zero, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-1, 2, (m, k)).astype(np.int8)
+    t = Ternary(codes, (rng.random(m) + 0.5).astype(np.float32), granularity="channel")
+    p = pack(t, fmt)
+    x = np.zeros((n, k), np.float32) if zero else rng.standard_normal((n, k)).astype(np.float32)
+    x[n // 2, 0] = np.nan
+    b = rng.standard_normal(m).astype(np.float32) if has_bias else None
+    y = product(p, x, False, bias=b, relu=relu)
+    y_twin = product(p, x, False, backend="numpy", bias=b, relu=relu)
+    ref = x.astype(np.float64) @ t.dense().reshape(m, k).astype(np.float64).T
+    if has_bias:
+        ref += b
+    if relu:
+        ref = np.where(np.isnan(ref), ref, np.maximum(ref, 0.0))
+    bound = float_bound(t, np.nan_to_num(x)) + (
+        np.finfo(np.float32).eps * np.abs(b) if has_bias else 0.0
+    )
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(y), nan) and np.array_equal(np.isnan(y_twin), nan)
+    for name, got in (("kernel", y), ("twin", y_twin)):
+        err = np.abs(got[~nan] - ref[~nan])
+        assert np.all(err <= bound[~nan]), f"{name}: error {err.max():.3g} above the bound"
+    if relu:
+        assert np.all(y[~nan] >= 0)
