@@ -32,6 +32,7 @@ __all__ = [
     "X_BLOCK",
     "conv_geometry",
     "gather_f32",
+    "product_columns",
     "store_nchw",
 ]
 
@@ -92,6 +93,16 @@ def gather_f32(xflat, src, geo, p0, nq, out):
             for l in range(real):
                 part[l] = xflat[base + offsets[l]]
             row[g0 + real : g0 + seg] = np.float32(0.0)
+
+
+@njit(nogil=True)
+def product_columns(geo, length):
+    """Columns of a gathered block the tile product must read: the ``K`` real ones when the
+    weight has one scale group (its padding is then at the end, zero in every block), else all
+    ``length`` (the padding sits inside every segment). LeNet-5's second convolution reads 150
+    columns of 256 in ``i2``."""
+    seg, k = geo[7], geo[9]
+    return k if seg == length else length
 
 
 @njit(nogil=True)

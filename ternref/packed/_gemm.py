@@ -345,28 +345,37 @@ def dense_small_numpy(x2d, w, bias, has_bias, relu, y):
 @njit(nogil=True)
 def tile_matmul(xp, buf, nr, y, r0):
     """``y[:, r0:r0+nr] = xp @ buf[:nr].T`` with 4 x 4 register blocking."""
-    tile_matmul_act(xp, buf, nr, y, r0, NO_BIAS, False, False)
+    tile_matmul_act(xp, buf, nr, y, r0, xp.shape[1], NO_BIAS, False, False)
 
 
 @njit(nogil=True, fastmath=REASSOC)
-def tile_matmul_act(xp, buf, nr, y, r0, bias, has_bias, relu):
-    """``y[:, r0:r0+nr] = act(xp @ buf[:nr].T + bias[r0:r0+nr])`` with 4 x 4 register blocking:
-    the bias (when ``has_bias``) and the ReLU (when ``relu``) are applied to each 4 x 4 block of
-    results as it is stored, so the float32 GEMM needs no pass of its own over ``y`` (the two
-    NumPy passes took 0.042 ms of the MLP's 0.31 ms 256 x 256 product at batch 359, measured
-    2026-12-03, AMD EPYC Zen 5 VM). ``bias`` is indexed by the absolute output row."""
-    n_x, length = xp.shape
+def tile_matmul_act(xp, buf, nr, y, r0, n_cols, bias, has_bias, relu):
+    """``y[:, r0:r0+nr] = act(xp[:, :n_cols] @ buf[:nr, :n_cols].T + bias[r0:r0+nr])`` with 4 x 4
+    register blocking.
+
+    ``n_cols`` drops columns known to be zero in ``xp``: the padding at the end of a weight
+    with one scale group (LeNet-5's second convolution has 150 real columns of 256 in ``i2``;
+    the MLP's 256 of 320 in ``tq1``); it is passed, not sliced, because Numba types a 2-D column
+    slice as non-contiguous and LLVM then keeps the loop scalar.
+
+    The bias (when ``has_bias``) and the ReLU (when ``relu``) are applied to each 4 x 4 block
+    of results as it is stored, so the float32 GEMM needs no pass of its own over ``y`` (the
+    two NumPy passes took 0.042 ms of the MLP's 0.31 ms 256 x 256 product at batch 359,
+    measured 2026-12-03, AMD EPYC Zen 5 VM). ``bias`` is indexed by the absolute output row;
+    a NaN stays NaN under the ReLU, as with ``np.maximum``."""
+    n_x = xp.shape[0]
+    length = n_cols
     for n0 in range(0, n_x, 4):
         # rows past the end are clamped (computed twice, written once)
-        xa = xp[n0]
-        xb = xp[min(n0 + 1, n_x - 1)]
-        xc = xp[min(n0 + 2, n_x - 1)]
-        xd = xp[min(n0 + 3, n_x - 1)]
+        xa = xp[n0, :length]
+        xb = xp[min(n0 + 1, n_x - 1), :length]
+        xc = xp[min(n0 + 2, n_x - 1), :length]
+        xd = xp[min(n0 + 3, n_x - 1), :length]
         for i0 in range(0, nr, 4):
-            wa = buf[i0]
-            wb = buf[min(i0 + 1, nr - 1)]
-            wc = buf[min(i0 + 2, nr - 1)]
-            wd = buf[min(i0 + 3, nr - 1)]
+            wa = buf[i0, :length]
+            wb = buf[min(i0 + 1, nr - 1), :length]
+            wc = buf[min(i0 + 2, nr - 1), :length]
+            wd = buf[min(i0 + 3, nr - 1), :length]
             aa = ab = ac = ad = np.float32(0.0)
             ba = bb = bc = bd = np.float32(0.0)
             ca = cb = cc = cd = np.float32(0.0)
@@ -402,19 +411,21 @@ def tile_matmul_act(xp, buf, nr, y, r0, bias, has_bias, relu):
                     add = bias[r0 + i0 + b] if has_bias else np.float32(0.0)
                     for a in range(4):
                         if n0 + a < n_x:
-                            v = res[a][b] + add if has_bias else res[a][b]
-                            if relu and v < 0:  # NaN stays NaN, as with np.maximum
+                            v = res[a][b]
+                            if has_bias:
+                                v += add
+                            if relu and v < 0:
                                 v = np.float32(0.0)
                             y[n0 + a, r0 + i0 + b] = v
 
 
 @njit(nogil=True)
-def tile_matmul_blocked(xp, buf, nr, y, r0, n0, n1, bias, has_bias, relu):
+def tile_matmul_blocked(xp, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
     """:func:`tile_matmul_act` for the rows ``n0 .. n1 - 1`` of ``xp``, :data:`X_BLOCK` at a
     time."""
     for b0 in range(n0, n1, X_BLOCK):
         b1 = min(n1, b0 + X_BLOCK)
-        tile_matmul_act(xp[b0:b1], buf, nr, y[b0:b1], r0, bias, has_bias, relu)
+        tile_matmul_act(xp[b0:b1], buf, nr, y[b0:b1], r0, n_cols, bias, has_bias, relu)
 
 
 # ------------------------------------------------------------------------------ int8 tiles

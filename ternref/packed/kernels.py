@@ -322,14 +322,17 @@ def product(
         else:
             _gemm_f32_numpy(p, xp, sc["lut"], y)
     else:
+        # one scale group: the padding is at the end of every row, zero in xp, left out
+        n_cols = p.shape[1] if p.n_groups == 1 else p.padded_length
         if int8:
             kernel = mod.gemm_i8
             luts = (sc["code_lut"], sc["abs_lut"])
-            args = (*data, xp, xsum, inv_s, sc["sc"], *luts, asym, has_offset)
+            args = (*data, xp, xsum, inv_s, sc["sc"], *luts, asym, has_offset, n_cols)
         else:  # bias and ReLU in the tile stores (tile_matmul_act)
             kernel = mod.gemm_f32
             has_bias = bias is not None
-            args = (*data, xp, sc["lut"], bias if has_bias else _NO_BIAS, has_bias, relu)
+            b = bias if has_bias else _NO_BIAS
+            args = (*data, xp, sc["lut"], n_cols, b, has_bias, relu)
         _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
         if not int8:
             return y

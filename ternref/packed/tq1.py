@@ -54,7 +54,7 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
-from ternref.packed._conv import X_BLOCK, gather_f32, store_nchw
+from ternref.packed._conv import X_BLOCK, gather_f32, product_columns, store_nchw
 from ternref.packed._gemm import (
     NO_BIAS,
     REASSOC,
@@ -69,7 +69,7 @@ from ternref.packed._gemm import (
     scale_rows_i8,
     scatter_f32,
     scatter_i8,
-    tile_matmul,
+    tile_matmul_act,
     tile_matmul_blocked,
     tile_product_i8,
     tile_rows,
@@ -440,7 +440,7 @@ def dequant_row(codes, r, lut, out_row):
 
 
 @njit(nogil=True)
-def gemm_f32(codes, xp, lut, bias, has_bias, relu, r0, r1, n0, n1, y):
+def gemm_f32(codes, xp, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
     rows = tile_rows(r1 - r0, xp.shape[1] * 4)
     buf = np.empty((rows, xp.shape[1]), np.float32)
@@ -448,11 +448,13 @@ def gemm_f32(codes, xp, lut, bias, has_bias, relu, r0, r1, n0, n1, y):
         nr = min(rows, r1 - t0)
         for i in range(nr):
             dequant_row(codes, t0 + i, lut, buf[i])
-        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1, bias, has_bias, relu)
+        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1, n_cols, bias, has_bias, relu)
 
 
 @njit(nogil=True)
-def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0, r1, n0, n1, y):
+def gemm_i8(
+    codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, n_cols, r0, r1, n0, n1, y
+):
     """As :func:`ternref.packed.i2.gemm_i8`, with this format's :func:`dequant_row`."""
     length = xq.shape[1]
     rows = tile_rows(r1 - r0, 4 * length)
@@ -466,7 +468,7 @@ def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0,
             if asym:
                 dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
         if plain:  # exact sums straight into y, scaled once below
-            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1, NO_BIAS, False, False)
+            tile_matmul_blocked(xq, buf, nr, y, t0, n0, n1, n_cols, NO_BIAS, False, False)
         else:
             tile_product_i8(xq, buf, abs_buf, nr, t0, n0, n1, xsum, inv_s, sc, asym, has_offset, y)
     if plain:
@@ -477,9 +479,10 @@ def gemm_i8(codes, xq, xsum, inv_s, sc, code_lut, abs_lut, asym, has_offset, r0,
 def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
     """Output positions ``p0 .. p1 - 1`` of the convolution (float32 activations), without an
     im2col matrix: gather blocks of receptive fields, multiply them by decoded tiles of weight
-    rows (:func:`dequant_row`, :func:`~ternref.packed._gemm.tile_matmul`), store NCHW
+    rows (:func:`dequant_row`, :func:`~ternref.packed._gemm.tile_matmul_act`), store NCHW
     (:mod:`ternref.packed._conv`)."""
     length = src.shape[0]
+    n_cols = product_columns(geo, length)  # the real columns of one-group weights
     m = lut.shape[0]
     rows = conv_tile_rows(m, 4 * length)
     buf = np.empty((rows, length), np.float32)
@@ -496,7 +499,7 @@ def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
             if rows < m:
                 for i in range(nr):
                     dequant_row(codes, t0 + i, lut, buf[i])
-            tile_matmul(block[:nq], buf, nr, out, t0)
+            tile_matmul_act(block[:nq], buf, nr, out, t0, n_cols, NO_BIAS, False, False)
         store_nchw(out, nq, q0, geo, bias, has_bias, relu, y)
 
 
@@ -510,6 +513,7 @@ def conv_i8(
     common case, :func:`~ternref.packed._gemm.plain_int8_sums`, the float32 tile product and
     one :func:`~ternref.packed._gemm.scale_rows_i8` pass per block)."""
     length = src.shape[0]
+    n_cols = product_columns(geo, length)  # the real columns of one-group weights
     m = sc.shape[1]
     n_groups = sc.shape[2]
     seg = length // n_groups
@@ -533,7 +537,7 @@ def conv_i8(
                     if asym:
                         dequant_row(codes, t0 + i, abs_lut, abs_buf[i])
             if plain:  # exact sums straight into out, scaled once below
-                tile_matmul(block[:nq], buf, nr, out[:nq], t0)
+                tile_matmul_act(block[:nq], buf, nr, out[:nq], t0, n_cols, NO_BIAS, False, False)
             else:
                 tile_product_i8(
                     block[:nq], buf, abs_buf, nr, t0, 0, nq, xsum, inv_s, sc, asym, has_offset, out
