@@ -116,12 +116,15 @@ def run(
                 is_numpy = name == numpy_name
                 p = None if is_numpy else packs[name.split()[0]]
                 # the vpdpbusd int8 kernels run serial: kernels.SERIAL_VNNI_GEMV and
-                # kernels.SERIAL_VNNI_GEMM_BELOW
+                # kernels.SERIAL_VNNI_GEMM_BELOW (tq1's GEMM on i2 tiles: the i2 row length)
                 int8 = not is_numpy and name.endswith("int8")
                 vnni = int8 and getattr(p.module, "STREAM_GEMM_I8", False)
-                serial = vnni and (
-                    n < GEMM_MIN_BATCH or n * size * p.padded_length < SERIAL_VNNI_GEMM_BELOW
-                )
+                tiles = int8 and n >= GEMM_MIN_BATCH and getattr(p.module, "I2_TILE_GEMM_I8", False)
+                i2_length = -(-size // 128) * 128
+                serial = (
+                    vnni
+                    and (n < GEMM_MIN_BATCH or n * size * p.padded_length < SERIAL_VNNI_GEMM_BELOW)
+                ) or (tiles and n * size * i2_length < SERIAL_VNNI_GEMM_BELOW)
                 used = 1 if serial else threads
                 row = {
                     "size": size,

@@ -353,6 +353,17 @@ def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, 
     (``|q x| <= 254``; :func:`ternref.packed.pack` refuses longer rows). Activation rows go
     :data:`ROWS_PER_PASS` at a time.
     """
+    dot_i8_rows(codes, 0, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu,
+                r0, r1, y)  # fmt: skip
+
+
+@njit(nogil=True)
+def dot_i8_rows(
+    codes, c0, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, relu, r0, r1, y
+):
+    """:func:`dot_i8` where ``codes`` holds weight rows from ``c0`` on only (row ``r`` is
+    ``codes[r - c0]``; ``sc``, ``zeros``, ``bias`` and ``y`` are indexed by ``r``): what
+    :func:`ternref.packed.tq1.gemm_i8_i2` runs on each tile of rows it re-encodes as ``i2``."""
     n_groups = sc.shape[2]
     seg = codes.shape[1] // n_groups
     step = ROWS_PER_PASS
@@ -363,7 +374,7 @@ def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, 
     for n0 in range(0, xs.shape[0], step):
         nb = min(step, xs.shape[0] - n0)
         if plain:  # the common case: one pass, the same float64 operations
-            _field_sums_i8(codes, xs, n0, nb, 0, seg, 3, r0, r1, sums)
+            _field_sums_i8(codes, xs, n0, nb, 0, seg, 3, r0 - c0, r1 - c0, sums)
             for i in range(nb):
                 n = n0 + i
                 finish_plain_i8(
@@ -372,7 +383,7 @@ def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, 
             continue
         total[:] = 0.0
         for g in range(n_groups):
-            _field_sums_i8(codes, xs, n0, nb, g * seg, seg, 3, r0, r1, sums)
+            _field_sums_i8(codes, xs, n0, nb, g * seg, seg, 3, r0 - c0, r1 - c0, sums)
             for i in range(nb):
                 add_group_int(total[i], sums[i], zeros, xsum, n0 + i, g, sc, r0, asym, has_offset)
         for i in range(nb):
@@ -382,12 +393,19 @@ def dot_i8(codes, xs, xsum, inv_s, sc, zeros, asym, has_offset, bias, has_bias, 
 @njit(nogil=True)
 def zeros_i8(codes, xs, r0, r1, zeros):
     """:func:`zeros_f32` for int8 activations (exact int32 sums, :func:`_field_sums_i8`)."""
+    zeros_i8_rows(codes, 0, xs, r0, r1, zeros)
+
+
+@njit(nogil=True)
+def zeros_i8_rows(codes, c0, xs, r0, r1, zeros):
+    """:func:`zeros_i8` where ``codes`` holds weight rows from ``c0`` on (as in
+    :func:`dot_i8_rows`)."""
     n_groups = zeros.shape[2]
     seg = codes.shape[1] // n_groups
     sums = np.empty((1, r1 - r0), np.int32)
     for n in range(xs.shape[0]):
         for g in range(n_groups):
-            _field_sums_i8(codes, xs, n, 1, g * seg, seg, 1, r0, r1, sums)
+            _field_sums_i8(codes, xs, n, 1, g * seg, seg, 1, r0 - c0, r1 - c0, sums)
             zeros[n, r0:r1, g] = sums[0]
 
 

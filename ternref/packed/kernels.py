@@ -51,7 +51,7 @@ from ternref.packed._gemm import (
     scatter_i8,
     scatter_i8_runs,
 )
-from ternref.packed.packed import Packed, pad_activations
+from ternref.packed.packed import Packed, pad_activations, segments
 
 GEMM_MIN_BATCH = 8
 """Batches at least this large go through the tiled GEMM kernels."""
@@ -112,34 +112,39 @@ def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------ activation layouts
-def _layout(p: Packed) -> dict:
-    """Where each logical column ``k`` of ``x`` goes (cached on ``p``).
+def _layout(p: Packed, mod=None) -> dict:
+    """Where each logical column ``k`` of ``x`` goes (cached on ``p``), for the packed rows of
+    ``p``, or (``mod`` a format module) for the same weight laid out in format ``mod``: the
+    ``tq1`` int8 GEMM multiplies tiles re-encoded as ``i2`` (:func:`_gemm_i8_i2_tiles`).
 
     ``plain[k]``: its column in the padded layout (:func:`ternref.packed.packed.pad_activations`);
     ``stream[k]``: its flat index ``s * T + t`` in the GEMV streams (``T`` bytes per row);
     ``group[k]``: its scale group.
     """
-    if "layout" not in p._cache:
+    mod = p.module if mod is None else mod
+    key = "layout" if mod is p.module else f"layout {mod.__name__}"
+    if key not in p._cache:
         m, k = p.shape
+        n_groups, segment = segments(k, p.granularity, p.group_size, mod.BLOCK)
         cols = np.arange(k)
-        if p.n_groups == 1:
+        if n_groups == 1:
             group, plain = np.zeros(k, np.int64), cols
         else:
             group = cols // p.group_size
-            plain = group * p.segment + cols % p.group_size
-        mod = p.module
+            plain = group * segment + cols % p.group_size
         s, t = mod.stream_index(plain)
-        per_stream = p.padded_length // mod.STREAMS
-        p._cache["layout"] = {
+        width = n_groups * segment
+        per_stream = width // mod.STREAMS
+        p._cache[key] = {
             "plain": np.ascontiguousarray(plain, dtype=np.int64),
             "stream": np.ascontiguousarray(s * per_stream + t, dtype=np.int64),
             "stream_runs": layout_runs(s * per_stream + t, group),
             "group": np.ascontiguousarray(group, dtype=np.int64),
-            "n_groups": p.n_groups,
-            "width": p.padded_length,
+            "n_groups": n_groups,
+            "width": width,
             "stream_shape": (mod.STREAMS, per_stream),
         }
-    return p._cache["layout"]
+    return p._cache[key]
 
 
 def _scatter_numpy(x2d, dest, group, n_groups, width, int8: bool, dtype=None):
@@ -160,8 +165,8 @@ def _scatter_numpy(x2d, dest, group, n_groups, width, int8: bool, dtype=None):
     return out, xsum, inv_s
 
 
-def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
-    lay = p._cache.get("layout") or _layout(p)
+def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str, lay=None):
+    lay = lay or p._cache.get("layout") or _layout(p)
     n, g, width = x2d.shape[0], lay["n_groups"], lay["width"]
     # the GEMV kernels read int8 streams; the GEMM reads the same integers as float32
     qtype = np.int8 if key == "stream" else np.float32
@@ -183,11 +188,12 @@ def _prepare(p: Packed, x2d, int8: bool, key: str, backend: str):
     return out, xsum, None
 
 
-def prepare_streams(p: Packed, x2d, int8: bool, backend: str = "numba"):
+def prepare_streams(p: Packed, x2d, int8: bool, backend: str = "numba", lay=None):
     """The GEMV kernels' input: ``xs`` (N, STREAMS, L / STREAMS), group sums (N, G), and (int8)
-    the per-row scale ``inv_s`` (N,)."""
-    out, xsum, inv_s = _prepare(p, x2d, int8, "stream", backend)
-    return out.reshape(out.shape[0], *p._cache["layout"]["stream_shape"]), xsum, inv_s
+    the per-row scale ``inv_s`` (N,); for the layout ``lay`` of :func:`_layout` if given."""
+    lay = lay or _layout(p)
+    out, xsum, inv_s = _prepare(p, x2d, int8, "stream", backend, lay)
+    return out.reshape(out.shape[0], *lay["stream_shape"]), xsum, inv_s
 
 
 def prepare_rows(p: Packed, x2d, int8: bool, backend: str = "numba"):
@@ -280,6 +286,13 @@ def product(
     has_offset = p.offset is not None
     mod = p.module
     data = _data(p)
+    if (
+        int8
+        and backend == "numba"
+        and n >= GEMM_MIN_BATCH
+        and getattr(mod, "I2_TILE_GEMM_I8", False)
+    ):
+        return _gemm_i8_i2_tiles(p, x2d, bias, relu, y)
     stream_gemm = int8 and backend == "numba" and getattr(mod, "STREAM_GEMM_I8", False)
     if n < GEMM_MIN_BATCH or stream_gemm:
         has_bias = bias is not None
@@ -344,6 +357,30 @@ def product(
 
 
 _NO_BIAS = np.zeros(0, np.float32)
+
+
+def _gemm_i8_i2_tiles(p: Packed, x2d, bias, relu: bool, y) -> np.ndarray:
+    """The int8 GEMM of a format with ``I2_TILE_GEMM_I8`` (``tq1`` on AVX-512 VNNI): the
+    activations are quantized into ``i2``'s streams (:func:`_layout` for ``i2``), and the
+    format's ``gemm_i8_i2`` re-encodes each tile of weight rows as ``i2`` bytes and multiplies
+    it with ``i2``'s ``vpdpbusd`` kernels: on the calling thread alone below
+    :data:`SERIAL_VNNI_GEMM_BELOW` multiply-adds (as ``i2``'s own), else in chunks of weight
+    rows (each thread re-encodes only its own rows)."""
+    from ternref.packed import i2
+
+    lay = _layout(p, i2)
+    n, m = x2d.shape[0], p.shape[0]
+    xs, xsum, inv_s = prepare_streams(p, x2d, True, lay=lay)
+    asym = not p.symmetric
+    zeros = np.zeros((n, m, lay["n_groups"]) if asym else (0, 0, 0), np.int32)
+    has_bias = bias is not None
+    args = (*_data(p), xs, xsum, inv_s, p.kernel_scales()["sc"], zeros, asym,
+            p.offset is not None, bias if has_bias else _NO_BIAS, has_bias, relu)  # fmt: skip
+    per_row = n * lay["width"]
+    serial = m * per_row < SERIAL_VNNI_GEMM_BELOW
+    chunks = [(0, m)] if serial else _threads.plan(m, per_row, 4)
+    _threads.run(p.module.gemm_i8_i2, args, chunks, y)
+    return y
 
 
 def _small_gemv(p: Packed, int8: bool, bias, relu: bool):

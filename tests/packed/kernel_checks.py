@@ -40,6 +40,9 @@ def kernel_names(fmt: str, n: int, activations: str, threaded: bool = False) -> 
         # i2 with vpdpbusd: the stream kernel beats the tile product at every batch size
         # (ternref.packed.kernels.product); the twin stays the tile algorithm's, exact as well
         return f"{fmt}.dot_i8", "kernels._gemm_i8_numpy"
+    if act == "i8" and getattr(FORMATS[fmt], "I2_TILE_GEMM_I8", False):
+        # tq1 with vpdpbusd: tiles re-encoded as i2 (ternref.packed.tq1.gemm_i8_i2)
+        return f"{fmt}.gemm_i8_i2", "kernels._gemm_i8_numpy"
     return f"{fmt}.gemm_{act}", f"kernels._gemm_{act}_numpy"
 
 
