@@ -38,6 +38,8 @@ activations, per token).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from ternref._validate import describe, float_array, one_of
@@ -474,14 +476,25 @@ def _conv_input(x, padding) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
 
 
-def _conv_plan(p: Packed, x_shape, kernel_size, stride, padding):
-    """``(geo, src)`` of :func:`ternref.packed._conv.conv_geometry`, cached per input shape."""
+def _conv_plan(p: Packed, x_shape, kernel_size, stride, padding, as_i2: bool = False):
+    """``(geo, src)`` of :func:`ternref.packed._conv.conv_geometry`, cached per input shape;
+    with ``as_i2``, for the same weight laid out as ``i2`` (:func:`_i2_geometry`)."""
     from ternref.packed._conv import conv_geometry
 
-    key = ("conv", tuple(x_shape[1:]), tuple(kernel_size), tuple(stride), tuple(padding))
+    key = ("conv", as_i2, tuple(x_shape[1:]), tuple(kernel_size), tuple(stride), tuple(padding))
     if key not in p._cache:
-        p._cache[key] = conv_geometry(p, x_shape[1:], kernel_size, stride, padding)
+        like = _i2_geometry(p) if as_i2 else p
+        p._cache[key] = conv_geometry(like, x_shape[1:], kernel_size, stride, padding)
     return p._cache[key]
+
+
+def _i2_geometry(p: Packed) -> SimpleNamespace:
+    """The row geometry ``p``'s weight has in ``i2`` (``n_groups``, ``group_size``, ``segment``,
+    ``padded_length``): what :func:`ternref.packed._conv.conv_geometry` reads of a packed weight."""
+    from ternref.packed import i2
+
+    g, seg = segments(p.shape[1], p.granularity, p.group_size, i2.BLOCK)
+    return SimpleNamespace(n_groups=g, group_size=p.group_size, segment=seg, padded_length=g * seg)
 
 
 def conv2d(
@@ -524,25 +537,39 @@ def conv2d(
 
 
 def run_conv(p: Packed, x, kernel_size, stride, padding, int8: bool, bias, relu: bool, y) -> None:
-    """The jitted convolution into ``y`` (N, O, OH, OW) float32, without argument checks."""
-    geo, src = _conv_plan(p, x.shape, kernel_size, stride, padding)
+    """The jitted convolution into ``y`` (N, O, OH, OW) float32, without argument checks.
+
+    With int8 activations and ``vpdpbusd``, ``i2`` multiplies its packed bytes by int8 streams
+    (``i2.conv_i8_streams``); a format with ``I2_TILE_GEMM_I8`` (``tq1``) re-encodes its weight
+    as ``i2`` bytes for the call (``to_i2_rows``, 2 bits a weight, freed after the call) and
+    runs the same kernel on the receptive fields gathered in ``i2``'s layout."""
+    mod = p.module
+    as_i2 = int8 and getattr(mod, "I2_TILE_GEMM_I8", False)
+    geo, src = _conv_plan(p, x.shape, kernel_size, stride, padding, as_i2)
     xflat = _conv_input(x, padding)
     positions = x.shape[0] * int(geo[3]) * int(geo[4])
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(0, np.float32)
     sc = p.kernel_scales()
-    mod = p.module
     tail = (xflat, src, geo, b, has_bias, relu)
-    streams = getattr(mod, "STREAM_GEMM_I8", False)
+    streams = int8 and (as_i2 or getattr(mod, "STREAM_GEMM_I8", False))
+    data = _data(p)
+    if as_i2:
+        from ternref.packed import i2
+
+        shadow = _i2_geometry(p)
+        codes = np.empty((p.shape[0], shadow.padded_length // i2.STREAMS), np.uint8)
+        mod.to_i2_rows(*data, 0, p.shape[0], shadow.n_groups, codes)
+        mod, data = i2, (codes,)
     if int8:
         # with vpdpbusd, the packed bytes times int8 streams beat the decoded float32 tiles
         kernel = mod.conv_i8_streams if streams else mod.conv_i8
         head = (sc["sc"], sc["code_lut"], sc["abs_lut"], not p.symmetric, p.offset is not None)
-        args = (*_data(p), *head, *tail)
+        args = (*data, *head, *tail)
     else:
         kernel = mod.conv_f32
-        args = (*_data(p), sc["lut"], *tail)
-    work = p.shape[0] * p.padded_length
+        args = (*data, sc["lut"], *tail)
+    work = p.shape[0] * int(src.shape[0])
     if int8 and streams and positions * work < SERIAL_VNNI_GEMM_BELOW:
         chunks = [(0, positions)]  # as the vpdpbusd GEMM (LeNet-5's conv2 at batch 1: 0.09 ms
         # on one thread, 0.13 ms on two)

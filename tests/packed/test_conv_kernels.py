@@ -5,8 +5,9 @@ padding, kernels larger than the image is wide, K not a multiple of any block, s
 gather copies only the real prefix of each padded segment), asymmetric scales and offsets, a
 single output position, all-zero images. With int8 activations kernel and twin form the same
 exact integers and the same float64 epilogue: bit-identical. ``i2`` with ``vpdpbusd`` runs
-``conv_i8_streams`` (the packed bytes against int8 streams); without, ``conv_i8``; both are
-checked where the CPU has AVX-512 VNNI."""
+``conv_i8_streams`` (the packed bytes against int8 streams), and ``tq1`` the same kernel on its
+weight re-encoded as ``i2``; without, ``conv_i8``; both are checked where the CPU has AVX-512
+VNNI."""
 
 import numpy as np
 import pytest
@@ -64,23 +65,30 @@ def _build(case):
 
 
 HAS_STREAMS = i2.STREAM_GEMM_I8
+STREAM_FLAG = {"i2": "STREAM_GEMM_I8", "tq1": "I2_TILE_GEMM_I8"}
+"""The flag that sends a format's int8 convolution to ``i2.conv_i8_streams``."""
 
 
-KERNELS = [(fmt, False) for fmt in sorted(FORMATS)] + [("i2", True)]
+KERNELS = [(fmt, False) for fmt in sorted(FORMATS)] + [("i2", True), ("tq1", True)]
 
 
 @pytest.mark.parametrize(("fmt", "streams"), KERNELS)
 @settings(max_examples=40, deadline=None)
 @given(case=conv_cases(), relu=st.booleans())
 def test_conv_kernel_equals_twin_and_dense(fmt, streams, case, relu):
+    """``streams`` False: the decoded-tile kernels (``conv_i8``), also where the CPU has VNNI."""
     if streams and not HAS_STREAMS:
-        pytest.skip("conv_i8_streams runs only for i2 with AVX-512 VNNI")
-    saved = i2.STREAM_GEMM_I8
-    i2.STREAM_GEMM_I8 = streams and HAS_STREAMS
+        pytest.skip("conv_i8_streams runs only with AVX-512 VNNI")
+    mod = FORMATS[fmt]
+    flag = STREAM_FLAG.get(fmt)
+    saved = getattr(mod, flag, None) if flag else None
+    if flag:
+        setattr(mod, flag, streams and HAS_STREAMS)
     try:
         _check(case, fmt, relu)
     finally:
-        i2.STREAM_GEMM_I8 = saved
+        if flag:
+            setattr(mod, flag, saved)
 
 
 def _check(case, fmt, relu):
@@ -102,25 +110,33 @@ def _check(case, fmt, relu):
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * scale, err_msg=f"{fmt} {act}")
 
 
-def test_streams_kernel_is_the_one_run_with_vnni(monkeypatch):
-    """With ``STREAM_GEMM_I8`` the int8 convolution of ``i2`` runs ``conv_i8_streams``."""
+@pytest.mark.parametrize("fmt", ["i2", "tq1"])
+def test_streams_kernel_is_the_one_run_with_vnni(monkeypatch, fmt):
+    """With ``STREAM_GEMM_I8`` the int8 convolution of ``i2`` runs ``conv_i8_streams``; with
+    ``I2_TILE_GEMM_I8``, ``tq1``'s runs the same kernel on its weight re-encoded as ``i2``
+    (and not its own ``conv_i8``)."""
     if not i2.STREAM_GEMM_I8:
         pytest.skip("no AVX-512 VNNI path on this CPU (or TERNREF_VNNI=0 / JIT disabled)")
     calls = []
-    real = i2.conv_i8_streams
 
-    def spy(*args):
-        calls.append(1)
-        return real(*args)
+    def spy(owner, name):
+        real = getattr(owner, name)
+
+        def wrapper(*args):
+            calls.append(f"{owner.__name__.rsplit('.', 1)[-1]}.{name}")
+            return real(*args)
+
+        monkeypatch.setattr(owner, name, wrapper)
 
     rng = np.random.default_rng(0)
     t = Ternary(rng.integers(-1, 2, (4, 3, 3, 3)).astype(np.int8), np.float32(0.5))
-    p = pack(t, "i2")
+    p = pack(t, fmt)
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
-    conv2d(x, p, 1, 1, "int8")  # compiled before the spy goes in
-    monkeypatch.setattr(i2, "conv_i8_streams", spy)
+    conv2d(x, p, 1, 1, "int8")  # compiled before the spies go in
+    spy(i2, "conv_i8_streams")
+    spy(FORMATS[fmt], "conv_i8")
     conv2d(x, p, 1, 1, "int8")
-    assert calls
+    assert calls == ["i2.conv_i8_streams"]
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

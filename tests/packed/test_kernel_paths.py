@@ -257,3 +257,25 @@ def test_linear_runs_the_kernel_the_path_is_named_after(monkeypatch, fmt, batch,
     calls.clear()
     kernels.linear(x, p, activations, backend="numpy")
     assert calls == [twin]
+
+
+VNNI_FLAGS = (("i2", "STREAM_GEMM_I8"), ("tq1", "I2_TILE_GEMM_I8"))
+"""Formats whose int8 GEMM leaves the decoded-tile ``gemm_i8`` where the CPU has VNNI."""
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("scales", SCALES)
+@pytest.mark.parametrize(("fmt", "flag"), VNNI_FLAGS)
+@settings(max_examples=EXAMPLES_PER_PATH)
+@given(case=tensors)
+@example(case=FIXED[0])
+@example(case=FIXED[3])
+def test_decoded_tile_int8_gemm_where_vnni_takes_the_path(fmt, flag, scales, granularity, case):
+    """With the VNNI flag off (as on a CPU without it) the int8 GEMM is ``gemm_i8``: keep it
+    proven on machines where the grid above runs the ``vpdpbusd`` kernels instead."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FORMATS[fmt], flag, False)
+        assert kernel_names(fmt, GEMM_MIN_BATCH, "int8")[0] == f"{fmt}.gemm_i8"
+        t, rng = build(case, fmt, scales, granularity, f"tiles-{fmt}-{scales}-{granularity}")
+        x = activations_for(case, GEMM_BATCH, t.shape[1], rng)
+        check_linear(t, pack(t, fmt), x, "int8")
