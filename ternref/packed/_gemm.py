@@ -43,6 +43,10 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
+from ternref.packed._f32_block import AVAILABLE as F32_BLOCK
+from ternref.packed._f32_block import COLS as F32_COLS
+from ternref.packed._f32_block import ROWS as F32_ROWS
+from ternref.packed._f32_block import outer_block_store
 
 INT8_MAX = 127
 """Activations are clipped to [-127, 127] (symmetric: negating a quantized x never overflows)."""
@@ -426,6 +430,65 @@ def tile_matmul_blocked(xp, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu
     for b0 in range(n0, n1, X_BLOCK):
         b1 = min(n1, b0 + X_BLOCK)
         tile_matmul_act(xp[b0:b1], buf, nr, y[b0:b1], r0, n_cols, bias, has_bias, relu)
+
+
+@njit(nogil=True)
+def tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
+    """:func:`tile_matmul_blocked` from the activations as panels of 32 rows ``xt``
+    (:func:`ternref.packed._f32_block.transpose_activations`) with the AVX-512 block of
+    :mod:`ternref.packed._f32_block`: six weight rows by 32 activation rows per call, then
+    bias and ReLU as the block is stored. ``buf`` must hold a multiple of six rows (the rows
+    past ``nr`` are multiplied and dropped) and ``n0`` must be a multiple of 32."""
+    edge = np.empty((F32_COLS, F32_ROWS), np.float32)  # a partial block, before its epilogue
+    length = buf.shape[1]
+    for c0 in range(n0, n1, F32_COLS):
+        n_here = min(F32_COLS, n1 - c0)
+        for i0 in range(0, nr, F32_ROWS):
+            rows_here = min(F32_ROWS, nr - i0)
+            x0 = c0 // F32_COLS * length  # the panel of activation rows c0 .. c0 + 31
+            whole = n_here == F32_COLS and rows_here == F32_ROWS
+            target = y if whole else edge
+            at_n, at_r = (c0, r0 + i0) if whole else (0, 0)
+            outer_block_store(xt, x0, buf, i0, n_cols, target, at_n, at_r, bias,
+                             has_bias and whole, relu and whole)  # fmt: skip
+            if whole:
+                continue
+            for j in range(n_here):
+                out = y[c0 + j, r0 + i0 : r0 + i0 + rows_here]
+                for i in range(rows_here):
+                    v = edge[j, i]
+                    if has_bias:
+                        v += bias[r0 + i0 + i]
+                    if relu and v < 0:
+                        v = np.float32(0.0)
+                    out[i] = v
+
+
+@njit(nogil=True)
+def tile_product_f32(xp, xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
+    """The float32 GEMM's product of one decoded tile: :func:`tile_matmul_t` on AVX-512
+    (:data:`ternref.packed._f32_block.AVAILABLE`), else :func:`tile_matmul_blocked`."""
+    if F32_BLOCK:
+        tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu)
+    else:
+        tile_matmul_blocked(xp, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu)
+
+
+@njit(nogil=True)
+def f32_tile_rows(n_rows, bytes_per_row):
+    """:func:`tile_rows` for the float32 GEMM: a multiple of the AVX-512 block's six rows when
+    that block runs, so that only a last, partial tile multiplies rows it drops."""
+    rows = tile_rows(n_rows, bytes_per_row)
+    if F32_BLOCK and rows < n_rows:
+        rows = min(n_rows, -(-rows // F32_ROWS) * F32_ROWS)
+    return rows
+
+
+@njit(nogil=True)
+def tile_buffer(rows, length):
+    """The decoded tile of the float32 GEMM: ``rows`` rounded up to the AVX-512 block's six
+    (zeros in the extra rows, which :func:`tile_matmul_t` multiplies and drops)."""
+    return np.zeros((-(-rows // F32_ROWS) * F32_ROWS, length), np.float32)
 
 
 # ------------------------------------------------------------------------------ int8 tiles

@@ -64,6 +64,7 @@ from ternref.packed._gemm import (
     add_group_int,
     add_group_numpy,
     conv_tile_rows,
+    f32_tile_rows,
     finish_plain_f32,
     finish_plain_i8,
     finish_rows,
@@ -73,8 +74,10 @@ from ternref.packed._gemm import (
     scale_rows_i8,
     scatter_f32,
     scatter_i8,
+    tile_buffer,
     tile_matmul_act,
     tile_matmul_blocked,
+    tile_product_f32,
     tile_product_i8,
     tile_rows,
 )
@@ -530,17 +533,18 @@ def dequant_row(codes, r, lut, out_row):
 
 
 @njit(nogil=True)
-def gemm_f32(codes, xp, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
+def gemm_f32(codes, xp, xt, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
     """``y[n0:n1, r0:r1] = act(xp[n0:n1] @ W_hat[r0:r1].T + bias)`` (float32): decode tiles of
     rows into a float32 buffer (:func:`dequant_row`), multiply
-    (:func:`~ternref.packed._gemm.tile_matmul_act`, bias and ReLU in its stores)."""
-    rows = tile_rows(r1 - r0, xp.shape[1] * 4)
-    buf = np.empty((rows, xp.shape[1]), np.float32)
+    (:func:`~ternref.packed._gemm.tile_product_f32`: the AVX-512 block on ``xt``, the
+    transposed activations, else the plain 4 x 4 loop on ``xp``; bias and ReLU in its stores)."""
+    rows = f32_tile_rows(r1 - r0, xp.shape[1] * 4)
+    buf = tile_buffer(rows, xp.shape[1])
     for t0 in range(r0, r1, rows):
         nr = min(rows, r1 - t0)
         for i in range(nr):
             dequant_row(codes, t0 + i, lut, buf[i])
-        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1, n_cols, bias, has_bias, relu)
+        tile_product_f32(xp, xt, buf, nr, y, t0, n0, n1, n_cols, bias, has_bias, relu)
 
 
 @njit(nogil=True)

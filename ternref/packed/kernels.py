@@ -44,6 +44,9 @@ import numpy as np
 
 from ternref._validate import describe, float_array, one_of
 from ternref.packed import _threads
+from ternref.packed._f32_block import AVAILABLE as F32_BLOCK
+from ternref.packed._f32_block import ROWS as F32_ROWS
+from ternref.packed._f32_block import transpose_activations
 from ternref.packed._gemm import (
     INT8_MAX,
     X_BLOCK,
@@ -343,11 +346,13 @@ def product(
             kernel = mod.gemm_i8
             luts = (sc["code_lut"], sc["abs_lut"])
             args = (*data, xp, xsum, inv_s, sc["sc"], *luts, asym, has_offset, n_cols)
-        else:  # bias and ReLU in the tile stores (tile_matmul_act)
+        else:  # bias and ReLU in the tile stores
             kernel = mod.gemm_f32
             has_bias = bias is not None
             b = bias if has_bias else _NO_BIAS
-            args = (*data, xp, sc["lut"], n_cols, b, has_bias, relu)
+            # the AVX-512 block reads the activations transposed (ternref.packed._f32_block)
+            xt = transpose_activations(xp) if F32_BLOCK else _NO_XT
+            args = (*data, xp, xt, sc["lut"], n_cols, b, has_bias, relu)
         _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
         if not int8:
             return y
@@ -359,6 +364,7 @@ def product(
 
 
 _NO_BIAS = np.zeros(0, np.float32)
+_NO_XT = np.zeros((0, 0), np.float32)  # gemm_f32's transposed activations, unused without AVX-512
 
 
 def _gemm_i8_i2_tiles(p: Packed, x2d, bias, relu: bool, y) -> np.ndarray:
@@ -419,7 +425,9 @@ def _gemm_chunks(m: int, n: int, length: int) -> list[tuple[int, int, int, int]]
         return [(0, m, 0, n)]
     wanted = min(threads * _threads.CHUNKS_PER_THREAD, work // _threads.MIN_CHUNK_WORK)
     if m >= 16 * wanted:
-        return [(a, b, 0, n) for a, b in _threads.split(m, wanted, 4)]
+        # whole tiles of the AVX-512 float32 block (6 rows; ternref.packed._f32_block), else 4
+        rows = 3 * F32_ROWS if F32_BLOCK else 4
+        return [(a, b, 0, n) for a, b in _threads.split(m, wanted, rows)]
     return [(0, m, a, b) for a, b in _threads.split(n, wanted, X_BLOCK)]
 
 

@@ -63,6 +63,7 @@ from ternref.packed._gemm import (
     add_group_int,
     add_group_numpy,
     conv_tile_rows,
+    f32_tile_rows,
     finish_rows,
     finish_rows_numpy,
     plain_int8_sums,
@@ -70,8 +71,10 @@ from ternref.packed._gemm import (
     scale_rows_i8,
     scatter_f32,
     scatter_i8,
+    tile_buffer,
     tile_matmul_act,
     tile_matmul_blocked,
+    tile_product_f32,
     tile_product_i8,
     tile_rows,
 )
@@ -441,15 +444,15 @@ def dequant_row(codes, r, lut, out_row):
 
 
 @njit(nogil=True)
-def gemm_f32(codes, xp, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
+def gemm_f32(codes, xp, xt, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
-    rows = tile_rows(r1 - r0, xp.shape[1] * 4)
-    buf = np.empty((rows, xp.shape[1]), np.float32)
+    rows = f32_tile_rows(r1 - r0, xp.shape[1] * 4)
+    buf = tile_buffer(rows, xp.shape[1])
     for t0 in range(r0, r1, rows):
         nr = min(rows, r1 - t0)
         for i in range(nr):
             dequant_row(codes, t0 + i, lut, buf[i])
-        tile_matmul_blocked(xp, buf, nr, y, t0, n0, n1, n_cols, bias, has_bias, relu)
+        tile_product_f32(xp, xt, buf, nr, y, t0, n0, n1, n_cols, bias, has_bias, relu)
 
 
 @njit(nogil=True)

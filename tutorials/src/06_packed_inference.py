@@ -178,10 +178,12 @@ print("tq1 byte-equal:", np.array_equal(tq1_by_hand, p_tq1.arrays["codes"]))
 # ## The kernels against the dense product
 #
 # `linear(x, p)` computes `x @ w_hat.T` from the packed codes. For a few rows of `x` it runs a
-# Numba kernel over the packed bytes; for larger batches it dequantizes tiles of rows and calls
-# BLAS. `backend="numpy"` runs the NumPy *twin* of the same algorithm (slow, readable, what you
-# step through in a debugger). `activations="int8"` quantizes each row of `x` to int8
-# (absmax, BitNet-style) and accumulates exact integers.
+# Numba kernel over the packed bytes; for larger batches it decodes tiles of rows to float32 and
+# multiplies them with a register-blocked Numba loop (with int8 activations on a CPU with
+# AVX-512 VNNI, i2 multiplies its packed bytes directly, and tq1 re-encodes each tile of rows as
+# i2 bytes first). `backend="numpy"` runs the NumPy *twin* of the same algorithm (slow,
+# readable, what you step through in a debugger). `activations="int8"` quantizes each row of
+# `x` to int8 (absmax, BitNet-style) and accumulates exact integers.
 
 # %%
 M, K = 384, 1280  # K is a multiple of 128 and 160: no padding in either format
@@ -211,14 +213,15 @@ for fmt, p in packs.items():
 
 # %% [markdown]
 # (The last column is relative.) Where the twin is not bitwise equal, the kernel and the twin
-# sum in a different order (BLAS on dequantized tiles); the difference is float32 rounding.
+# sum in a different order (blocks of dequantized tiles); the difference is float32 rounding.
 #
 # ## Memory and speed
 #
 # Memory is exact arithmetic: bytes of codes plus the float32 scales. Speed is measured here,
 # on this machine, the way a program meets it: the first call of a kernel compiles it (or loads
 # it from Numba's cache), so it is timed on its own; then BLAS and every packed kernel are
-# called in turn, round after round, with no pause, and each gets the median of its rounds, so
+# called in turn, round after round (at least 21, more until half a second of calls), with no
+# pause, and each gets the median of its rounds, so
 # a change of the machine's load hits all of them alike (the test suite never asserts on
 # times). ternref runs a large product on helper threads (`ternref.packed.set_num_threads`),
 # a small one on the calling thread alone.
@@ -263,8 +266,9 @@ set_num_threads(default_threads)
 # vectorization of the plain loop (`vpmaddwd`, or `vpdpwssd` with AVX-VNNI); a test checks the
 # compiled kernels for them. At batch 64 the product is compute-bound: float32 activations go
 # through a tile of weights decoded to float32 and a register-blocked loop LLVM vectorizes, near
-# BLAS's speed but not above it; int8 activations in i2 with VNNI multiply 4 weight rows by 4
-# activation rows per pass over the bytes and beat sgemm. Whole models,
+# BLAS's speed, not reliably above it; int8 activations with VNNI multiply 4 weight rows by 4
+# activation rows per pass over the bytes (tq1 after re-encoding a tile of rows as i2, a few
+# operations per weight paid once for all 64 rows) and beat sgemm. Whole models,
 # float against packed, are timed by `ternref bench --models` (README, "Benchmarks"); kernels
 # at more sizes by `python benchmarks/bench_kernels.py`.
 #

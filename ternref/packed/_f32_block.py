@@ -1,0 +1,255 @@
+"""The float32 GEMM's inner block with AVX-512: six weight rows times 32 activation rows.
+
+Why this module exists
+----------------------
+The float32 GEMM multiplies activations ``X`` (N, K) by a tile of weight rows decoded to
+float32, ``W`` (R, K): ``Y[n, r] = sum_k X[n, k] W[r, k]``. Written as plain loops
+(:func:`ternref.packed._gemm.tile_matmul_act`) LLVM vectorizes the *reduction over k*: sixteen
+dot products at a time, each ending in a horizontal sum, with two vector loads per multiply-add
+pair. BLAS kernels do it the other way round, and so does this block: the sum over ``k`` stays a
+loop, and each step is an *outer product*::
+
+    for k in 0 .. K-1:
+        x0, x1 = X[n0 : n0 + 16, k], X[n0 + 16 : n0 + 32, k]    two vectors of 16 activations
+        for i in 0 .. 5:
+            w = broadcast(W[r0 + i, k])                            one weight, in every lane
+            acc[i][0] += w * x0;  acc[i][1] += w * x1              fused multiply-adds
+
+twelve accumulator vectors that stay in registers for the whole loop, two vector loads and six
+scalar broadcasts per twelve fused multiply-adds, and no horizontal sum at all. It needs
+``X`` transposed (``xT[k, n] = X[n, k]``, one pass over the activations per product,
+:func:`transpose_activations`); the weight tile keeps its row layout.
+
+Numba has no vector types and does not keep array accumulators in registers (written as loops
+over small arrays, every multiply-add loads and stores its accumulator: measured at a third of
+the speed), so the block is written in LLVM IR with a Numba ``@intrinsic``, as the ``vpdpbusd``
+loop of :mod:`ternref.packed._vnni` is. Why six rows and not eight: with sixteen accumulators
+LLVM's register allocator spilled some of them to the stack inside the loop in most of the
+loops that call the block (55-90 GFLOP/s instead of 210-230, depending on the code around it);
+with twelve it did not in any (170-190). Measured on the project's AMD EPYC Zen 5 VM
+(2026-12-03, one thread, the MLP's 256-column layer at 352 activation rows).
+
+The sums are float32 fused multiply-adds in the order ``k = 0, 1, ...``: not the plain loop's
+order nor NumPy's, so results agree with the twins within the float32 bound of
+``tests/packed/kernel_checks.py``, not bit for bit (as with every float32 path).
+
+When it is used
+---------------
+:data:`AVAILABLE`: Numba compiles (not ``NUMBA_DISABLE_JIT``) for the host CPU, and LLVM reports
+AVX-512F for it (32 vector registers: the twelve accumulators, the activation vectors and the
+broadcasts fit; with AVX2's sixteen 256-bit registers they would not), and
+``TERNREF_F32_BLOCK`` is not ``0``. Otherwise the float32 GEMM keeps the plain loops. As with
+``TERNREF_VNNI``, Numba's cache does not key on the variable: compare the two paths with a
+separate ``NUMBA_CACHE_DIR`` each.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ternref._jit import njit
+
+ROWS = 6
+"""Weight rows of one block."""
+
+COLS = 32
+"""Activation rows of one block (two vectors of 16 float32)."""
+
+_F32 = ir.FloatType()
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_V16 = ir.VectorType(_F32, 16)
+
+
+def _available() -> bool:
+    if os.environ.get("TERNREF_F32_BLOCK", "1") == "0":
+        return False
+    if numba.config.DISABLE_JIT or numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        features = llvm_binding.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot read the host's features (some platforms)
+        return False
+    return bool(features.get("avx512f", False))
+
+
+AVAILABLE = _available()
+"""Whether the float32 GEMM runs :func:`outer_block` (see the module docstring)."""
+
+
+def transpose_activations(x2d: np.ndarray) -> np.ndarray:
+    """The activations as panels for :func:`outer_block`: ``xt`` float32 (P * K, 32) with
+    ``xt[p K + k, j] = x2d[32 p + j, k]`` (P = N / 32 rounded up, zeros past row N). Panel ``p``
+    holds activation rows ``32 p .. 32 p + 31`` column by column, so the block reads 128
+    contiguous bytes per step; a plain transposed copy (K, N) read them 4 N bytes apart, and at
+    N = 359 those rows fell into a few cache sets of L1 (the block ran at 0.53 ms against 0.37
+    ms for the plain loop on the MLP's layer, measured 2026-12-03)."""
+    n, k = x2d.shape
+    panels = -(-n // COLS)
+    xt = np.empty((panels * k, COLS), np.float32)
+    _fill_panels(np.ascontiguousarray(x2d, dtype=np.float32), xt)
+    return xt
+
+
+@njit(nogil=True)
+def _fill_panels(x2d, xt):
+    n, k = x2d.shape
+    for p in range(xt.shape[0] // max(k, 1)):
+        panel = xt[p * k : (p + 1) * k]
+        rows = min(COLS, n - p * COLS)
+        for j in range(rows):
+            src = x2d[p * COLS + j]
+            for t in range(k):
+                panel[t, j] = src[t]
+        for j in range(rows, COLS):
+            for t in range(k):
+                panel[t, j] = np.float32(0.0)
+
+
+def _element(context, builder, array_type, array, indices):
+    """``i8*`` to ``array[indices]`` (strides in bytes, any layout)."""
+    arr = context.make_array(array_type)(context, builder, array)
+    offset = None
+    for d, index in enumerate(indices):
+        term = builder.mul(index, builder.extract_value(arr.strides, d))
+        offset = term if offset is None else builder.add(offset, term)
+    return builder.gep(builder.bitcast(arr.data, _I8.as_pointer()), [offset])
+
+
+def _block_typer(typingctx, xt, x0, tile, r0, length, out):
+    """Typing of :func:`outer_block` (argument types, then its code generator)."""
+    for name, arr in (("xt", xt), ("tile", tile), ("out", out)):
+        if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.float32):
+            raise numba.core.errors.TypingError(
+                f"outer_block needs 2-D float32 arrays, got {name} = {arr}"
+            )
+    n = types.intp
+    return types.none(xt, n, tile, n, n, out), _block_codegen
+
+
+def _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length):
+    """The loop of the block: the ``2 ROWS`` accumulators (as allocas, ``[i][h]``: weight row
+    ``r0 + i``, lanes ``16 h ..`` of the panel starting at row ``x0`` of ``xt``) after
+    ``length`` steps."""
+    idx = length.type
+    xt_arr = context.make_array(xt_type)(context, builder, xt)
+    xt_row_stride = builder.extract_value(xt_arr.strides, 0)
+    x_first = _element(context, builder, xt_type, xt, [x0, ir.Constant(idx, 0)])
+    w_rows = [
+        builder.bitcast(
+            _element(
+                context,
+                builder,
+                tile_type,
+                tile,
+                [builder.add(r0, ir.Constant(idx, i)), ir.Constant(idx, 0)],
+            ),
+            _F32.as_pointer(),
+        )  # fmt: skip
+        for i in range(ROWS)
+    ]
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.fma.v16f32"
+    )
+    zero = ir.Constant(_V16, [0.0] * 16)
+    undef = ir.Constant(_V16, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+    # accumulators as allocas: LLVM's mem2reg keeps them in registers across the loop
+    slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(ROWS)]
+    with cgutils.for_range(builder, length) as loop:
+        k = loop.index
+        x_row = builder.bitcast(builder.gep(x_first, [builder.mul(k, xt_row_stride)]),
+                                _V16.as_pointer())  # fmt: skip
+        x_vectors = (builder.load(x_row, align=4),
+                     builder.load(builder.gep(x_row, [ir.Constant(_I32, 1)]), align=4))  # fmt: skip
+        for i in range(ROWS):
+            w = builder.load(builder.gep(w_rows[i], [k]))
+            w_all = builder.shuffle_vector(
+                builder.insert_element(undef, w, ir.Constant(_I32, 0)), undef, splat
+            )
+            for h in range(2):
+                acc = builder.load(slots[i][h])
+                builder.store(builder.call(fma, [w_all, x_vectors[h], acc]), slots[i][h])
+    return slots
+
+
+def _block_codegen(context, builder, signature, args):
+    xt_type, _, tile_type, _, _, out_type = signature.args
+    xt, x0, tile, r0, length, out = args
+    idx = length.type
+    slots = _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length)
+    for i in range(ROWS):
+        for h in range(2):
+            at = _element(context, builder, out_type, out,
+                          [ir.Constant(idx, i), ir.Constant(idx, 16 * h)])  # fmt: skip
+            builder.store(builder.load(slots[i][h]), builder.bitcast(at, _V16.as_pointer()),
+                          align=4)  # fmt: skip
+    return context.get_dummy_value()
+
+
+def _store_typer(typingctx, xt, x0, tile, r0, length, y, n0, col0, bias, has_bias, relu):
+    """Typing of :func:`outer_block_store`."""
+    for name, arr, ndim in (("xt", xt, 2), ("tile", tile, 2), ("y", y, 2), ("bias", bias, 1)):
+        if not (isinstance(arr, types.Array) and arr.ndim == ndim and arr.dtype == types.float32):
+            raise numba.core.errors.TypingError(
+                f"outer_block_store needs {ndim}-D float32 {name}, got {arr}"
+            )
+    n, b = types.intp, types.boolean
+    return types.none(xt, n, tile, n, n, y, n, n, bias, b, b), _store_codegen
+
+
+def _store_codegen(context, builder, signature, args):
+    xt_type, _, tile_type, _, _, y_type, _, _, bias_type, _, _ = signature.args
+    xt, x0, tile, r0, length, y, n0, col0, bias, has_bias, relu = args
+    idx = length.type
+    slots = _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length)
+    v8 = ir.VectorType(_F32, ROWS)
+    zero8 = ir.Constant(v8, [0.0] * ROWS)
+    truth = ir.Constant(has_bias.type, 0)
+    bias_slot = cgutils.alloca_once_value(builder, zero8)
+    with builder.if_then(builder.icmp_unsigned("!=", has_bias, truth)):
+        at = _element(context, builder, bias_type, bias, [col0])
+        builder.store(builder.load(builder.bitcast(at, v8.as_pointer()), align=4), bias_slot)
+    bias_vector = builder.load(bias_slot)
+    apply_relu = builder.icmp_unsigned("!=", relu, ir.Constant(relu.type, 0))
+    accs = [[builder.load(slots[i][h]) for h in range(2)] for i in range(ROWS)]
+    for h in range(2):
+        for j in range(16):
+            # the weight rows' sums for activation row n0 + 16 h + j: a piece of one row of y
+            v = ir.Constant(v8, ir.Undefined)
+            for i in range(ROWS):
+                lane = builder.extract_element(accs[i][h], ir.Constant(_I32, j))
+                v = builder.insert_element(v, lane, ir.Constant(_I32, i))
+            v = builder.fadd(v, bias_vector)
+            clipped = builder.select(builder.fcmp_ordered("<", v, zero8), zero8, v)
+            v = builder.select(apply_relu, clipped, v)  # NaN stays NaN, as with np.maximum
+            row = builder.add(n0, ir.Constant(idx, 16 * h + j))
+            at = _element(context, builder, y_type, y, [row, col0])
+            builder.store(v, builder.bitcast(at, v8.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+outer_block = intrinsic(_block_typer)
+"""``outer_block(xt, x0, tile, r0, length, out)``: ``out[i, j] = sum_{k < length}
+tile[r0 + i, k] * xt[x0 + k, j]`` for ``i <`` :data:`ROWS`, ``j <`` :data:`COLS` (float32
+fused multiply-adds, ``k`` in order): ``xt`` holds panels of 32 activation rows
+(:func:`transpose_activations`),
+``x0`` is the first row of one. ``tile`` rows ``r0 .. r0 + ROWS - 1`` must exist
+(the caller pads), the last axis of ``tile`` and ``xt`` must be contiguous, ``out`` a (8, 32)
+float32 array with contiguous rows."""
+
+outer_block_store = intrinsic(_store_typer)
+"""``outer_block_store(xt, x0, tile, r0, length, y, n0, col0, bias, has_bias, relu)``: the sums
+of :func:`outer_block`, plus ``bias[col0 + i]`` when ``has_bias``, through ReLU when ``relu``
+(``v < 0 -> 0``, NaN kept), stored straight into ``y[n0 + j, col0 + i]`` (``y`` float32 with
+contiguous rows; ROWS consecutive floats per activation row, transposed in registers). For
+whole blocks only: rows ``n0 .. n0 + 31`` of ``y`` and ``col0 .. col0 + ROWS - 1`` must
+exist."""

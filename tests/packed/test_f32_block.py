@@ -1,0 +1,126 @@
+"""The float32 GEMM's AVX-512 block (``ternref.packed._f32_block``): the activation panels, and
+the tile product built on the block (``_gemm.tile_matmul_t``) against the plain 4 x 4 loop
+(``_gemm.tile_matmul_act``) and float64, on tile and batch sizes that are not multiples of the
+block (6 weight rows x 32 activation rows), one element, all-zero input, NaN, bias and ReLU, an
+activation range that starts at a later panel and a weight range at a later output column. The
+product paths that use it are in ``test_kernel_paths.py``; the plain loop compiled on its own
+(``TERNREF_F32_BLOCK=0``) is checked here in a subprocess."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ternref.packed import _f32_block
+from ternref.packed._f32_block import COLS, ROWS, transpose_activations
+from ternref.packed._gemm import NO_BIAS, tile_buffer, tile_matmul_act
+
+needs_block = pytest.mark.skipif(
+    not _f32_block.AVAILABLE, reason="no AVX-512F (or JIT disabled / TERNREF_F32_BLOCK=0)"
+)
+
+
+@given(n=st.integers(1, 70), k=st.integers(0, 40), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_panels_hold_32_rows_column_by_column(n, k, seed):
+    x = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
+    xt = transpose_activations(x)
+    panels = -(-n // COLS)
+    assert xt.shape == (panels * k, COLS) and xt.dtype == np.float32
+    padded = np.zeros((panels * COLS, k), np.float32)
+    padded[:n] = x
+    expected = padded.reshape(panels, COLS, k).transpose(0, 2, 1).reshape(panels * k, COLS)
+    assert np.array_equal(xt, expected)
+
+
+@needs_block
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 100),
+    nr=st.integers(1, 40),
+    k=st.integers(1, 300),
+    first_panel=st.integers(0, 1),
+    r0=st.integers(0, 7),
+    has_bias=st.booleans(),
+    relu=st.booleans(),
+    zero=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_block_tile_product_equals_the_plain_loop_and_float64(
+    n, nr, k, first_panel, r0, has_bias, relu, zero, seed
+):
+    from ternref.packed._gemm import tile_matmul_t
+
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, k), np.float32) if zero else rng.standard_normal((n, k)).astype(np.float32)
+    if n > 2 and not zero:
+        x[n // 2, k // 2] = np.nan  # one activation row of NaN results, as with BLAS
+    tile = tile_buffer(nr, k)
+    tile[:nr] = rng.standard_normal((nr, k)).astype(np.float32)
+    m = r0 + nr
+    bias = rng.standard_normal(m).astype(np.float32) if has_bias else NO_BIAS
+    n0 = min(first_panel * COLS, (n - 1) // COLS * COLS)  # a chunk of activation rows
+    y_block = np.full((n, m), -7.0, np.float32)
+    y_plain = np.full((n, m), -7.0, np.float32)
+    tile_matmul_t(transpose_activations(x), tile, nr, y_block, r0, n0, n, k, bias, has_bias, relu)
+    tile_matmul_act(x[n0:], tile, nr, y_plain[n0:], r0, k, bias, has_bias, relu)
+    ref = x[n0:].astype(np.float64) @ tile[:nr].astype(np.float64).T + (
+        bias[r0:].astype(np.float64) if has_bias else 0.0
+    )
+    if relu:
+        ref = np.where(ref < 0, 0.0, ref)
+    # untouched outside the block's rows and columns
+    assert np.all(y_block[:n0] == -7.0) and np.all(y_block[:, :r0] == -7.0)
+    got, plain = y_block[n0:, r0:], y_plain[n0:, r0:]
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(got), nan) and np.array_equal(np.isnan(plain), nan)
+    u = np.finfo(np.float32).eps / 2
+    bound = (k + 2) * u * (np.abs(np.nan_to_num(x[n0:])).astype(np.float64) @ np.abs(tile[:nr]).T)
+    if has_bias:
+        bound += 2 * u * np.abs(bias[r0:])
+    for name, out in (("block", got), ("plain", plain)):
+        err = np.abs(out[~nan] - ref[~nan])
+        assert np.all(err <= bound[~nan]), f"{name}: error {err.max():.3g} above the bound"
+    if zero:
+        assert np.array_equal(got, plain)
+
+
+def test_block_constants_fit_the_registers():
+    """Twelve accumulators of 16 lanes (see the module docstring: sixteen spilled)."""
+    assert (ROWS, COLS) == (6, 32)
+
+
+@pytest.mark.slow
+def test_plain_float32_gemm_when_the_block_is_switched_off(tmp_path):
+    """``TERNREF_F32_BLOCK=0`` (or a CPU without AVX-512F): the float32 GEMM compiles and runs
+    the plain 4 x 4 loop, equal to the twin within the float32 bound."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from ternref import Ternary
+        from ternref.packed import _f32_block, linear, pack
+        assert not _f32_block.AVAILABLE
+        rng = np.random.default_rng(0)
+        for m, k, n in ((5, 257, 8), (37, 300, 67)):
+            t = Ternary(rng.integers(-1, 2, (m, k)).astype(np.int8),
+                        (rng.random(m) + 0.5).astype(np.float32), granularity="channel")
+            x = rng.standard_normal((n, k)).astype(np.float32)
+            for fmt in ("i2", "tq1", "bitplanes"):
+                p = pack(t, fmt)
+                y, twin = linear(x, p), linear(x, p, backend="numpy")
+                assert np.allclose(y, twin, rtol=1e-5, atol=1e-4), fmt
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+    env["TERNREF_F32_BLOCK"] = "0"
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
