@@ -179,11 +179,13 @@ print("tq1 byte-equal:", np.array_equal(tq1_by_hand, p_tq1.arrays["codes"]))
 #
 # `linear(x, p)` computes `x @ w_hat.T` from the packed codes. For a few rows of `x` it runs a
 # Numba kernel over the packed bytes; for larger batches it decodes tiles of rows to float32 and
-# multiplies them with a register-blocked Numba loop (with int8 activations on a CPU with
-# AVX-512 VNNI, i2 multiplies its packed bytes directly, and tq1 re-encodes each tile of rows as
-# i2 bytes first). `backend="numpy"` runs the NumPy *twin* of the same algorithm (slow,
-# readable, what you step through in a debugger). `activations="int8"` quantizes each row of
-# `x` to int8 (absmax, BitNet-style) and accumulates exact integers.
+# multiplies them with an outer-product block written in LLVM IR where the CPU has AVX-512
+# ([`packed/_f32_block.py`](../ternref/packed/_f32_block.py)), a register-blocked Numba loop
+# elsewhere (with int8 activations on a CPU with AVX-512 VNNI, i2 multiplies its packed bytes
+# directly, and tq1 re-encodes each tile of rows as i2 bytes first). `backend="numpy"` runs the
+# NumPy *twin* of the same algorithm (slow, readable, what you step through in a debugger).
+# `activations="int8"` quantizes each row of `x` to int8 (absmax, BitNet-style) and
+# accumulates exact integers.
 
 # %%
 M, K = 384, 1280  # K is a multiple of 128 and 160: no padding in either format
@@ -265,8 +267,9 @@ set_num_threads(default_threads)
 # (64 byte products per instruction, `ternref/packed/_vnni.py`); elsewhere LLVM's own
 # vectorization of the plain loop (`vpmaddwd`, or `vpdpwssd` with AVX-VNNI); a test checks the
 # compiled kernels for them. At batch 64 the product is compute-bound: float32 activations go
-# through a tile of weights decoded to float32 and a register-blocked loop LLVM vectorizes, near
-# BLAS's speed, not reliably above it; int8 activations with VNNI multiply 4 weight rows by 4
+# through a tile of weights decoded to float32 and an AVX-512 outer-product block (or a
+# register-blocked loop), near BLAS's speed at this size (faster at 4096 and 8192, see the
+# README); int8 activations with VNNI multiply 4 weight rows by 4
 # activation rows per pass over the bytes (tq1 after re-encoding a tile of rows as i2, a few
 # operations per weight paid once for all 64 rows) and beat sgemm. Whole models,
 # float against packed, are timed by `ternref bench --models` (README, "Benchmarks"); kernels
