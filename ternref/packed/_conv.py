@@ -99,8 +99,8 @@ def gather_f32(xflat, src, geo, p0, nq, out):
 def product_columns(geo, length):
     """Columns of a gathered block the tile product must read: the ``K`` real ones when the
     weight has one scale group (its padding is then at the end, zero in every block), else all
-    ``length`` (the padding sits inside every segment). LeNet-5's second convolution reads 150
-    columns of 256 in ``i2``."""
+    ``length`` (the padding sits inside every segment). LeNet-5's second convolution reads 800
+    columns of 896 in ``i2``."""
     seg, k = geo[7], geo[9]
     return k if seg == length else length
 

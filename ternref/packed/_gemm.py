@@ -358,7 +358,7 @@ def tile_matmul_act(xp, buf, nr, y, r0, n_cols, bias, has_bias, relu):
     register blocking.
 
     ``n_cols`` drops columns known to be zero in ``xp``: the padding at the end of a weight
-    with one scale group (LeNet-5's second convolution has 150 real columns of 256 in ``i2``;
+    with one scale group (LeNet-5's second convolution has 800 real columns of 896 in ``i2``;
     the MLP's 256 of 320 in ``tq1``); it is passed, not sliced, because Numba types a 2-D column
     slice as non-contiguous and LLVM then keeps the loop scalar.
 

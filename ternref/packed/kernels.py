@@ -12,11 +12,15 @@ with AVX-512 VNNI runs the ``vpdpbusd`` loop of :mod:`ternref.packed._vnni` inst
 
 More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile of weight rows
 at a time (values for float32 activations, signed codes for int8) and multiplies it with a
-register-blocked product (:mod:`ternref.packed._gemm`). The packed weight is never expanded
-whole; nothing decoded is kept between calls. The exception: a format whose ``STREAM_GEMM_I8``
-is true (``i2`` on a CPU with AVX-512 VNNI, :mod:`ternref.packed._vnni`) runs int8 products of
-every batch size through its stream kernel ``dot_i8``, whose byte dot products (64 per
-instruction) beat the float32 tile product.
+register-blocked product (:mod:`ternref.packed._gemm`; for float32 on a CPU with AVX-512, the
+outer-product block of :mod:`ternref.packed._f32_block` on the activations transposed into
+panels). The packed weight is never expanded whole; nothing decoded is kept between calls. The
+exceptions, on a CPU with AVX-512 VNNI (:mod:`ternref.packed._vnni`): a format whose
+``STREAM_GEMM_I8`` is true (``i2``) runs int8 products of every batch size through its stream
+kernel ``dot_i8``, whose byte dot products (64 per instruction) beat the float32 tile product;
+a format whose ``I2_TILE_GEMM_I8`` is true (``tq1``) re-encodes each tile of rows as ``i2``
+bytes and runs the same kernel (:func:`_gemm_i8_i2_tiles`; its convolution re-encodes the
+whole weight for the call, :func:`run_conv`).
 
 ``activations="int8"`` quantizes each row of ``x`` to int8, absmax per row, BitNet-style
 (:func:`quantize_activations`; the kernels do the same inside :func:`prepare_streams` /
