@@ -202,9 +202,10 @@ def test_dense_small_equals_its_twin_and_float64(n, m, k, has_bias, relu, zero, 
 def test_gemm_f32_bias_and_relu_in_the_tile_stores(
     fmt, n, m, k, has_bias, relu, zero, chunked, seed
 ):
-    """The float32 GEMM applies bias and ReLU as it stores each 4 x 4 block
-    (``tile_matmul_act``): kernel == twin (NumPy epilogue after ``X @ tile.T``) == float64
-    within the float32 bound plus the bias rounding, on row and column counts that are not
+    """The float32 GEMM applies bias and ReLU as it stores each block (``tile_matmul_act``'s
+    4 x 4, or the AVX-512 block's registers, ``ternref.packed._f32_block``): kernel == twin
+    (NumPy epilogue after ``X @ tile.T``) == float64 within the float32 bound plus the bias
+    rounding, on row and column counts that are not
     multiples of the blocks, one element, all-zero input, a NaN row (ReLU keeps NaN as
     ``np.maximum`` does), serial and cut into chunks over two threads."""
     from ternref.packed import _threads
