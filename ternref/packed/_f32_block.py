@@ -45,17 +45,15 @@ separate ``NUMBA_CACHE_DIR`` each.
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ternref._jit import njit
+from ternref.packed._vnni import intrinsic_available
 
 ROWS = 6
 """Weight rows of one block."""
@@ -70,15 +68,7 @@ _V16 = ir.VectorType(_F32, 16)
 
 
 def _available() -> bool:
-    if os.environ.get("TERNREF_F32_BLOCK", "1") == "0":
-        return False
-    if numba.config.DISABLE_JIT or numba.config.CPU_NAME not in (None, "host"):
-        return False
-    try:
-        features = llvm_binding.get_host_cpu_features()
-    except RuntimeError:  # LLVM cannot read the host's features (some platforms)
-        return False
-    return bool(features.get("avx512f", False))
+    return intrinsic_available("TERNREF_F32_BLOCK", ("avx512f",))
 
 
 AVAILABLE = _available()

@@ -455,13 +455,8 @@ def tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
                 continue
             for j in range(n_here):
                 out = y[c0 + j, r0 + i0 : r0 + i0 + rows_here]
-                for i in range(rows_here):
-                    v = edge[j, i]
-                    if has_bias:
-                        v += bias[r0 + i0 + i]
-                    if relu and v < 0:
-                        v = np.float32(0.0)
-                    out[i] = v
+                out[:] = edge[j, :rows_here]
+                _bias_relu(out, bias, r0 + i0, has_bias, relu)
 
 
 @njit(nogil=True)

@@ -56,21 +56,33 @@ REQUIRED_FEATURES = ("avx512bw", "avx512vl", "avx512vnni")
 """LLVM's names of the CPU features the intrinsic needs (``vpdpbusd`` on zmm and ymm)."""
 
 
-def host_has_vnni() -> bool:
-    """True if LLVM reports every feature of :data:`REQUIRED_FEATURES` for the host CPU."""
+def host_has(features) -> bool:
+    """True if LLVM reports every one of ``features`` (LLVM's names) for the host CPU."""
     try:
-        features = llvm_binding.get_host_cpu_features()
+        found = llvm_binding.get_host_cpu_features()
     except RuntimeError:  # LLVM cannot read the host's features (some platforms)
         return False
-    return all(features.get(name, False) for name in REQUIRED_FEATURES)
+    return all(found.get(name, False) for name in features)
 
 
-def _available() -> bool:
-    if os.environ.get("TERNREF_VNNI", "1") == "0":
+def host_has_vnni() -> bool:
+    """True if LLVM reports every feature of :data:`REQUIRED_FEATURES` for the host CPU."""
+    return host_has(REQUIRED_FEATURES)
+
+
+def intrinsic_available(switch: str, features) -> bool:
+    """Whether a hand-written LLVM IR kernel may run: the environment variable ``switch`` is not
+    ``0``, Numba compiles (not ``NUMBA_DISABLE_JIT``) for the host CPU (no ``NUMBA_CPU_NAME``),
+    and the host has ``features``. Shared by this module and :mod:`ternref.packed._f32_block`."""
+    if os.environ.get(switch, "1") == "0":
         return False
     if numba.config.DISABLE_JIT or numba.config.CPU_NAME not in (None, "host"):
         return False
-    return host_has_vnni()
+    return host_has(features)
+
+
+def _available() -> bool:
+    return intrinsic_available("TERNREF_VNNI", REQUIRED_FEATURES)
 
 
 AVAILABLE = _available()

@@ -78,7 +78,7 @@ def run(
 ) -> list[dict]:  # fmt: skip
     """The kernel benchmark; returns one dict per (size, batch, case) and prints a table."""
     from ternref._machine import summary
-    from ternref.packed import _threads, linear, pack
+    from ternref.packed import _threads, i2, linear, pack
     from ternref.packed.kernels import GEMM_MIN_BATCH, SERIAL_VNNI_GEMM_BELOW
     from ternref.ternary import Ternary
 
@@ -120,7 +120,7 @@ def run(
                 int8 = not is_numpy and name.endswith("int8")
                 vnni = int8 and getattr(p.module, "STREAM_GEMM_I8", False)
                 tiles = int8 and n >= GEMM_MIN_BATCH and getattr(p.module, "I2_TILE_GEMM_I8", False)
-                i2_length = -(-size // 128) * 128
+                i2_length = -(-size // i2.BLOCK) * i2.BLOCK
                 serial = (
                     vnni
                     and (n < GEMM_MIN_BATCH or n * size * p.padded_length < SERIAL_VNNI_GEMM_BELOW)
