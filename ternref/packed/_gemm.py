@@ -438,7 +438,12 @@ def tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
     (:func:`ternref.packed._f32_block.transpose_activations`) with the AVX-512 block of
     :mod:`ternref.packed._f32_block`: six weight rows by 32 activation rows per call, then
     bias and ReLU as the block is stored. ``buf`` must hold a multiple of six rows (the rows
-    past ``nr`` are multiplied and dropped) and ``n0`` must be a multiple of 32."""
+    past ``nr`` are multiplied and dropped) and ``n0`` must be a multiple of 32.
+
+    The code around the inlined block decides whether LLVM keeps its accumulators in registers:
+    the partial-tile epilogue below, written through :func:`_bias_relu` instead, made it spill
+    them (73 against 131-148 GFLOP/s on the MLP's 256-column tiles, measured 2026-12-03), so
+    it stays as written; time any change here, with a fresh ``NUMBA_CACHE_DIR``."""
     edge = np.empty((F32_COLS, F32_ROWS), np.float32)  # a partial block, before its epilogue
     length = buf.shape[1]
     for c0 in range(n0, n1, F32_COLS):
@@ -455,8 +460,13 @@ def tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
                 continue
             for j in range(n_here):
                 out = y[c0 + j, r0 + i0 : r0 + i0 + rows_here]
-                out[:] = edge[j, :rows_here]
-                _bias_relu(out, bias, r0 + i0, has_bias, relu)
+                for i in range(rows_here):
+                    v = edge[j, i]
+                    if has_bias:
+                        v += bias[r0 + i0 + i]
+                    if relu and v < 0:
+                        v = np.float32(0.0)
+                    out[i] = v
 
 
 @njit(nogil=True)
