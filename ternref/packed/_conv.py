@@ -14,6 +14,11 @@ time:
 3. adds the bias, applies a fused ReLU if asked, and stores the block into the NCHW output
    (:func:`store_nchw`).
 
+With float32 activations on AVX-512, when the whole weight fits one decoded tile (LeNet-5's
+convolutions), :func:`conv_whole_f32` replaces steps 1-2: the weight decoded once per call as
+panels of output channels, multiplied by the six-by-32 block of :mod:`ternref.packed._f32_block`,
+which reads the receptive fields in place when the weight has one scale group.
+
 Receptive-field columns follow the packed weight's padded layout (``(C, kh, kw)`` order,
 segments of ``seg`` per scale group, zeros in the padding), described by ``src``: ``src[l]`` is
 the offset of column ``l`` inside one padded input window (``c Hp Wp + a Wp + b``), or -1 for a
@@ -26,11 +31,17 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
-from ternref.packed._gemm import X_BLOCK
+from ternref.packed._f32_block import AVAILABLE as F32_BLOCK
+from ternref.packed._f32_block import COLS as F32_COLS
+from ternref.packed._f32_block import ROWS as F32_ROWS
+from ternref.packed._f32_block import outer_block_gather, outer_block_store
+from ternref.packed._gemm import NO_BIAS, X_BLOCK
 
 __all__ = [
+    "F32_BLOCK",
     "X_BLOCK",
     "conv_geometry",
+    "conv_whole_f32",
     "gather_f32",
     "product_columns",
     "store_nchw",
@@ -118,6 +129,80 @@ def store_nchw(block, nq, p0, geo, bias, has_bias, relu, y):
         j = rem - i * ow
         for o in range(m):
             v = block[q, o]
+            if has_bias:
+                v += bias[o]
+            if relu and v < 0:
+                v = np.float32(0.0)
+            y[n, o, i, j] = v
+
+
+@njit(nogil=True)
+def conv_whole_f32(wt, m, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
+    """Output positions ``p0 .. p1 - 1`` of a float32 convolution on the AVX-512 block of
+    :mod:`ternref.packed._f32_block`, with the roles of the GEMM swapped; ``wt`` holds all
+    ``m`` weight rows decoded as panels of 32 rows (the formats' ``dequant_panels``: ``wt[p L +
+    k, j]`` = weight ``(32 p + j, k)``, zeros past ``m``).
+
+    In the GEMM the block broadcasts weights and loads vectors of activations. Here the weight
+    is the small operand that every block of positions reuses (LeNet-5's second convolution:
+    64 rows; 100 positions at batch 1), so the block loads vectors of 32 output channels and
+    broadcasts receptive-field values, six positions at a time: ``out_t[o, q] = sum_k
+    field_q[k] W[o, k]``; its transposed store writes channels by positions, the order of an
+    NCHW output (:func:`store_nchw_t`).
+
+    With one scale group (the first ``K`` columns all real) the block reads each field in place
+    from the padded input, ``xflat[window_base(q) + src[k]]``
+    (:func:`~ternref.packed._f32_block.outer_block_gather`): no gathered copy at all. That
+    copy (:func:`gather_f32`, still used with several groups, whose padding columns sit inside
+    the row) took a third of the layer's time: LeNet-5's second convolution at batch 1 went
+    from 89-133 us (decoded rows, 4 x 4 loop) to 62-84 us, at batch 1000 from 59-60 ms to
+    36-39 ms (one process, interleaved, measured 2026-12-03). Gathering the fields into panels
+    along positions, to keep the GEMM's orientation, had cost 36-46 us against 24-30 us for
+    the row gather on that layer.
+
+    Positions past the ``nq`` of a block (the last window again, or stale rows of the gathered
+    block) and channels past ``m`` (zero panels) are multiplied and never stored."""
+    length = src.shape[0]
+    n_cols = product_columns(geo, length)
+    panels = wt.shape[0] // length
+    block_rows = -(-X_BLOCK // F32_ROWS) * F32_ROWS
+    out_t = np.empty((panels * F32_COLS, block_rows), np.float32)
+    if geo[7] == length:  # one scale group: the first K columns are all real, read in place
+        bases = np.empty(block_rows, np.int64)
+        for q0 in range(p0, p1, X_BLOCK):
+            nq = min(X_BLOCK, p1 - q0)
+            for q in range(block_rows):  # past the range: the last window again, dropped
+                bases[q] = _window_base(min(q0 + q, p1 - 1), geo)
+            for p in range(panels):
+                for i0 in range(0, nq, F32_ROWS):
+                    outer_block_gather(wt, p * length, xflat, bases, i0, src, n_cols, out_t,
+                                       p * F32_COLS, i0)  # fmt: skip
+            store_nchw_t(out_t, m, nq, q0, geo, bias, has_bias, relu, y)
+        return
+    block = np.zeros((block_rows, length), np.float32)
+    for q0 in range(p0, p1, X_BLOCK):
+        nq = min(X_BLOCK, p1 - q0)
+        gather_f32(xflat, src, geo, q0, nq, block)
+        for p in range(panels):
+            for i0 in range(0, nq, F32_ROWS):
+                outer_block_store(wt, p * length, block, i0, n_cols, out_t, p * F32_COLS, i0,
+                                  NO_BIAS, False, False)  # fmt: skip
+        store_nchw_t(out_t, m, nq, q0, geo, bias, has_bias, relu, y)
+
+
+@njit(nogil=True)
+def store_nchw_t(block_t, m, nq, p0, geo, bias, has_bias, relu, y):
+    """:func:`store_nchw` from a block stored channels by positions: ``y[n, o, i, j] =
+    act(block_t[o, q] + bias[o])`` for ``o < m`` and positions ``p0 .. p0 + nq - 1``."""
+    oh, ow = geo[3], geo[4]
+    for q in range(nq):
+        pos = p0 + q
+        n = pos // (oh * ow)
+        rem = pos - n * oh * ow
+        i = rem // ow
+        j = rem - i * ow
+        for o in range(m):
+            v = block_t[o, q]
             if has_bias:
                 v += bias[o]
             if relu and v < 0:

@@ -85,12 +85,13 @@ def transpose_activations(x2d: np.ndarray) -> np.ndarray:
     n, k = x2d.shape
     panels = -(-n // COLS)
     xt = np.empty((panels * k, COLS), np.float32)
-    _fill_panels(np.ascontiguousarray(x2d, dtype=np.float32), xt)
+    fill_panels(np.ascontiguousarray(x2d, dtype=np.float32), xt)
     return xt
 
 
 @njit(nogil=True)
-def _fill_panels(x2d, xt):
+def fill_panels(x2d, xt):
+    """The panels of :func:`transpose_activations` written into ``xt`` (any float32 rows)."""
     n, k = x2d.shape
     for p in range(xt.shape[0] // max(k, 1)):
         panel = xt[p * k : (p + 1) * k]
@@ -125,27 +126,51 @@ def _block_typer(typingctx, xt, x0, tile, r0, length, out):
     return types.none(xt, n, tile, n, n, out), _block_codegen
 
 
-def _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length):
+def _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length, gather=None):
     """The loop of the block: the ``2 ROWS`` accumulators (as allocas, ``[i][h]``: weight row
     ``r0 + i``, lanes ``16 h ..`` of the panel starting at row ``x0`` of ``xt``) after
-    ``length`` steps."""
+    ``length`` steps. With ``gather = (bases_type, bases, index_type, index)`` the broadcast
+    side is not the rows of ``tile`` but, for step ``k``, ``tile[bases[r0 + i] + index[k]]``
+    (``tile`` a 1-D array: :func:`outer_block_gather`)."""
     idx = length.type
     xt_arr = context.make_array(xt_type)(context, builder, xt)
     xt_row_stride = builder.extract_value(xt_arr.strides, 0)
     x_first = _element(context, builder, xt_type, xt, [x0, ir.Constant(idx, 0)])
-    w_rows = [
-        builder.bitcast(
-            _element(
-                context,
-                builder,
-                tile_type,
-                tile,
-                [builder.add(r0, ir.Constant(idx, i)), ir.Constant(idx, 0)],
-            ),
-            _F32.as_pointer(),
-        )  # fmt: skip
-        for i in range(ROWS)
-    ]
+    if gather is None:
+        w_rows = [
+            builder.bitcast(
+                _element(
+                    context,
+                    builder,
+                    tile_type,
+                    tile,
+                    [builder.add(r0, ir.Constant(idx, i)), ir.Constant(idx, 0)],
+                ),
+                _F32.as_pointer(),
+            )  # fmt: skip
+            for i in range(ROWS)
+        ]
+    else:  # the receptive fields of six positions, read in place through the column offsets
+        bases_type, bases, index_type, index = gather
+        starts = [
+            builder.load(
+                builder.bitcast(
+                    _element(
+                        context, builder, bases_type, bases, [builder.add(r0, ir.Constant(idx, i))]
+                    ),
+                    ir.IntType(64).as_pointer(),
+                )
+            )  # fmt: skip
+            for i in range(ROWS)
+        ]
+        w_rows = [
+            builder.bitcast(_element(context, builder, tile_type, tile, [start]), _F32.as_pointer())
+            for start in starts
+        ]
+        offsets = builder.bitcast(
+            _element(context, builder, index_type, index, [ir.Constant(idx, 0)]),
+            ir.IntType(64).as_pointer(),
+        )
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.fma.v16f32"
     )
@@ -160,8 +185,9 @@ def _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length):
                                 _V16.as_pointer())  # fmt: skip
         x_vectors = (builder.load(x_row, align=4),
                      builder.load(builder.gep(x_row, [ir.Constant(_I32, 1)]), align=4))  # fmt: skip
+        column = k if gather is None else builder.load(builder.gep(offsets, [k]))
         for i in range(ROWS):
-            w = builder.load(builder.gep(w_rows[i], [k]))
+            w = builder.load(builder.gep(w_rows[i], [column]))
             w_all = builder.shuffle_vector(
                 builder.insert_element(undef, w, ir.Constant(_I32, 0)), undef, splat
             )
@@ -199,8 +225,17 @@ def _store_typer(typingctx, xt, x0, tile, r0, length, y, n0, col0, bias, has_bia
 def _store_codegen(context, builder, signature, args):
     xt_type, _, tile_type, _, _, y_type, _, _, bias_type, _, _ = signature.args
     xt, x0, tile, r0, length, y, n0, col0, bias, has_bias, relu = args
-    idx = length.type
     slots = _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length)
+    _store_transposed(context, builder, slots, y_type, y, n0, col0, bias_type, bias, has_bias,
+                      relu)  # fmt: skip
+    return context.get_dummy_value()
+
+
+def _store_transposed(context, builder, slots, y_type, y, n0, col0, bias_type, bias, has_bias,
+                      relu):  # fmt: skip
+    """The epilogue of :func:`outer_block_store`: ``y[n0 + j, col0 + i] = act(acc[i][j] +
+    bias[col0 + i])``, ROWS consecutive floats per row of ``y``."""
+    idx = n0.type
     v8 = ir.VectorType(_F32, ROWS)
     zero8 = ir.Constant(v8, [0.0] * ROWS)
     truth = ir.Constant(has_bias.type, 0)
@@ -224,6 +259,29 @@ def _store_codegen(context, builder, signature, args):
             row = builder.add(n0, ir.Constant(idx, 16 * h + j))
             at = _element(context, builder, y_type, y, [row, col0])
             builder.store(v, builder.bitcast(at, v8.as_pointer()), align=4)
+
+
+def _gather_typer(typingctx, xt, x0, xflat, bases, r0, index, length, y, n0, col0):
+    """Typing of :func:`outer_block_gather`."""
+    checks = (("xt", xt, 2, types.float32), ("xflat", xflat, 1, types.float32),
+              ("bases", bases, 1, types.int64), ("index", index, 1, types.int64),
+              ("y", y, 2, types.float32))  # fmt: skip
+    for name, arr, ndim, dtype in checks:
+        if not (isinstance(arr, types.Array) and arr.ndim == ndim and arr.dtype == dtype):
+            raise numba.core.errors.TypingError(
+                f"outer_block_gather needs {ndim}-D {dtype} {name}, got {arr}"
+            )
+    n = types.intp
+    return types.none(xt, n, xflat, bases, n, index, n, y, n, n), _gather_codegen
+
+
+def _gather_codegen(context, builder, signature, args):
+    xt_type, _, xflat_type, bases_type, _, index_type, _, y_type, _, _ = signature.args
+    xt, x0, xflat, bases, r0, index, length, y, n0, col0 = args
+    gather = (bases_type, bases, index_type, index)
+    slots = _accumulate(context, builder, xt_type, xt, x0, xflat_type, xflat, r0, length, gather)
+    false = ir.Constant(ir.IntType(1), 0)
+    _store_transposed(context, builder, slots, y_type, y, n0, col0, y_type, y, false, false)
     return context.get_dummy_value()
 
 
@@ -243,3 +301,13 @@ of :func:`outer_block`, plus ``bias[col0 + i]`` when ``has_bias``, through ReLU 
 contiguous rows; ROWS consecutive floats per activation row, transposed in registers). For
 whole blocks only: rows ``n0 .. n0 + 31`` of ``y`` and ``col0 .. col0 + ROWS - 1`` must
 exist."""
+
+outer_block_gather = intrinsic(_gather_typer)
+"""``outer_block_gather(xt, x0, xflat, bases, r0, index, length, y, n0, col0)``: the block of
+:func:`outer_block_store` (no bias, no ReLU) with its broadcast operand read in place:
+``y[n0 + j, col0 + i] = sum_{k < length} xflat[bases[r0 + i] + index[k]] * xt[x0 + k, j]``.
+For a convolution: ``xflat`` the padded input, ``bases`` the first input element of each output
+position's window, ``index`` the offsets of the receptive field's columns
+(:func:`ternref.packed._conv.conv_geometry`'s ``src``, every one of the first ``length`` real).
+``xflat``, ``bases`` and ``index`` must be contiguous; ``bases[r0 .. r0 + ROWS - 1]`` must exist
+and point at whole windows."""

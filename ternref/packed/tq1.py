@@ -55,7 +55,14 @@ import numpy as np
 
 from ternref._jit import njit
 from ternref.packed import _vnni, i2
-from ternref.packed._conv import X_BLOCK, gather_f32, product_columns, store_nchw
+from ternref.packed._conv import (
+    F32_BLOCK,
+    X_BLOCK,
+    conv_whole_f32,
+    gather_f32,
+    product_columns,
+    store_nchw,
+)
 from ternref.packed._gemm import (
     NO_BIAS,
     REASSOC,
@@ -444,6 +451,49 @@ def dequant_row(codes, r, lut, out_row):
 
 
 @njit(nogil=True)
+def dequant_panels(codes, m, lut, wt):
+    """Rows ``0 .. m - 1`` decoded to float32 as panels of 32 rows (``wt[p L + k, j]`` = value
+    of weight ``(32 p + j, k)``, zero past ``m``), from the code bytes of 32 rows put side by
+    side; as :func:`ternref.packed.i2.dequant_panels`, with the trit decode :func:`_trit`."""
+    nbytes = codes.shape[1]
+    length = nbytes * STREAMS
+    seg = length // lut.shape[1]
+    ct = np.zeros((nbytes, 32), np.uint8)
+    v0 = np.empty(32, np.float32)
+    v1 = np.empty(32, np.float32)
+    v2 = np.empty(32, np.float32)
+    for p in range(wt.shape[0] // length):
+        rows = min(32, m - 32 * p)
+        for j in range(rows):
+            crow = codes[32 * p + j]
+            for t in range(nbytes):
+                ct[t, j] = crow[t]
+        for b in range(length // BLOCK):
+            g = b * BLOCK // seg
+            for j in range(32):  # rows past m: every code decodes to 0
+                v0[j] = lut[32 * p + j, g, 0] if j < rows else np.float32(0.0)
+                v1[j] = lut[32 * p + j, g, 1] if j < rows else np.float32(0.0)
+                v2[j] = lut[32 * p + j, g, 2] if j < rows else np.float32(0.0)
+            for tb in range(32):
+                cb = ct[32 * b + tb]
+                k = p * length + b * BLOCK + tb  # weight column 32 s + tb of block b, trit s
+                d0, d1, d2, d3, d4 = wt[k], wt[k + 32], wt[k + 64], wt[k + 96], wt[k + 128]
+                for j in range(32):
+                    byte = cb[j]
+                    t0 = _trit(byte, np.uint8(1))
+                    t1 = _trit(byte, np.uint8(3))
+                    t2 = _trit(byte, np.uint8(9))
+                    t3 = _trit(byte, np.uint8(27))
+                    t4 = _trit(byte, np.uint8(81))
+                    a0, a1, a2 = v0[j], v1[j], v2[j]
+                    d0[j] = a0 if t0 == 0 else (a1 if t0 == 1 else a2)
+                    d1[j] = a0 if t1 == 0 else (a1 if t1 == 1 else a2)
+                    d2[j] = a0 if t2 == 0 else (a1 if t2 == 1 else a2)
+                    d3[j] = a0 if t3 == 0 else (a1 if t3 == 1 else a2)
+                    d4[j] = a0 if t4 == 0 else (a1 if t4 == 1 else a2)
+
+
+@njit(nogil=True)
 def gemm_f32(codes, xp, xt, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
     rows = f32_tile_rows(r1 - r0, xp.shape[1] * 4)
@@ -605,11 +655,16 @@ def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
     m = lut.shape[0]
     rows = conv_tile_rows(m, 4 * length)
     buf = np.empty((rows, length), np.float32)
-    block = np.empty((X_BLOCK, length), np.float32)
-    out = np.empty((X_BLOCK, m), np.float32)
+    if rows >= m and F32_BLOCK:  # the AVX-512 block, weights as vectors (conv_whole_f32)
+        wt = np.empty((-(-m // 32) * length, 32), np.float32)
+        dequant_panels(codes, m, lut, wt)
+        conv_whole_f32(wt, m, xflat, src, geo, bias, has_bias, relu, p0, p1, y)
+        return
     if rows >= m:  # one tile holds every row: decode it once
         for i in range(m):
             dequant_row(codes, i, lut, buf[i])
+    block = np.empty((X_BLOCK, length), np.float32)
+    out = np.empty((X_BLOCK, m), np.float32)
     for q0 in range(p0, p1, X_BLOCK):
         nq = min(X_BLOCK, p1 - q0)
         gather_f32(xflat, src, geo, q0, nq, block)

@@ -2,9 +2,11 @@
 the tile product built on the block (``_gemm.tile_matmul_t``) against the plain 4 x 4 loop
 (``_gemm.tile_matmul_act``) and float64, on tile and batch sizes that are not multiples of the
 block (6 weight rows x 32 activation rows), one element, all-zero input, NaN, bias and ReLU, an
-activation range that starts at a later panel and a weight range at a later output column. The
-product paths that use it are in ``test_kernel_paths.py``; the plain loop compiled on its own
-(``TERNREF_F32_BLOCK=0``) is checked here in a subprocess."""
+activation range that starts at a later panel and a weight range at a later output column; the
+weights decoded straight into panels for the convolution (``i2``/``tq1`` ``dequant_panels``),
+against the dense weight. The product paths that use the block are in ``test_kernel_paths.py``
+and ``test_conv_kernels.py``; the plain loops compiled on their own (``TERNREF_F32_BLOCK=0``) are
+checked here in a subprocess."""
 
 import os
 import subprocess
@@ -16,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ternref.packed import _f32_block
+from ternref import Ternary
+from ternref.packed import _f32_block, i2, kernels, pack, tq1
 from ternref.packed._f32_block import COLS, ROWS, transpose_activations
 from ternref.packed._gemm import NO_BIAS, tile_buffer, tile_matmul_act
 
@@ -90,6 +93,79 @@ def test_block_tile_product_equals_the_plain_loop_and_float64(
         assert np.array_equal(got, plain)
 
 
+def _panel_layout(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (M, L) as panels of 32 rows, zeros past M: what ``dequant_panels`` must write."""
+    m, length = rows.shape
+    panels = -(-m // COLS)
+    padded = np.zeros((panels * COLS, length), rows.dtype)
+    padded[:m] = rows
+    return padded.reshape(panels, COLS, length).transpose(0, 2, 1).reshape(panels * length, COLS)
+
+
+DEQUANT_PANELS_SCRIPT = """
+import numpy as np
+from ternref import Ternary
+from ternref.packed import i2, kernels, pack, tq1
+rng = np.random.default_rng(3)
+for mod, fmt in ((i2, "i2"), (tq1, "tq1")):
+    for m, k, gran, gs, asym in ((1, 1, "tensor", None, False), (37, 200, "group", 70, True)):
+        codes = rng.integers(-1, 2, (m, k)).astype(np.int8)
+        shape = Ternary.scale_shape(codes.shape, gran, gs)
+        a_neg = (rng.random(shape) + 0.5).astype(np.float32) if asym else None
+        t = Ternary(codes, (rng.random(shape) + 0.5).astype(np.float32), a_neg,
+                    granularity=gran, group_size=gs)
+        p = pack(t, fmt)
+        panels = -(-m // 32)
+        wt = np.full((panels * p.padded_length, 32), np.nan, np.float32)
+        mod.dequant_panels(*kernels._data(p), m, p.kernel_scales()["lut"], wt)
+        padded = np.zeros((panels * 32, p.padded_length), np.float32)
+        padded[:m, kernels._layout(p)["plain"]] = t.dense()
+        expected = padded.reshape(panels, 32, -1).transpose(0, 2, 1).reshape(-1, 32)
+        assert np.array_equal(wt, expected), (fmt, m, k)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("fmt", ["i2", "tq1"])
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 70),
+    k=st.integers(1, 400),
+    gran=st.sampled_from(["tensor", "channel", "group"]),
+    group_size=st.sampled_from([5, 64, 161]),
+    kind=st.sampled_from(["symmetric", "asymmetric", "offset"]),
+    seed=st.integers(0, 2**16),
+)
+def test_dequant_panels_are_the_dense_weight_as_panels(fmt, m, k, gran, group_size, kind, seed):
+    """The convolution's weight for the block (``conv_whole_f32``), decoded column by column from
+    the codes: equal to the dense weight at every real column, zero in the padding and in the
+    rows past ``m`` of the last panel; every element of ``wt`` is written."""
+    mod = {"i2": i2, "tq1": tq1}[fmt]
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-1, 2, (m, k)).astype(np.int8)
+    gs = group_size if gran == "group" else None
+    shape = Ternary.scale_shape(codes.shape, gran, gs)
+    a_neg = (rng.random(shape) + 0.5).astype(np.float32) if kind != "symmetric" else None
+    offset = rng.standard_normal(shape).astype(np.float32) if kind == "offset" else None
+    t = Ternary(codes, (rng.random(shape) + 0.5).astype(np.float32), a_neg,
+                granularity=gran, group_size=gs, offset=offset)  # fmt: skip
+    p = pack(t, fmt)
+    lut = p.kernel_scales()["lut"]
+    wt = np.full((-(-m // COLS) * p.padded_length, COLS), np.nan, np.float32)
+    mod.dequant_panels(*kernels._data(p), m, lut, wt)
+    rows = np.empty((m, p.padded_length), np.float32)
+    mod.dequant_tile_numpy(*kernels._data(p), 0, lut, rows)  # the twin of dequant_row
+    assert np.array_equal(wt, _panel_layout(rows))
+    dense = np.zeros((m, p.padded_length), np.float32)
+    dense[:, kernels._layout(p)["plain"]] = t.dense()
+    if kind != "offset":  # with an offset the padding decodes to the offset, as in every tile
+        assert np.array_equal(wt, _panel_layout(dense))
+
+
+def test_dequant_panels_run_as_plain_python_with_jit_disabled(run_without_jit):
+    run_without_jit(DEQUANT_PANELS_SCRIPT)
+
+
 def test_block_constants_fit_the_registers():
     """Twelve accumulators of 16 lanes (see the module docstring: sixteen spilled)."""
     assert (ROWS, COLS) == (6, 32)
@@ -97,8 +173,8 @@ def test_block_constants_fit_the_registers():
 
 @pytest.mark.slow
 def test_plain_float32_gemm_when_the_block_is_switched_off(tmp_path):
-    """``TERNREF_F32_BLOCK=0`` (or a CPU without AVX-512F): the float32 GEMM compiles and runs
-    the plain 4 x 4 loop, equal to the twin within the float32 bound."""
+    """``TERNREF_F32_BLOCK=0`` (or a CPU without AVX-512F): the float32 GEMM and convolution
+    compile and run the plain 4 x 4 loop, equal to the twin within the float32 bound."""
     script = textwrap.dedent(
         """
         import numpy as np
@@ -114,6 +190,15 @@ def test_plain_float32_gemm_when_the_block_is_switched_off(tmp_path):
                 p = pack(t, fmt)
                 y, twin = linear(x, p), linear(x, p, backend="numpy")
                 assert np.allclose(y, twin, rtol=1e-5, atol=1e-4), fmt
+        from ternref.packed import conv2d
+        tc = Ternary(rng.integers(-1, 2, (33, 3, 3, 3)).astype(np.int8),
+                     (rng.random((33, 1, 1, 1)) + 0.5).astype(np.float32), granularity="channel")
+        xc = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+        for fmt in ("i2", "tq1", "bitplanes"):
+            pc = pack(tc, fmt)
+            y = conv2d(xc, pc, 1, 1, relu=True)
+            twin = conv2d(xc, pc, 1, 1, relu=True, backend="numpy")
+            assert np.allclose(y, twin, rtol=1e-5, atol=1e-4), fmt
         print("ok")
         """
     )
