@@ -34,14 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
-from ternref.packed._conv import (
-    F32_BLOCK,
-    X_BLOCK,
-    conv_whole_f32,
-    gather_f32,
-    product_columns,
-    store_nchw,
-)
+from ternref.packed._conv import X_BLOCK, gather_f32, product_columns, store_nchw
 from ternref.packed._f32_block import fill_panels
 from ternref.packed._gemm import (
     NO_BIAS,
@@ -351,6 +344,18 @@ def dequant_row(pos, neg, r, lut, out_row):
 
 
 @njit(nogil=True)
+def dequant_panels(pos, neg, m, lut, wt):
+    """Rows ``0 .. m - 1`` decoded to float32 as panels of 32 rows (``wt[p L + k, j]`` = value
+    of weight ``(32 p + j, k)``, zero past ``m``; see :func:`ternref.packed.i2.dequant_panels`):
+    here the rows decoded by :func:`dequant_row`, then transposed."""
+    length = pos.shape[1] * BLOCK
+    rows = np.empty((m, length), np.float32)
+    for r in range(m):
+        dequant_row(pos, neg, r, lut, rows[r])
+    fill_panels(rows, wt)
+
+
+@njit(nogil=True)
 def gemm_f32(pos, neg, xp, xt, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
     rows = f32_tile_rows(r1 - r0, xp.shape[1] * 4)
@@ -400,11 +405,6 @@ def conv_f32(pos, neg, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
     if rows >= m:  # one tile holds every row: decode it once
         for i in range(m):
             dequant_row(pos, neg, i, lut, buf[i])
-        if F32_BLOCK:  # the AVX-512 block, weights as vectors (see conv_whole_f32)
-            wt = np.empty((-(-m // 32) * length, 32), np.float32)
-            fill_panels(buf[:m], wt)
-            conv_whole_f32(wt, m, xflat, src, geo, bias, has_bias, relu, p0, p1, y)
-            return
     block = np.empty((X_BLOCK, length), np.float32)
     out = np.empty((X_BLOCK, m), np.float32)
     for q0 in range(p0, p1, X_BLOCK):

@@ -48,11 +48,14 @@ import numpy as np
 
 from ternref._validate import describe, float_array, one_of
 from ternref.packed import _threads
+from ternref.packed._conv import conv_whole_f32
 from ternref.packed._f32_block import AVAILABLE as F32_BLOCK
+from ternref.packed._f32_block import COLS as F32_COLS
 from ternref.packed._f32_block import ROWS as F32_ROWS
 from ternref.packed._f32_block import transpose_activations
 from ternref.packed._gemm import (
     INT8_MAX,
+    WHOLE_WEIGHT_BYTES,
     X_BLOCK,
     add_group_numpy,
     layout_runs,
@@ -578,6 +581,14 @@ def run_conv(p: Packed, x, kernel_size, stride, padding, int8: bool, bias, relu:
         kernel = mod.conv_i8_streams if streams else mod.conv_i8
         head = (sc["sc"], sc["code_lut"], sc["abs_lut"], not p.symmetric, p.offset is not None)
         args = (*data, *head, *tail)
+    elif F32_BLOCK and p.shape[0] * 4 * p.padded_length <= WHOLE_WEIGHT_BYTES:
+        # the AVX-512 block with the weight as vectors: decoded once for every chunk, as panels
+        # of output channels (freed after the call). A separate call: inlined into the formats'
+        # conv_f32, the block's loop ran 1.3-1.5x slower (LeNet-5 conv2, batch 1, 2026-12-03).
+        wt = np.empty((-(-p.shape[0] // F32_COLS) * p.padded_length, F32_COLS), np.float32)
+        mod.dequant_panels(*data, p.shape[0], sc["lut"], wt)
+        kernel = conv_whole_f32
+        args = (wt, p.shape[0], *tail)
     else:
         kernel = mod.conv_f32
         args = (*data, sc["lut"], *tail)

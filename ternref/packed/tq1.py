@@ -55,14 +55,7 @@ import numpy as np
 
 from ternref._jit import njit
 from ternref.packed import _vnni, i2
-from ternref.packed._conv import (
-    F32_BLOCK,
-    X_BLOCK,
-    conv_whole_f32,
-    gather_f32,
-    product_columns,
-    store_nchw,
-)
+from ternref.packed._conv import X_BLOCK, gather_f32, product_columns, store_nchw
 from ternref.packed._gemm import (
     NO_BIAS,
     REASSOC,
@@ -655,16 +648,11 @@ def conv_f32(codes, lut, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
     m = lut.shape[0]
     rows = conv_tile_rows(m, 4 * length)
     buf = np.empty((rows, length), np.float32)
-    if rows >= m and F32_BLOCK:  # the AVX-512 block, weights as vectors (conv_whole_f32)
-        wt = np.empty((-(-m // 32) * length, 32), np.float32)
-        dequant_panels(codes, m, lut, wt)
-        conv_whole_f32(wt, m, xflat, src, geo, bias, has_bias, relu, p0, p1, y)
-        return
+    block = np.empty((X_BLOCK, length), np.float32)
+    out = np.empty((X_BLOCK, m), np.float32)
     if rows >= m:  # one tile holds every row: decode it once
         for i in range(m):
             dequant_row(codes, i, lut, buf[i])
-    block = np.empty((X_BLOCK, length), np.float32)
-    out = np.empty((X_BLOCK, m), np.float32)
     for q0 in range(p0, p1, X_BLOCK):
         nq = min(X_BLOCK, p1 - q0)
         gather_f32(xflat, src, geo, q0, nq, block)

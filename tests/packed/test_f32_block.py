@@ -3,7 +3,7 @@ the tile product built on the block (``_gemm.tile_matmul_t``) against the plain 
 (``_gemm.tile_matmul_act``) and float64, on tile and batch sizes that are not multiples of the
 block (6 weight rows x 32 activation rows), one element, all-zero input, NaN, bias and ReLU, an
 activation range that starts at a later panel and a weight range at a later output column; the
-weights decoded straight into panels for the convolution (``i2``/``tq1`` ``dequant_panels``),
+weights decoded into panels for the convolution (the formats' ``dequant_panels``),
 against the dense weight. The product paths that use the block are in ``test_kernel_paths.py``
 and ``test_conv_kernels.py``; the plain loops compiled on their own (``TERNREF_F32_BLOCK=0``) are
 checked here in a subprocess."""
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ternref import Ternary
-from ternref.packed import _f32_block, i2, kernels, pack, tq1
+from ternref.packed import FORMATS, _f32_block, kernels, pack
 from ternref.packed._f32_block import COLS, ROWS, transpose_activations
 from ternref.packed._gemm import NO_BIAS, tile_buffer, tile_matmul_act
 
@@ -105,9 +105,9 @@ def _panel_layout(rows: np.ndarray) -> np.ndarray:
 DEQUANT_PANELS_SCRIPT = """
 import numpy as np
 from ternref import Ternary
-from ternref.packed import i2, kernels, pack, tq1
+from ternref.packed import FORMATS, kernels, pack
 rng = np.random.default_rng(3)
-for mod, fmt in ((i2, "i2"), (tq1, "tq1")):
+for fmt, mod in FORMATS.items():
     for m, k, gran, gs, asym in ((1, 1, "tensor", None, False), (37, 200, "group", 70, True)):
         codes = rng.integers(-1, 2, (m, k)).astype(np.int8)
         shape = Ternary.scale_shape(codes.shape, gran, gs)
@@ -126,7 +126,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("fmt", ["i2", "tq1"])
+@pytest.mark.parametrize("fmt", ["i2", "tq1", "bitplanes"])
 @settings(max_examples=40, deadline=None)
 @given(
     m=st.integers(1, 70),
@@ -137,10 +137,11 @@ print("ok")
     seed=st.integers(0, 2**16),
 )
 def test_dequant_panels_are_the_dense_weight_as_panels(fmt, m, k, gran, group_size, kind, seed):
-    """The convolution's weight for the block (``conv_whole_f32``), decoded column by column from
-    the codes: equal to the dense weight at every real column, zero in the padding and in the
-    rows past ``m`` of the last panel; every element of ``wt`` is written."""
-    mod = {"i2": i2, "tq1": tq1}[fmt]
+    """The convolution's weight for the block (``conv_whole_f32``; ``i2`` and ``tq1`` decode it
+    column by column from the codes, ``bitplanes`` rows then a transpose): equal to the dense
+    weight at every real column, zero in the padding and in the rows past ``m`` of the last
+    panel; every element of ``wt`` is written."""
+    mod = FORMATS[fmt]
     rng = np.random.default_rng(seed)
     codes = rng.integers(-1, 2, (m, k)).astype(np.int8)
     gs = group_size if gran == "group" else None
