@@ -156,9 +156,9 @@ def conv_whole_f32(wt, m, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
     copy (:func:`gather_f32`, still used with several groups, whose padding columns sit inside
     the row) took a third of the layer's time. LeNet-5's second convolution at batch 1 went
     from 89-117 us (decoded rows, 4 x 4 loop) to 62-84 us, at batch 1000 from 55-62 ms to
-    36-40 ms (i2 and tq1, old and new interleaved in one process, 2026-12-03). Gathering the fields into panels
-    along positions, to keep the GEMM's orientation, had cost 36-46 us against 24-30 us for
-    the row gather on that layer.
+    36-40 ms (i2 and tq1, old and new interleaved in one process, 2026-12-03). Gathering the
+    fields into panels along positions, to keep the GEMM's orientation, had cost 36-46 us
+    against 24-30 us for the row gather on that layer.
 
     Positions past the ``nq`` of a block (the last window again, or stale rows of the gathered
     block) and channels past ``m`` (zero panels) are multiplied and never stored."""

@@ -75,34 +75,51 @@ AVAILABLE = _available()
 """Whether the float32 GEMM runs :func:`outer_block` (see the module docstring)."""
 
 
-def transpose_activations(x2d: np.ndarray) -> np.ndarray:
-    """The activations as panels for :func:`outer_block`: ``xt`` float32 (P * K, 32) with
-    ``xt[p K + k, j] = x2d[32 p + j, k]`` (P = N / 32 rounded up, zeros past row N). Panel ``p``
-    holds activation rows ``32 p .. 32 p + 31`` column by column, so the block reads 128
+def transpose_activations(x2d: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The activations as panels for :func:`outer_block`: ``xt`` float32 (P * width, 32) with
+    ``xt[p width + k, j] = x2d[32 p + j, k]`` (P = N / 32 rounded up, zeros past row N and, for
+    ``width`` above the K columns of ``x2d``, past column K; ``width`` defaults to K). Panel
+    ``p`` holds activation rows ``32 p .. 32 p + 31`` column by column, so the block reads 128
     contiguous bytes per step; a plain transposed copy (K, N) read them 4 N bytes apart, and at
     N = 359 those rows fell into a few cache sets of L1 (the block ran at 0.53 ms against 0.37
-    ms for the plain loop on the MLP's layer, measured 2026-12-03)."""
+    ms for the plain loop on the MLP's layer, measured 2026-12-03). ``width`` lets the float32
+    GEMM of a weight with one scale group skip padding the activations: the panels have the
+    padded row length the decoded tiles have, and the rows past K are never read."""
     n, k = x2d.shape
+    width = k if width is None else int(width)
+    if width < k:
+        raise ValueError(f"width must be at least the {k} columns of x2d, got {width}")
     panels = -(-n // COLS)
-    xt = np.empty((panels * k, COLS), np.float32)
+    xt = np.empty((panels * width, COLS), np.float32)
     fill_panels(np.ascontiguousarray(x2d, dtype=np.float32), xt)
     return xt
 
 
 @njit(nogil=True)
 def fill_panels(x2d, xt):
-    """The panels of :func:`transpose_activations` written into ``xt`` (any float32 rows)."""
+    """The panels of :func:`transpose_activations` written into ``xt`` (P * width, 32), the
+    width taken from ``xt``. Written panel row by panel row (32 strided reads, one contiguous
+    store of 128 bytes): 1.5-3x faster than row by row of ``x2d`` into strided stores
+    (359 x 256: 18.5 against 28.8 us; 64 x 800: 8.7 against 26.6, measured 2026-12-03)."""
     n, k = x2d.shape
-    for p in range(xt.shape[0] // max(k, 1)):
-        panel = xt[p * k : (p + 1) * k]
+    panels = -(-n // COLS)
+    width = xt.shape[0] // max(panels, 1)
+    for p in range(panels):
+        panel = xt[p * width : (p + 1) * width]
         rows = min(COLS, n - p * COLS)
-        for j in range(rows):
-            src = x2d[p * COLS + j]
-            for t in range(k):
-                panel[t, j] = src[t]
-        for j in range(rows, COLS):
-            for t in range(k):
-                panel[t, j] = np.float32(0.0)
+        block = x2d[p * COLS : p * COLS + rows]
+        for t in range(k):
+            dst = panel[t]
+            if rows == COLS:  # a constant trip count: LLVM vectorizes the strided reads
+                for j in range(COLS):
+                    dst[j] = block[j, t]
+            else:
+                for j in range(rows):
+                    dst[j] = block[j, t]
+                for j in range(rows, COLS):
+                    dst[j] = np.float32(0.0)
+        for t in range(k, width):
+            panel[t, :] = np.float32(0.0)
 
 
 def _element(context, builder, array_type, array, indices):

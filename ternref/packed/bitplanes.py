@@ -358,8 +358,9 @@ def dequant_panels(pos, neg, m, lut, wt):
 @njit(nogil=True)
 def gemm_f32(pos, neg, xp, xt, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y):
     """As :func:`ternref.packed.i2.gemm_f32`, with this format's :func:`dequant_row`."""
-    rows = f32_tile_rows(r1 - r0, xp.shape[1] * 4)
-    buf = tile_buffer(rows, xp.shape[1])
+    length = pos.shape[1] * BLOCK  # xp may stop at the last real column (one scale group)
+    rows = f32_tile_rows(r1 - r0, length * 4)
+    buf = tile_buffer(rows, length)
     for t0 in range(r0, r1, rows):
         nr = min(rows, r1 - t0)
         for i in range(nr):

@@ -583,8 +583,9 @@ def gemm_f32(codes, xp, xt, lut, n_cols, bias, has_bias, relu, r0, r1, n0, n1, y
     rows into a float32 buffer (:func:`dequant_row`), multiply
     (:func:`~ternref.packed._gemm.tile_product_f32`: the AVX-512 block on ``xt``, the
     transposed activations, else the plain 4 x 4 loop on ``xp``; bias and ReLU in its stores)."""
-    rows = f32_tile_rows(r1 - r0, xp.shape[1] * 4)
-    buf = tile_buffer(rows, xp.shape[1])
+    length = codes.shape[1] * STREAMS  # xp may stop at the last real column (one scale group)
+    rows = f32_tile_rows(r1 - r0, length * 4)
+    buf = tile_buffer(rows, length)
     for t0 in range(r0, r1, rows):
         nr = min(rows, r1 - t0)
         for i in range(nr):

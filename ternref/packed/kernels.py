@@ -340,7 +340,12 @@ def product(
         args = (*data, xs, xsum, *scales, zeros, asym, has_offset, b, has_bias, relu)
         _threads.run(dot_kernel, args, chunks, y)
         return y
-    xp, xsum, inv_s = prepare_rows(p, x2d, int8, backend)
+    if not int8 and backend == "numba" and p.n_groups == 1:
+        # one scale group: the padding is at the end of every row and the tile products stop
+        # at the last real column (n_cols below), so the activations need no padded copy
+        xp, xsum, inv_s = np.ascontiguousarray(x2d, dtype=np.float32), None, None
+    else:
+        xp, xsum, inv_s = prepare_rows(p, x2d, int8, backend)
     if backend == "numpy":
         if int8:
             _gemm_i8_numpy(p, xp, xsum, inv_s, sc, asym, has_offset, y)
@@ -358,7 +363,7 @@ def product(
             has_bias = bias is not None
             b = bias if has_bias else _NO_BIAS
             # the AVX-512 block reads the activations transposed (ternref.packed._f32_block)
-            xt = transpose_activations(xp) if F32_BLOCK else _NO_XT
+            xt = transpose_activations(xp, p.padded_length) if F32_BLOCK else _NO_XT
             args = (*data, xp, xt, sc["lut"], n_cols, b, has_bias, relu)
         _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
         if not int8:

@@ -28,17 +28,30 @@ needs_block = pytest.mark.skipif(
 )
 
 
-@given(n=st.integers(1, 70), k=st.integers(0, 40), seed=st.integers(0, 2**16))
-@settings(max_examples=40, deadline=None)
-def test_panels_hold_32_rows_column_by_column(n, k, seed):
+@given(
+    n=st.integers(1, 70),
+    k=st.integers(0, 40),
+    extra=st.integers(0, 9) | st.just(0),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_panels_hold_32_rows_column_by_column(n, k, extra, seed):
+    """``width = k + extra``: the panels of a one-group weight's unpadded activations have the
+    padded row length, zeros in the rows past ``k``."""
     x = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
-    xt = transpose_activations(x)
+    width = k + extra
+    xt = transpose_activations(x, width) if extra else transpose_activations(x)
     panels = -(-n // COLS)
-    assert xt.shape == (panels * k, COLS) and xt.dtype == np.float32
-    padded = np.zeros((panels * COLS, k), np.float32)
-    padded[:n] = x
-    expected = padded.reshape(panels, COLS, k).transpose(0, 2, 1).reshape(panels * k, COLS)
+    assert xt.shape == (panels * width, COLS) and xt.dtype == np.float32
+    padded = np.zeros((panels * COLS, width), np.float32)
+    padded[:n, :k] = x
+    expected = padded.reshape(panels, COLS, width).transpose(0, 2, 1).reshape(-1, COLS)
     assert np.array_equal(xt, expected)
+
+
+def test_panels_refuse_a_width_below_the_columns():
+    with pytest.raises(ValueError, match="width must be at least the 5 columns"):
+        transpose_activations(np.zeros((3, 5), np.float32), 4)
 
 
 @needs_block
