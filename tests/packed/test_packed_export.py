@@ -298,3 +298,25 @@ def test_plan_maxpool_step_equals_the_layer_and_falls_back_where_it_has_no_kerne
     np.testing.assert_array_equal(_maxpool_step(three)(x), three.forward(x))
     with pytest.raises(ValueError):
         step(rng.standard_normal((2, 3, 7)).astype(np.float32))
+
+
+def test_plan_is_rebuilt_when_the_layer_list_changes():
+    """``PackedSequential.forward`` keeps its plan while the layers are the same objects and
+    rebuilds it when one is replaced, appended or removed (the list is compared by identity)."""
+    rng = np.random.default_rng(0)
+    model = Sequential(Linear(4, 3, rng=rng), ReLU(), Linear(3, 2, rng=rng))
+    model.eval()
+    packed_model = export(model)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(packed_model.forward(x), model.forward(x), rtol=1e-5, atol=1e-6)
+    plan = packed_model._plan
+    packed_model.forward(x)
+    assert packed_model._plan is plan
+    replacement = Linear(3, 2, rng=rng)
+    packed_model.layers[2] = replacement
+    model.layers[2] = replacement
+    np.testing.assert_allclose(packed_model.forward(x), model.forward(x), rtol=1e-5, atol=1e-6)
+    assert packed_model._plan is not plan
+    packed_model.layers.pop()  # Linear, ReLU: the output is the ReLU of the first layer
+    assert packed_model.forward(x).shape == (5, 3)
+    assert np.all(packed_model.forward(x) >= 0)
