@@ -95,12 +95,18 @@ def transpose_activations(x2d: np.ndarray, width: int | None = None) -> np.ndarr
     return xt
 
 
+STRIDED_READS_BELOW = 512
+"""Up to this many columns :func:`fill_panels` reads 32 rows of ``x2d`` at once (contiguous
+stores); with more, it copies row by row into strided stores (see there)."""
+
+
 @njit(nogil=True)
 def fill_panels(x2d, xt):
     """The panels of :func:`transpose_activations` written into ``xt`` (P * width, 32), the
-    width taken from ``xt``. Written panel row by panel row (32 strided reads, one contiguous
-    store of 128 bytes): 1.5-3x faster than row by row of ``x2d`` into strided stores
-    (359 x 256: 18.5 against 28.8 us; 64 x 800: 8.7 against 26.6, measured 2026-12-03)."""
+    width taken from ``xt``. Up to :data:`STRIDED_READS_BELOW` columns, panel row by panel row
+    (32 strided reads, one contiguous store of 128 bytes): 359 x 256 in 23 against 36 us row by
+    row; with more columns the 32 read streams cost more than the strided stores (64 x 4096: 224
+    against 160 us; with a NumPy forward between calls, measured 2026-12-03)."""
     n, k = x2d.shape
     panels = -(-n // COLS)
     width = xt.shape[0] // max(panels, 1)
@@ -108,16 +114,25 @@ def fill_panels(x2d, xt):
         panel = xt[p * width : (p + 1) * width]
         rows = min(COLS, n - p * COLS)
         block = x2d[p * COLS : p * COLS + rows]
-        for t in range(k):
-            dst = panel[t]
-            if rows == COLS:  # a constant trip count: LLVM vectorizes the strided reads
-                for j in range(COLS):
-                    dst[j] = block[j, t]
-            else:
-                for j in range(rows):
-                    dst[j] = block[j, t]
-                for j in range(rows, COLS):
-                    dst[j] = np.float32(0.0)
+        if k > STRIDED_READS_BELOW:
+            for j in range(rows):
+                src = block[j]
+                for t in range(k):
+                    panel[t, j] = src[t]
+            for j in range(rows, COLS):
+                for t in range(k):
+                    panel[t, j] = np.float32(0.0)
+        else:
+            for t in range(k):
+                dst = panel[t]
+                if rows == COLS:  # a constant trip count: LLVM vectorizes the strided reads
+                    for j in range(COLS):
+                        dst[j] = block[j, t]
+                else:
+                    for j in range(rows):
+                        dst[j] = block[j, t]
+                    for j in range(rows, COLS):
+                        dst[j] = np.float32(0.0)
         for t in range(k, width):
             panel[t, :] = np.float32(0.0)
 

@@ -30,7 +30,7 @@ needs_block = pytest.mark.skipif(
 
 @given(
     n=st.integers(1, 70),
-    k=st.integers(0, 40),
+    k=st.integers(0, 40) | st.sampled_from([511, 512, 513, 700]),  # both copy orders
     extra=st.integers(0, 9) | st.just(0),
     seed=st.integers(0, 2**16),
 )
