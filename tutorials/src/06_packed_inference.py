@@ -268,9 +268,9 @@ set_num_threads(default_threads)
 # vectorization of the plain loop (`vpmaddwd`, or `vpdpwssd` with AVX-VNNI); a test checks the
 # compiled kernels for them. At batch 64 the product is compute-bound: float32 activations go
 # through a tile of weights decoded to float32 and an AVX-512 outer-product block (or a
-# register-blocked loop), near BLAS's speed at this size (faster at 4096 and 8192, see the
-# README); int8 activations with VNNI multiply 4 weight rows by 4
-# activation rows per pass over the bytes (tq1 after re-encoding a tile of rows as i2, a few
+# register-blocked loop), near BLAS's speed at this size (about even at 4096, faster at 8192,
+# see the README); int8 activations with VNNI multiply 4 weight rows by 4 activation rows per
+# pass over the bytes (tq1 after re-encoding a tile of rows as i2, a few
 # operations per weight paid once for all 64 rows) and beat sgemm. Whole models,
 # float against packed, are timed by `ternref bench --models` (README, "Benchmarks"); kernels
 # at more sizes by `python benchmarks/bench_kernels.py`.
