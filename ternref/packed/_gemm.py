@@ -496,6 +496,30 @@ def tile_buffer(rows, length):
     return np.zeros((-(-rows // F32_ROWS) * F32_ROWS, length), np.float32)
 
 
+# --------------------------------------------------------------- weights decoded as panels
+@njit(nogil=True)
+def panel_code_bytes(codes, p, m, ct):
+    """``ct[t, j] = codes[32 p + j, t]`` for the rows of panel ``p`` below ``m`` (the code bytes
+    of 32 rows side by side, what the formats' ``dequant_panels`` decode column by column);
+    returns how many rows the panel has."""
+    rows = min(32, m - 32 * p)
+    for j in range(rows):
+        crow = codes[32 * p + j]
+        for t in range(codes.shape[1]):
+            ct[t, j] = crow[t]
+    return rows
+
+
+@njit(nogil=True)
+def panel_values(lut, p, rows, g, v0, v1, v2):
+    """The values of codes -1, 0, +1 of the panel's 32 rows in scale group ``g``, one lane a
+    row (``lut`` (M, G, 3)); zeros for the rows past ``rows``: every code decodes to 0 there."""
+    for j in range(32):
+        v0[j] = lut[32 * p + j, g, 0] if j < rows else np.float32(0.0)
+        v1[j] = lut[32 * p + j, g, 1] if j < rows else np.float32(0.0)
+        v2[j] = lut[32 * p + j, g, 2] if j < rows else np.float32(0.0)
+
+
 # ------------------------------------------------------------------------------ int8 tiles
 EXACT_COLUMNS = 1 << 17
 """Columns summed in one float32 product of the int8 GEMM: with ``|x| <= 127`` and

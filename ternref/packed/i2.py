@@ -69,6 +69,8 @@ from ternref.packed._gemm import (
     finish_plain_i8,
     finish_rows,
     finish_rows_numpy,
+    panel_code_bytes,
+    panel_values,
     plain_int8_sums,
     quantize_rows,
     scale_rows_i8,
@@ -549,17 +551,9 @@ def dequant_panels(codes, m, lut, wt):
     v1 = np.empty(32, np.float32)
     v2 = np.empty(32, np.float32)
     for p in range(wt.shape[0] // length):
-        rows = min(32, m - 32 * p)
-        for j in range(rows):
-            crow = codes[32 * p + j]
-            for t in range(nbytes):
-                ct[t, j] = crow[t]
+        rows = panel_code_bytes(codes, p, m, ct)
         for b in range(length // BLOCK):
-            g = b * BLOCK // seg
-            for j in range(32):  # rows past m: every code decodes to 0
-                v0[j] = lut[32 * p + j, g, 0] if j < rows else np.float32(0.0)
-                v1[j] = lut[32 * p + j, g, 1] if j < rows else np.float32(0.0)
-                v2[j] = lut[32 * p + j, g, 2] if j < rows else np.float32(0.0)
+            panel_values(lut, p, rows, b * BLOCK // seg, v0, v1, v2)
             for tb in range(32):
                 cb = ct[32 * b + tb]
                 k = p * length + b * BLOCK + tb  # weight column 32 s + tb of block b, stream s
