@@ -31,20 +31,19 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
-from ternref.packed._f32_block import AVAILABLE as F32_BLOCK
 from ternref.packed._f32_block import COLS as F32_COLS
 from ternref.packed._f32_block import ROWS as F32_ROWS
 from ternref.packed._f32_block import outer_block_gather, outer_block_store
 from ternref.packed._gemm import NO_BIAS, X_BLOCK
 
 __all__ = [
-    "F32_BLOCK",
     "X_BLOCK",
     "conv_geometry",
     "conv_whole_f32",
     "gather_f32",
     "product_columns",
     "store_nchw",
+    "store_nchw_t",
 ]
 
 
