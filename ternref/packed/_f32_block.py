@@ -38,7 +38,14 @@ When it is used
 :data:`AVAILABLE`: Numba compiles (not ``NUMBA_DISABLE_JIT``) for the host CPU, and LLVM reports
 AVX-512F for it (32 vector registers: the twelve accumulators, the activation vectors and the
 broadcasts fit; with AVX2's sixteen 256-bit registers they would not), and
-``TERNREF_F32_BLOCK`` is not ``0``. Otherwise the float32 GEMM keeps the plain loops. As with
+``TERNREF_F32_BLOCK`` is not ``0``. Otherwise the float32 GEMM and convolution keep the plain
+loops.
+
+The float32 convolution (:func:`ternref.packed._conv.conv_whole_f32`) uses the same block with
+the roles swapped: the decoded weight as panels of 32 output channels is the vector operand and
+receptive-field values are broadcast, read in place from the padded input by
+:func:`outer_block_gather` (no gathered copy), or from gathered rows by
+:func:`outer_block_store` when the weight has several scale groups. As with
 ``TERNREF_VNNI``, Numba's cache does not key on the variable: compare the two paths with a
 separate ``NUMBA_CACHE_DIR`` each.
 """
