@@ -14,8 +14,11 @@ More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile 
 at a time (values for float32 activations, signed codes for int8) and multiplies it with a
 register-blocked product (:mod:`ternref.packed._gemm`; for float32 on a CPU with AVX-512, the
 outer-product block of :mod:`ternref.packed._f32_block` on the activations transposed into
-panels). The packed weight is never expanded whole; nothing decoded is kept between calls. The
-exceptions, on a CPU with AVX-512 VNNI (:mod:`ternref.packed._vnni`): a format whose
+panels). A GEMM never expands the packed weight whole; a convolution whose decoded weight
+fits ``WHOLE_WEIGHT_BYTES`` (1 MiB) decodes it once for the call (with float32 activations on
+AVX-512: as panels of output channels for :func:`ternref.packed._conv.conv_whole_f32`, see
+:func:`run_conv`) and frees it after; nothing decoded is kept between calls. The exceptions,
+on a CPU with AVX-512 VNNI (:mod:`ternref.packed._vnni`): a format whose
 ``STREAM_GEMM_I8`` is true (``i2``) runs int8 products of every batch size through its stream
 kernel ``dot_i8``, whose byte dot products (64 per instruction) beat the float32 tile product;
 a format whose ``I2_TILE_GEMM_I8`` is true (``tq1``) re-encodes each tile of rows as ``i2``
