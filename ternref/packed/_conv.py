@@ -117,22 +117,9 @@ def product_columns(geo, length):
 
 @njit(nogil=True)
 def store_nchw(block, nq, p0, geo, bias, has_bias, relu, y):
-    """``y[n, o, i, j] = act(block[q, o] + bias[o])`` for positions ``p0 .. p0 + nq - 1``."""
-    oh, ow = geo[3], geo[4]
-    m = block.shape[1]
-    for q in range(nq):
-        pos = p0 + q
-        n = pos // (oh * ow)
-        rem = pos - n * oh * ow
-        i = rem // ow
-        j = rem - i * ow
-        for o in range(m):
-            v = block[q, o]
-            if has_bias:
-                v += bias[o]
-            if relu and v < 0:
-                v = np.float32(0.0)
-            y[n, o, i, j] = v
+    """``y[n, o, i, j] = act(block[q, o] + bias[o])`` for positions ``p0 .. p0 + nq - 1``:
+    :func:`store_nchw_t` on the transposed view (the same order of reads)."""
+    store_nchw_t(block.T, block.shape[1], nq, p0, geo, bias, has_bias, relu, y)
 
 
 @njit(nogil=True)
