@@ -45,7 +45,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ternref.packed._f32_block import _element
+from ternref.packed._f32_block import _I8, _I32, _V16, _element
 
 ACT_ROWS = 4
 """Activation rows of one block."""
@@ -53,10 +53,6 @@ ACT_ROWS = 4
 ROW_VECTORS = 4
 """Vectors of 16 weight rows of one block (64 rows)."""
 
-_F32 = ir.FloatType()
-_I8 = ir.IntType(8)
-_I32 = ir.IntType(32)
-_V16 = ir.VectorType(_F32, 16)
 _VI16 = ir.VectorType(_I32, 16)
 _VB16 = ir.VectorType(_I8, 16)
 
