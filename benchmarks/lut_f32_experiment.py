@@ -242,14 +242,16 @@ def main(argv=None) -> int:
         if worst > 0:
             print(f"{columns}-column variant disagrees with x @ W.T by {worst:g} past the bound")
             return 1
-        asm = gemm.inspect_asm(gemm.signatures[0])
-        lookups = sum(op in asm for op in ("vpermt2ps", "vpermi2ps", "vpermps", "vpermd"))
-        counts = {op: asm.count(op + " ") + asm.count(op + "\t")
-                  for op in ("vpermt2ps", "vpermi2ps", "vpermps", "vpermd", "vaddps")}  # fmt: skip
-        spills = sum("zmm" in line and "rsp" in line for line in asm.splitlines())
-        print(f"{columns}-column variant: lookup instructions present: {bool(lookups)}, "
-              f"counts {counts}, "
-              f"zmm lines touching the stack (whole function): {spills}")  # fmt: skip
+        lines = gemm.inspect_asm(gemm.signatures[0]).splitlines()
+        ops = ("vpermt2ps", "vpermi2ps", "vpermps", "vpermd")
+        hits = [at for at, line in enumerate(lines) if line.split()[:1] and line.split()[0] in ops]
+        if not hits:
+            print(f"{columns}-column variant: no lookup instruction ({', '.join(ops)}) compiled")
+            return 1
+        loop = lines[hits[0] : hits[-1] + 1]  # the unrolled lookup loop's body
+        counts = {op: sum(line.split()[:1] == [op] for line in loop) for op in (*ops, "vaddps")}
+        spills = sum("zmm" in line and "rsp" in line for line in loop)
+        print(f"{columns}-column variant, lookup loop: {counts}, zmm stack accesses: {spills}")
         name = f"lut {columns}-col, 1 thread"
         calls[name] = lambda gemm=gemm, xk=xk, idx=idx, y=y: gemm(xk, idx, alpha, y)
         calls[f"index bytes {columns}-col"] = lambda idx=idx, k=k, c=columns: index_bytes(
