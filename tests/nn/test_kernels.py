@@ -1,7 +1,8 @@
 """The training kernels of ternref.nn._kernels against their NumPy twins.
 
-MaxPool 2x2 and col2im: bit-identical (same comparisons, same order of additions). BatchNorm: the
-kernel sums in float64, the twin in the input dtype, so they agree within a float32 tolerance.
+MaxPool 2x2, col2im and ReLU's backward: bit-identical (same comparisons, same order of
+additions). BatchNorm: the kernel sums in float64, the twin in the input dtype, so they agree
+within a float32 tolerance.
 The layers' gradients through the kernels are checked against finite differences in
 test_gradients.py (float64 runs the kernels).
 """
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ternref.nn import BatchNorm2d, MaxPool2d
+from ternref.nn import BatchNorm2d, MaxPool2d, ReLU
 from ternref.nn import _kernels as K
 from ternref.nn.functional import _col2im_t_numpy, col2im_t, conv_output_shape
 
@@ -168,6 +169,9 @@ def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
         cols = rng.standard_normal((3 * 9, 2 * 4 * 5))
         assert np.array_equal(col2im_t(cols, (2, 3, 5, 6), 3, 1, (1, 0)),
                               _col2im_t_numpy(cols, (2, 3, 5, 6), (3, 3), (1, 1), (1, 0), (5, 4)))
+        x = rng.standard_normal((2, 3, 5))
+        y, dy = np.maximum(x, 0), rng.standard_normal(x.shape)
+        assert np.array_equal(K.relu_backward(dy, y), K.relu_backward_numpy(dy, y))
         print("ok")
         """
     run_without_jit(script)
@@ -201,3 +205,48 @@ def test_affine_relu_maxpool2x2_other_dtypes_run_the_twin():
     out = K.affine_relu_maxpool2x2(y_t, a, b)
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out, K.affine_relu_maxpool2x2_numpy(y_t, a, b))
+
+
+# ------------------------------------------------------------------------------ ReLU
+
+
+def _special_values(rng, shape, dtype):
+    """Ties at zero, signed zeros, NaN and infinities among ordinary values."""
+    pool = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 3.0, np.nan, np.inf, -np.inf], dtype)
+    return rng.choice(pool, size=shape)
+
+
+@given(
+    st.lists(st.integers(1, 7), min_size=1, max_size=4), st.sampled_from(DTYPES),
+    st.booleans(), seeds,
+)  # fmt: skip
+def test_relu_backward_equals_twin_and_the_input_mask_bit_for_bit(shape, dtype, strided, seed):
+    rng = np.random.default_rng(seed)
+    x = _special_values(rng, shape, dtype)
+    dy = _special_values(rng, shape, dtype)
+    if strided:  # a non-contiguous gradient, as a transposed upstream view
+        dy = np.ascontiguousarray(dy.T).T
+    with np.errstate(invalid="ignore"):
+        relu = ReLU()
+        y = relu.forward(x)
+        dx = relu.backward(dy)
+        twin = K.relu_backward_numpy(dy, y)
+        by_input = dy * (x > 0)  # the definition: the mask of the input, not of the output
+    assert dx.dtype == twin.dtype == dtype and dx.shape == x.shape
+    for want in (twin, by_input):  # bytes: NaN payloads and the sign of zero included
+        assert np.ascontiguousarray(dx).tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+def test_relu_backward_kernel_on_empty_arrays():
+    for dtype in DTYPES:
+        empty = np.empty((0, 3), dtype)
+        dx = K.relu_backward(empty, empty)
+        assert dx.shape == (0, 3) and dx.dtype == dtype
+
+
+def test_relu_backward_other_dtypes_run_the_twin():
+    x = np.array([-1.0, 0.0, 2.0], np.float16)
+    dy = np.array([3.0, 4.0, 5.0], np.float16)
+    dx = K.relu_backward(dy, np.maximum(x, np.float16(0)))
+    assert dx.dtype == np.float16
+    np.testing.assert_array_equal(dx, [0.0, 0.0, 5.0])
