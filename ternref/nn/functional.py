@@ -228,8 +228,17 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.nd
     return col2im_t(cols.T, x_shape, kernel_size, stride, padding)
 
 
-def col2im_t(cols_t: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.ndarray:
-    """:func:`col2im` of ``cols_t.T``; fast when ``cols_t`` (C*kh*kw, N*OH*OW) is C-contiguous."""
+def col2im_t(
+    cols_t: np.ndarray, x_shape, kernel_size, stride=1, padding=0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`col2im` of ``cols_t.T``; fast when ``cols_t`` (C*kh*kw, N*OH*OW) is C-contiguous.
+
+    ``out``, when given, must be a C-contiguous, writeable array of shape ``x_shape`` and
+    ``cols_t``'s dtype, not overlapping ``cols_t``; it is overwritten with the result and
+    returned. A slice ``dx[n0:n1]`` of a larger gradient qualifies, which is how
+    :class:`~ternref.nn.Conv2d` fills ``dx`` a chunk of images at a time. Unlike the workspace
+    ``out`` of :func:`im2col_t`, an unusable ``out`` raises: the caller reads the result there.
+    """
     cols_t = float_array(cols_t, "cols_t", ndim=2, finite=False)
     if len(x_shape) != 4:
         raise ValueError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
@@ -244,11 +253,33 @@ def col2im_t(cols_t: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> n
             f"col2im: cols must have shape {expected[::-1]} for x_shape {(n, c, h, w)}, "
             f"kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}; got {cols_t.shape[::-1]}"
         )
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"col2im: out must be a numpy.ndarray, got {type(out).__name__}")
+        usable = (
+            out.shape == (n, c, h, w) and out.dtype == cols_t.dtype and out.flags.c_contiguous
+            and out.flags.writeable and not np.may_share_memory(out, cols_t)
+        )  # fmt: skip
+        if not usable:
+            raise ValueError(
+                f"col2im: out must be a C-contiguous, writeable {cols_t.dtype} array of shape "
+                f"{(n, c, h, w)} not overlapping cols; got {out.dtype} {out.shape}, "
+                f"C-contiguous={out.flags.c_contiguous}, writeable={out.flags.writeable}, "
+                f"overlapping={np.may_share_memory(out, cols_t)}"
+            )
     if cols_t.dtype in _kernels.KERNEL_DTYPES:  # the Numba kernel: same sums, ~2x faster
-        dx = np.zeros((n, c, h, w), dtype=cols_t.dtype)
+        if out is None:
+            dx = np.zeros((n, c, h, w), dtype=cols_t.dtype)
+        else:
+            dx = out
+            dx.fill(0)
         _kernels.col2im_t_kernel(np.ascontiguousarray(cols_t), kh, kw, sh, sw, ph, pw, oh, ow, dx)
         return dx
-    return _col2im_t_numpy(cols_t, (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow))
+    dx = _col2im_t_numpy(cols_t, (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (oh, ow))
+    if out is None:
+        return dx
+    out[...] = dx
+    return out
 
 
 def _col2im_t_numpy(cols_t, x_shape, kernel_size, stride, padding, out_shape) -> np.ndarray:

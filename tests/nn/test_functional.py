@@ -177,3 +177,60 @@ def test_conv2d_layer_forward_is_direct_convolution(geom, out_ch, bias, seed):
     expect = naive_conv(x, layer.weight.data, b, s, p)
     np.testing.assert_allclose(layer(x), expect, rtol=1e-12, atol=1e-12)
     assert layer(x.astype(np.float32)).dtype == np.float32
+
+
+@given(conv_geometry(), st.integers(0, 2**32 - 1), st.sampled_from([np.float64, np.float16]))
+def test_col2im_t_overwrites_a_given_out(geom, seed, dtype):
+    # float64 runs the Numba kernel, float16 the NumPy twin; both must overwrite stale contents
+    shape, k, s, p = geom
+    oh, ow = conv_output_shape(shape[2], shape[3], k, s, p)
+    rng = np.random.default_rng(seed)
+    cols_t = rng.standard_normal((shape[1] * k[0] * k[1], shape[0] * oh * ow)).astype(dtype)
+    want = col2im_t(cols_t, shape, k, s, p)
+    big = np.full((shape[0] + 2, *shape[1:]), np.nan, dtype)
+    got = col2im_t(cols_t, shape, k, s, p, out=big[1:-1])  # a slice of a larger array
+    assert np.shares_memory(got, big) and got.shape == shape
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(big[0]).all() and np.isnan(big[-1]).all()  # nothing outside out is touched
+
+
+def test_col2im_t_refuses_an_unusable_out():
+    shape, k = (2, 3, 5, 5), 3
+    cols_t = np.ones((3 * 9, 2 * 9))
+    frozen = np.empty(shape)
+    frozen.setflags(write=False)
+    overlapping = cols_t.reshape(-1)[: np.prod(shape)].reshape(shape)
+    for bad in (np.empty(shape, np.float32), np.empty((3, 3, 5, 5)),
+                np.empty((*shape, 2))[..., 0], frozen, overlapping):  # fmt: skip
+        with pytest.raises(ValueError, match="out must be a C-contiguous, writeable float64"):
+            col2im_t(cols_t, shape, k, out=bad)
+    with pytest.raises(TypeError, match="out must be a numpy.ndarray, got list"):
+        col2im_t(cols_t, shape, k, out=[0.0])
+
+
+@given(conv_geometry(), st.integers(1, 3), st.integers(0, 2**32 - 1), st.integers(0, 3))
+def test_conv2d_backward_in_chunks_of_images_is_the_unchunked_formula(geom, out_ch, seed, per):
+    # Conv2d.backward computes dcols = W2.T @ dY and col2im a chunk of images at a time; any
+    # chunk size (one image, a size that does not divide N, all at once) gives the docstring's
+    # dx = col2im((W2.T @ dY).T), and the weight gradient does not depend on it
+    import ternref.nn.layers as layers
+
+    shape, k, s, p = geom
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(shape[1], out_ch, k, stride=s, padding=p, rng=rng, dtype=np.float64)
+    x = rng.standard_normal(shape)
+    y = layer(x)
+    dy = rng.standard_normal(y.shape)
+    w2 = layer.weight.data.reshape(out_ch, -1)
+    d_y = dy.transpose(1, 0, 2, 3).reshape(out_ch, -1)
+    want = col2im((w2.T @ d_y).T, shape, k, s, p)
+    per_image_bytes = w2.shape[1] * y.shape[2] * y.shape[3] * 8
+    budget = per_image_bytes * per if per else 2**40  # 0 images: everything in one chunk
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layers, "_DCOLS_CHUNK_BYTES", budget)
+        layer.zero_grad()
+        dx = layer.backward(dy)
+    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        layer.weight.grad.reshape(out_ch, -1), d_y @ im2col(x, k, s, p), rtol=1e-12, atol=1e-12
+    )
