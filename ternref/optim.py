@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from ternref import _validate
+from ternref import _optim_kernels, _validate
 from ternref.nn.module import Parameter
 
 
@@ -180,17 +180,14 @@ class Adam(Optimizer):
             state["v"] = np.zeros_like(p.data)
         state["step"] += 1
         t = state["step"]
-        m, v = state["m"], state["v"]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * (g * g)
         if wd and group["decoupled"]:
             p.data *= 1 - lr * wd
         # Fold both bias corrections into the step size and eps (same result, fewer array ops).
         step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         eps_hat = group["eps"] * math.sqrt(1 - b2**t)
-        p.data -= (step_size * m / (np.sqrt(v) + eps_hat)).astype(p.data.dtype, copy=False)
+        # the moments and the step: one Numba pass, equal bit for bit to its NumPy twin
+        # ternref._optim_kernels.adam_update_numpy, which reads as the three lines above
+        _optim_kernels.adam_update(p.data, g, state["m"], state["v"], b1, b2, step_size, eps_hat)
 
 
 # ---------------------------------------------------------------------------------- schedules

@@ -4,7 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ternref import _optim_kernels
 from ternref.nn.module import Parameter
 from ternref.optim import SGD, Adam, CosineLR, MultiStepLR, StepLR
 
@@ -131,3 +134,74 @@ def test_bad_hyperparameters_raise_clear_errors(make, match):
 def test_non_parameters_are_refused():
     with pytest.raises(TypeError, match="Parameter"):
         SGD([np.zeros(3)], lr=0.1)
+
+
+# ------------------------------------------------------------- the Adam kernel and its twin
+
+
+def _adam_arrays(rng, shape, dtype, special):
+    g = rng.standard_normal(shape).astype(dtype)
+    m = (0.1 * rng.standard_normal(shape)).astype(dtype)
+    v = np.abs(rng.standard_normal(shape)).astype(dtype)
+    w = rng.standard_normal(shape).astype(dtype)
+    if special and g.size:  # NaN/inf gradients, zero moments (0/0 and x/0 with eps_hat = 0)
+        flat = rng.integers(0, g.size, size=min(g.size, 4))
+        g.reshape(-1)[flat] = np.array([np.nan, np.inf, -np.inf, 0.0], dtype)[: flat.size]
+        v.reshape(-1)[flat[:2]] = 0.0
+        m.reshape(-1)[flat[:1]] = 0.0
+    return w, g, m, v
+
+
+@given(
+    st.sampled_from([(0,), (1,), (7,), (33,), (3, 5), (2, 3, 4), (1, 1, 5, 5)]),
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+    st.sampled_from([(0.9, 0.999, 1e-3, 1e-8 * math.sqrt(1 - 0.999)), (0.5, 0.25, 0.3, 0.0)]),
+    st.integers(0, 2**32 - 1),
+)
+def test_adam_kernel_equals_its_numpy_twin_bit_for_bit(shape, dtype, special, consts, seed):
+    # the kernel does the twin's float operations in the twin's order, in the arrays' dtype
+    b1, b2, step_size, eps_hat = consts
+    rng = np.random.default_rng(seed)
+    got = _adam_arrays(rng, shape, dtype, special)
+    want = tuple(a.copy() for a in got)
+    with np.errstate(all="ignore"):
+        _optim_kernels.adam_update(*got, b1, b2, step_size, eps_hat)
+        _optim_kernels.adam_update_numpy(*want, b1, b2, step_size, eps_hat)
+    for name, a, b in zip("wgmv", got, want):
+        assert a.dtype == b.dtype == dtype, name
+        # equal bytes: NaN payloads, signed zeros and infinities included
+        assert a.tobytes() == b.tobytes(), name
+
+
+def test_adam_update_falls_back_to_the_twin_for_other_layouts_and_dtypes():
+    rng = np.random.default_rng(0)
+    for w, g, m, v in (
+        _adam_arrays(rng, (6,), np.float16, False),  # no kernel for float16
+        tuple(a[::2] for a in _adam_arrays(rng, (12,), np.float32, False)),  # strided
+        (*_adam_arrays(rng, (5,), np.float32, False)[:1],  # float64 gradient, float32 state
+         rng.standard_normal(5), np.zeros(5, np.float32), np.zeros(5, np.float32)),
+    ):  # fmt: skip
+        want = tuple(np.array(a, copy=True) for a in (w, g, m, v))
+        _optim_kernels.adam_update(w, g, m, v, 0.9, 0.999, 1e-3, 1e-8)
+        _optim_kernels.adam_update_numpy(*want, 0.9, 0.999, 1e-3, 1e-8)
+        for a, b in zip((w, g, m, v), want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_adam_kernel_runs_as_plain_python_with_jit_disabled(run_without_jit):
+    run_without_jit(
+        """
+        import numpy as np
+        from ternref import _optim_kernels as K
+        assert not hasattr(K._adam_kernel, "py_func"), "jit was not disabled"
+        rng = np.random.default_rng(0)
+        got = [rng.standard_normal(9).astype(np.float32) for _ in range(4)]
+        got[3] = np.abs(got[3])
+        want = [a.copy() for a in got]
+        K.adam_update(*got, 0.9, 0.999, 1e-3, 1e-8)
+        K.adam_update_numpy(*want, 0.9, 0.999, 1e-3, 1e-8)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        print("ok")
+        """
+    )
