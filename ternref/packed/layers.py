@@ -371,7 +371,8 @@ def _dense_conv_step(layer: Conv2d, relu: bool):
         layer._cols_t = scratch.get(part.dtype)  # reused when the shape matches
         y = layer.forward(part)
         cols = layer._cols_t
-        layer._cols_t = None  # the layer keeps nothing; the step keeps one chunk's matrix
+        layer._cols_t = None  # the step keeps one chunk's matrix; the layer, its own chunk-sized
+        # output workspace (nn.layers._CHUNK_BYTES at most)
         kept = scratch.get(part.dtype)
         if kept is None or cols.size >= kept.size:
             scratch[part.dtype] = cols

@@ -209,28 +209,32 @@ def test_col2im_t_refuses_an_unusable_out():
 
 
 @given(conv_geometry(), st.integers(1, 3), st.integers(0, 2**32 - 1), st.integers(0, 3))
-def test_conv2d_backward_in_chunks_of_images_is_the_unchunked_formula(geom, out_ch, seed, per):
-    # Conv2d.backward computes dcols = W2.T @ dY and col2im a chunk of images at a time; any
-    # chunk size (one image, a size that does not divide N, all at once) gives the docstring's
-    # dx = col2im((W2.T @ dY).T), and the weight gradient does not depend on it
+def test_conv2d_in_chunks_of_images_is_the_unchunked_formula(geom, out_ch, seed, per):
+    # Conv2d computes Y = W2 @ cols_t + b, and in its backward dcols = W2.T @ dY and col2im,
+    # a chunk of images at a time; any chunk size (one image, a size that does not divide N,
+    # all at once) gives the docstring's formulas on the whole batch
     import ternref.nn.layers as layers
 
     shape, k, s, p = geom
     rng = np.random.default_rng(seed)
     layer = Conv2d(shape[1], out_ch, k, stride=s, padding=p, rng=rng, dtype=np.float64)
     x = rng.standard_normal(shape)
-    y = layer(x)
-    dy = rng.standard_normal(y.shape)
+    oh, ow = conv_output_shape(shape[2], shape[3], k, s, p)
+    dy = rng.standard_normal((shape[0], out_ch, oh, ow))
     w2 = layer.weight.data.reshape(out_ch, -1)
+    cols = im2col(x, k, s, p)
+    y_t = w2 @ cols.T + layer.bias.data[:, None]
+    want_y = y_t.reshape(out_ch, shape[0], oh, ow).transpose(1, 0, 2, 3)
     d_y = dy.transpose(1, 0, 2, 3).reshape(out_ch, -1)
-    want = col2im((w2.T @ d_y).T, shape, k, s, p)
-    per_image_bytes = w2.shape[1] * y.shape[2] * y.shape[3] * 8
+    want_dx = col2im((w2.T @ d_y).T, shape, k, s, p)
+    per_image_bytes = max(w2.shape) * oh * ow * 8  # the larger of the two workspaces
     budget = per_image_bytes * per if per else 2**40  # 0 images: everything in one chunk
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layers, "_DCOLS_CHUNK_BYTES", budget)
-        layer.zero_grad()
+        mp.setattr(layers, "_CHUNK_BYTES", budget)
+        y = layer(x)
         dx = layer.backward(dy)
-    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(
-        layer.weight.grad.reshape(out_ch, -1), d_y @ im2col(x, k, s, p), rtol=1e-12, atol=1e-12
-    )
+    assert y.flags.c_contiguous and dx.flags.c_contiguous
+    np.testing.assert_allclose(y, want_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad.reshape(out_ch, -1), d_y @ cols, rtol=1e-12,
+                               atol=1e-12)  # fmt: skip
