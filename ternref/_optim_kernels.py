@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from ternref._jit import njit
+from ternref.nn._kernels import KERNEL_DTYPES
 
 __all__ = ["adam_update", "adam_update_numpy"]
-
-KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def adam_update_numpy(w, g, m, v, b1, b2, step_size, eps_hat) -> None:
