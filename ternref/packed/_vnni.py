@@ -1,4 +1,5 @@
-"""Byte dot products with AVX-512 VNNI (``vpdpbusd``) for the ``i2`` int8 kernels.
+"""Byte dot products with AVX-512 VNNI (``vpdpbusd``), or AVX2 (``vpmaddubsw``), for the ``i2``
+int8 kernels.
 
 Why this module exists
 ----------------------
@@ -24,6 +25,12 @@ weight rows against one activation row (the GEMV form: each activation vector is
 four rows, and the per-call set-up and final sums are shared), or one weight row against four
 activation rows (the GEMM form: each decoded field serves four rows of activations).
 
+CPUs with AVX2 but no VNNI (AMD Zen 1-3, Intel before Ice Lake) get the same loop in the form
+llama.cpp's and bitnet.cpp's AVX2 kernels use, 32 bytes a step: ``vpmaddubsw`` multiplies the
+32 fields by the 32 activations and adds adjacent pairs into int16, the four streams' results
+are added in int16, and one ``vpmaddwd`` by ones widens them into 8 int32 lanes
+(:func:`_emit_step_avx2`, which shows why nothing saturates). :data:`ISA` says which form runs.
+
 The sums are the same exact integers as the plain loop's: ``q <= 2``, ``|x| <= 127``, so four
 products fit a lane with room to spare, and an int32 lane holds any row shorter than 2^22
 weights (what :func:`ternref.packed.pack` allows). The NumPy twins of the kernels that call
@@ -33,11 +40,11 @@ When it is used
 ---------------
 :data:`AVAILABLE` is true only when every condition holds: Numba compiles (not
 ``NUMBA_DISABLE_JIT``) for the host CPU (no ``NUMBA_CPU_NAME``), the host CPU has AVX-512 BW,
-VL and VNNI (LLVM's host feature list), and ``TERNREF_VNNI`` is not ``0``. Otherwise the kernels
-keep the plain loops, which compile everywhere: the intrinsic would not compile for a CPU
-without the instruction. ``TERNREF_VNNI=0`` is also how a user compares the two; Numba's cache
-of compiled kernels does not know about that variable (it keys entries by source file and CPU,
-not by the environment), so compare the two with a separate ``NUMBA_CACHE_DIR`` for each, as
+VL and VNNI, or AVX2 (LLVM's host feature list), and ``TERNREF_VNNI`` is not ``0``. Otherwise
+the kernels keep the plain loops, which compile everywhere: the intrinsics would not compile for
+a CPU without the instructions. ``TERNREF_VNNI=0`` is also how a user compares the two; Numba's
+cache of compiled kernels does not know about that variable (it keys entries by source file and
+CPU, not by the environment), so compare the two with a separate ``NUMBA_CACHE_DIR`` for each, as
 ``tests/packed/test_kernel_asm.py`` does. Both paths give the same exact sums either way.
 """
 
@@ -81,11 +88,24 @@ def intrinsic_available(switch: str, features) -> bool:
     return host_has(features)
 
 
-def _available() -> bool:
-    return intrinsic_available("TERNREF_VNNI", REQUIRED_FEATURES)
+AVX2_FEATURES = ("avx2",)
+"""LLVM's names of the CPU features of the AVX2 form (``vpmaddubsw`` + ``vpmaddwd`` on ymm)."""
 
 
-AVAILABLE = _available()
+def _isa() -> str | None:
+    if intrinsic_available("TERNREF_VNNI", REQUIRED_FEATURES):
+        return "avx512vnni"
+    if intrinsic_available("TERNREF_VNNI", AVX2_FEATURES):
+        return "avx2"
+    return None
+
+
+ISA = _isa()
+"""Which form the intrinsics below compile to: ``"avx512vnni"`` (``vpdpbusd`` on zmm),
+``"avx2"`` (``vpmaddubsw`` + ``vpmaddwd`` on ymm, the CPUs without VNNI: AMD Zen 1-3, Intel
+before Ice Lake) or ``None`` (neither may run; the kernels keep their plain loops)."""
+
+AVAILABLE = ISA is not None
 """Whether the ``i2`` int8 kernels use :func:`i2_field_dot` (see the module docstring)."""
 
 PREFETCH_ROWS = 32
@@ -165,6 +185,58 @@ def _emit_step(
     return accs
 
 
+def _emit_step_avx2(builder, code_ptrs, stream_ptrs, offset, mask, accs, prefetch_ptrs=()):
+    """:func:`_emit_step` without VNNI, 32 bytes at byte ``offset``: returns the updated
+    accumulators ``accs[j][i]`` (<8 x i32>, code row ``j``, activation row ``i``).
+
+    AVX2 has no byte dot product into int32. ``vpmaddubsw`` multiplies 32 unsigned bytes by 32
+    signed bytes and adds adjacent pairs into 16 int16 lanes, saturating; here a pair is at most
+    ``2 * 2 * 128 = 512`` in magnitude (fields ``<= 2``, activations ``>= -128``), and the four
+    streams' pairs added in int16 at most ``2048``, so nothing saturates and the sums stay exact.
+    One ``vpmaddwd`` by ones then widens the int16 lanes into int32 lanes (adding pairs again):
+    nine instructions per 128 weights and pair of rows (four ``vpmaddubsw``, three int16 adds,
+    one ``vpmaddwd``, one int32 add), against two ``vpdpbusd`` with VNNI."""
+    vbytes, vlanes = _BYTES[256], _LANES[256]
+    vshorts = ir.VectorType(ir.IntType(16), 16)
+    maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", vshorts, [vbytes, vbytes])
+    maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", vlanes, [vshorts, vshorts])
+    ones = ir.Constant(vshorts, [1] * 16)
+
+    def load(ptr):
+        at = builder.gep(ptr, [offset])
+        return builder.load(builder.bitcast(at, vbytes.as_pointer()), align=1)
+
+    mask_vector = _splat(builder, mask, vbytes)
+    accs = [list(row) for row in accs]
+    prefetch = _function(
+        builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
+    )
+    for ptr in prefetch_ptrs:  # read access, keep in all cache levels, data cache
+        args = [builder.gep(ptr, [offset]), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                ir.Constant(_I32, 1)]  # fmt: skip
+        builder.call(prefetch, args)
+    for j, code_ptr in enumerate(code_ptrs):
+        b = load(code_ptr)
+        fields = [
+            builder.and_(
+                builder.lshr(b, ir.Constant(vbytes, [2 * s] * 32)) if s else b, mask_vector
+            )  # fmt: skip
+            for s in range(4)
+        ]
+        for i, ptrs in enumerate(stream_ptrs):
+            pairs = [builder.call(maddubs, [fields[s], load(ptrs[s])]) for s in range(4)]
+            shorts = builder.add(builder.add(pairs[0], pairs[1]), builder.add(pairs[2], pairs[3]))
+            accs[j][i] = builder.add(accs[j][i], builder.call(maddwd, [shorts, ones]))
+    return accs
+
+
+def _reduce_one(builder, bits, vector):
+    """The int32 sum of the lanes of one accumulator."""
+    vlanes = _LANES[bits]
+    name = f"llvm.vector.reduce.add.v{vlanes.count}i32"
+    return builder.call(_function(builder, name, _I32, [vlanes]), [vector])
+
+
 def _reduce(builder, bits, stream_accs):
     """The int32 sum of the lanes of the four stream accumulators of one product."""
     vlanes = _LANES[bits]
@@ -172,6 +244,23 @@ def _reduce(builder, bits, stream_accs):
                         builder.add(stream_accs[2], stream_accs[3]))  # fmt: skip
     name = f"llvm.vector.reduce.add.v{vlanes.count}i32"
     return builder.call(_function(builder, name, _I32, [vlanes]), [total])
+
+
+def _avx2_sums(builder, code_ptrs, stream_ptrs, nbytes, mask, prefetch_ptrs):
+    """The int32 sums of every code row with every activation row over ``nbytes`` bytes (a
+    multiple of 32) in the AVX2 form (:func:`_emit_step_avx2`), code row major: the loop of
+    :func:`_make_field_dot` and :func:`i2_field_block` where :data:`ISA` is ``"avx2"``."""
+    idx = nbytes.type
+    zero8 = ir.Constant(_LANES[256], [0] * 8)
+    slots = [[cgutils.alloca_once_value(builder, zero8) for _ in stream_ptrs] for _ in code_ptrs]
+    with cgutils.for_range(builder, builder.udiv(nbytes, ir.Constant(idx, 32))) as loop:
+        offset = builder.mul(loop.index, ir.Constant(idx, 32))
+        accs = [[builder.load(x) for x in row] for row in slots]
+        accs = _emit_step_avx2(builder, code_ptrs, stream_ptrs, offset, mask, accs, prefetch_ptrs)
+        for row_slots, row_accs in zip(slots, accs):
+            for slot, acc in zip(row_slots, row_accs):
+                builder.store(acc, slot)
+    return [_reduce_one(builder, 256, builder.load(x)) for row in slots for x in row]
 
 
 def _make_field_dot(code_rows: int, act_rows: int):
@@ -220,6 +309,11 @@ def _make_field_dot(code_rows: int, act_rows: int):
             [element(xs, 3, [builder.add(n0, const(i)), const(s)]) for s in range(4)]
             for i in range(act_rows)
         ]
+        if ISA == "avx2":
+            values = _avx2_sums(builder, code_ptrs, streams, nbytes, mask, prefetch_ptrs)
+            if len(values) == 1:
+                return values[0]
+            return context.make_tuple(builder, signature.return_type, values)
         zero16 = ir.Constant(_LANES[512], [0] * 16)
         slots = [
             [
@@ -342,6 +436,21 @@ def _block_codegen(context, builder, signature, args):
     row_stride = builder.extract_value(codes.strides, 0)
     streams = [[element(xs, 3, [builder.add(n0, const(i)), const(s)], t0) for s in range(4)]
                for i in rows]  # fmt: skip
+    out_strides = [builder.extract_value(out.strides, d) for d in range(2)]
+    out_base = builder.bitcast(out.data, _I8.as_pointer())
+
+    def store(j, i, value):  # out[i, c0 + j] = value
+        at = builder.add(builder.mul(const(i), out_strides[0]),
+                         builder.mul(builder.add(c0, const(j)), out_strides[1]))  # fmt: skip
+        builder.store(value, builder.bitcast(builder.gep(out_base, [at]), _I32.as_pointer()))
+
+    if ISA == "avx2":
+        ahead = builder.mul(row_stride, const(4))  # the weight rows of the next block
+        prefetch_ptrs = [builder.gep(ptr, [ahead]) for ptr in code_ptrs]
+        values = _avx2_sums(builder, code_ptrs, streams, nbytes, mask, prefetch_ptrs)
+        for k, value in enumerate(values):
+            store(k // 4, k % 4, value)
+        return context.get_dummy_value()
     zero16 = ir.Constant(_LANES[512], [0] * 16)
     slots = [[cgutils.alloca_once_value(builder, zero16) for _ in rows] for _ in rows]
     prefetch = _function(builder, "llvm.prefetch.p0", ir.VoidType(),
@@ -369,14 +478,9 @@ def _block_codegen(context, builder, signature, args):
                 builder.store(builder.add(builder.load(slot), wide), slot)
     # lane k of the totals: weight row k // 4, activation row k % 4
     totals = _sum_lanes_of_each(builder, [builder.load(x) for row in slots for x in row])
-    out_strides = [builder.extract_value(out.strides, d) for d in range(2)]
-    out_base = builder.bitcast(out.data, _I8.as_pointer())
     for j in rows:
         for i in rows:
-            at = builder.add(builder.mul(const(i), out_strides[0]),
-                             builder.mul(builder.add(c0, const(j)), out_strides[1]))  # fmt: skip
-            ptr = builder.bitcast(builder.gep(out_base, [at]), _I32.as_pointer())
-            builder.store(builder.extract_element(totals, ir.Constant(_I32, 4 * j + i)), ptr)
+            store(j, i, builder.extract_element(totals, ir.Constant(_I32, 4 * j + i)))
     return context.get_dummy_value()
 
 

@@ -1,4 +1,5 @@
-"""The ``vpdpbusd`` intrinsics of ``ternref.packed._vnni`` against the dense sum they compute,
+"""The byte dot-product intrinsics of ``ternref.packed._vnni`` (``vpdpbusd`` with AVX-512 VNNI,
+``vpmaddubsw`` with AVX2: whichever ``_vnni.ISA`` names) against the dense sum they compute,
 on every length the i2 kernels can give them (multiples of 32 bytes, with and without the
 32-byte tail), both masks, extreme activations, and one or four activation rows. Skipped where
 the CPU (or ``NUMBA_DISABLE_JIT`` / ``TERNREF_VNNI=0``) rules the intrinsic out: there the i2
@@ -11,7 +12,9 @@ from hypothesis import strategies as st
 
 from ternref.packed import _vnni
 
-pytestmark = pytest.mark.skipif(not _vnni.AVAILABLE, reason="no AVX-512 VNNI kernels here")
+pytestmark = pytest.mark.skipif(
+    not _vnni.AVAILABLE, reason="no byte dot-product kernels here (AVX-512 VNNI or AVX2)"
+)
 
 if _vnni.AVAILABLE:
     from ternref._jit import njit
@@ -88,6 +91,23 @@ def test_field_dot_is_the_dense_sum(blocks, offset_blocks, rows, mask, extreme, 
             want = [[_dense(codes, r + j, *args, n + i, mask) for j in range(4)] for i in range(4)]
             assert out[:, 1:5].tolist() == want
             assert (out[:, 0] == -1).all() and (out[:, 5:] == -1).all()  # nothing else written
+
+
+@pytest.mark.parametrize("value", [-128, 127])
+def test_largest_sums_do_not_saturate(value):
+    """Every field 2 and every activation ``value``: the AVX2 form's int16 pair sums of the four
+    streams reach ``4 * 2 * 2 * value`` (-2048 with -128), the most any int8 input can give; a
+    saturating or overflowing lane would show here. One and three 64-byte steps (and a tail)."""
+    for nbytes in (32, 64, 96, 224):
+        codes = np.full((4, nbytes), 0b10101010, np.uint8)
+        xs = np.full((4, 4, nbytes), value, np.int8)
+        want = 2 * 4 * nbytes * value
+        assert _dot1(codes, 0, 0, nbytes, xs, 0, 3) == want
+        assert list(_dot_4rows(codes, 0, 0, nbytes, xs, 0, 3)) == [want] * 4
+        assert list(_dot_4acts(codes, 0, 0, nbytes, xs, 0, 3)) == [want] * 4
+        out = np.zeros((4, 4), np.int32)
+        _block(codes, 0, 0, nbytes, xs, 0, 3, out, 0)
+        assert (out == want).all()
 
 
 def test_field_dot_through_strides():
