@@ -34,8 +34,9 @@ twin agree within the K-derived float tolerance, not bit for bit.
 :func:`tile_product_i8` multiplies int8 activations by codes in float32, which is exact here
 (every partial sum is an integer below 2^24, :data:`EXACT_COLUMNS`), so the int8 paths agree
 with their twins bit for bit; the GEMV kernels (one row of activations) use integer
-instructions instead (``vpmaddwd`` / ``vpdpwssd``, or ``vpdpbusd`` for ``i2`` on AVX-512 VNNI,
-where the stream kernel also takes the int8 GEMM; see :func:`ternref.packed.i2.dot_i8`).
+instructions instead (``vpmaddwd`` / ``vpdpwssd``, or for ``i2`` ``vpdpbusd`` on AVX-512 VNNI
+and ``vpmaddubsw`` on AVX2, where the stream kernel also takes the int8 GEMM; see
+:func:`ternref.packed.i2.dot_i8`).
 """
 
 from __future__ import annotations

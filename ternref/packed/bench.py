@@ -88,7 +88,7 @@ def run(
         f"median of at least {reps} interleaved rounds, more until {min_seconds:g} s of calls per "
         "configuration (NumPy and every kernel called in turn, no pause); "
         f"ratio = NumPy time / this time; G w/s/core = weights per second / {threads} threads "
-        f"(/ 1 where the vpdpbusd int8 kernels run serial: kernels.SERIAL_VNNI_GEMV, "
+        f"(/ 1 where the byte-dot int8 kernels run serial: kernels.SERIAL_VNNI_GEMV, "
         f"SERIAL_VNNI_GEMM_BELOW); "
         f"bitnet.cpp's W2A8 GEMV: {BITNET_CPP_GWEIGHTS_PER_CORE:.0f} G w/s/core"
     )

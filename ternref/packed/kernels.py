@@ -8,7 +8,8 @@ reads the packed bytes directly. The activations are first laid out as *streams*
 ``s``, so ``x[l]`` is written to ``xs[s, t]``; then one byte of codes meets its activations at
 the same position ``t`` of every stream, and the inner loop is a single reduction over
 contiguous arrays, which LLVM vectorizes (with ``vpmaddwd`` / ``vpdpwssd`` for int8; ``i2``
-with AVX-512 VNNI runs the ``vpdpbusd`` loop of :mod:`ternref.packed._vnni` instead).
+with AVX-512 VNNI runs the ``vpdpbusd`` loop of :mod:`ternref.packed._vnni` instead, and with
+AVX2 alone its ``vpmaddubsw`` form).
 
 More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile of weight rows
 at a time (values for float32 activations, signed codes for int8) and multiplies it with a
@@ -18,9 +19,10 @@ panels). A GEMM never expands the packed weight whole; a convolution whose decod
 fits ``WHOLE_WEIGHT_BYTES`` (1 MiB) decodes it once for the call (with float32 activations on
 AVX-512: as panels of output channels for :func:`ternref.packed._conv.conv_whole_f32`, see
 :func:`run_conv`) and frees it after; nothing decoded is kept between calls. The exceptions,
-on a CPU with AVX-512 VNNI (:mod:`ternref.packed._vnni`): a format whose
+on a CPU with AVX-512 VNNI or AVX2 (:mod:`ternref.packed._vnni`): a format whose
 ``STREAM_GEMM_I8`` is true (``i2``) runs int8 products of every batch size through its stream
-kernel ``dot_i8``, whose byte dot products (64 per instruction) beat the float32 tile product;
+kernel ``dot_i8``, whose byte dot products (64 or 32 per instruction) beat the float32 tile
+product;
 a format whose ``I2_TILE_GEMM_I8`` is true (``tq1``) re-encodes each tile of rows as ``i2``
 bytes and runs the same kernel (:func:`_gemm_i8_i2_tiles`; its convolution re-encodes the
 whole weight for the call, :func:`run_conv`).
@@ -81,7 +83,10 @@ thread costs more than it saves. Measured on the project's 2-core AMD EPYC VM (2
 4096 x 4096 with the codes in cache took 0.155 ms on one thread and 0.27 ms on two; in
 ``bench_kernels.py`` (interleaved with NumPy) it ran 7.5-7.9x NumPy on one thread against
 4.1-6.3x on two at 4096, and 5.9-7.0x against 5.4-5.5x at 8192. Batches of 8 rows and more
-still use the helper threads (batch 64 at 4096: 7.0 ms on one thread, 4.4 ms on two)."""
+still use the helper threads (batch 64 at 4096: 7.0 ms on one thread, 4.4 ms on two). The same
+holds for the AVX2 form on a 2-core AMD EPYC Zen 2 VM (2026-12-08), a NumPy GEMV before each
+call, median ms one thread against two: 0.455 against 0.54-0.62 at 4096, 1.40 against
+1.58-1.61 at 8192."""
 
 
 STREAM_GEMM_BY_ACTIVATIONS = True
@@ -103,7 +108,8 @@ call: 256 x 256 at batch 359 (the MLP's packed layer, 23.5 M) 0.21-0.27 against 
 512 x 512 at 359 (94 M) 0.49-0.65 against 0.71-0.82; 1024 x 1024 at 64 (67 M) 0.30 against
 0.36; 2048 x 2048 at 64 (268 M) 1.02-1.17 against 1.07-1.34. Above it the helpers stay: without
 a NumPy call in between, 512 x 1600 at batch 1000 (819 M) took 4.0-4.5 ms on one thread and
-2.9-3.1 ms on two."""
+2.9-3.1 ms on two. With the AVX2 form on the Zen 2 VM (2026-12-08), the MLP's packed layer in
+its model took 0.63-0.65 ms on one thread and 0.71-0.72 on two."""
 
 
 def quantize_activations(x2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -383,7 +389,8 @@ _NO_XT = np.zeros((0, 0), np.float32)  # gemm_f32's transposed activations, unus
 
 
 def _gemm_i8_i2_tiles(p: Packed, x2d, bias, relu: bool, y) -> np.ndarray:
-    """The int8 GEMM of a format with ``I2_TILE_GEMM_I8`` (``tq1`` on AVX-512 VNNI): the
+    """The int8 GEMM of a format with ``I2_TILE_GEMM_I8`` (``tq1`` with ``i2``'s byte dot
+    products, :mod:`ternref.packed._vnni`): the
     activations are quantized into ``i2``'s streams (:func:`_layout` for ``i2``), and the
     format's ``gemm_i8_i2`` re-encodes each tile of weight rows as ``i2`` bytes and multiplies
     it with ``i2``'s ``vpdpbusd`` kernels: on the calling thread alone below
