@@ -443,19 +443,34 @@ def col2im_t_kernel(cols_t, kh, kw, sh, sw, ph, pw, oh, ow, dx):
     j*sw + b - pw]`` when that lies inside the (unpadded) input; padding positions are dropped.
     Each dx element receives its terms in the twin's order (offsets (a, b) row-major), so the
     sums are bit-identical.
+
+    The columns ``j`` that land inside the input, ``0 <= j sw + b - pw < w``, are a range
+    ``j0 <= j < j1`` computed once per offset, so the inner loop has no test: with the test inside,
+    LLVM vectorized it with masked loads and stores (``vmaskmovps``), slow on AMD's Zen cores.
+    With stride 1 the loop runs over two contiguous slices (no index arithmetic, no negative-index
+    wraparound per element). LeNet-5's conv2 backward (16 images of 32 x 14 x 14, 5 x 5) on the
+    Zen 2 VM (2026-12-08): 1.49 ms with the test, 1.38 with the range, 0.77 with the slices.
     """
     n, c, h, w = dx.shape
     for ci in range(c):
         for a in range(kh):
             for b in range(kw):
                 row = cols_t[(ci * kh + a) * kw + b]
+                shift = b - pw  # q = j sw + shift
+                j0 = 0 if shift >= 0 else (-shift + sw - 1) // sw  # first j with q >= 0
+                j1 = min(ow, (w - 1 - shift) // sw + 1) if w - 1 - shift >= 0 else 0
                 for ni in range(n):
                     for i in range(oh):
                         p = i * sh + a - ph
                         if p < 0 or p >= h:
                             continue
                         base = (ni * oh + i) * ow
-                        for j in range(ow):
-                            q = j * sw + b - pw
-                            if q >= 0 and q < w:
-                                dx[ni, ci, p, q] += row[base + j]
+                        if sw == 1:  # contiguous slices: no index arithmetic in the loop
+                            dst = dx[ni, ci, p, j0 + shift : j1 + shift]
+                            src = row[base + j0 : base + j1]
+                            for t in range(dst.shape[0]):
+                                dst[t] += src[t]
+                        else:
+                            out = dx[ni, ci, p]
+                            for j in range(j0, j1):
+                                out[j * sw + shift] += row[base + j]
