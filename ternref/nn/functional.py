@@ -183,18 +183,36 @@ def im2col_t(x: np.ndarray, kernel_size, stride=1, padding=0, out=None) -> np.nd
     sh, sw = pair(stride, "stride", low=1)
     ph, pw = pair(padding, "padding", low=0)
     oh, ow = conv_output_shape(h, w, (kh, kw), (sh, sw), (ph, pw))
-    # channels first, so that each (c, a, b) row reads one contiguous (N, Hp, Wp) block that
-    # stays in cache (measured faster than a Numba loop over x's NCHW layout)
-    xp = _pad(x, ph, pw, channels_first=True)  # (C, N, Hp, Wp)
-    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
-    # windows[c, n, i, j, a, b] -> (c, a, b | n, i, j): the one copy
-    windows = windows.transpose(0, 4, 5, 1, 2, 3)
     shape = (c * kh * kw, n * oh * ow)
     usable = (
         isinstance(out, np.ndarray) and out.shape == shape and out.dtype == x.dtype
         and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, x)
     )  # fmt: skip
-    if not usable:
+    if x.dtype in _kernels.KERNEL_DTYPES:  # the Numba kernel: the same copy, ~2x faster
+        if not usable:
+            out = np.empty(shape, x.dtype)
+        # channels first (one copy of x, padded): each (c, a, b) row then reads one contiguous
+        # (N, Hp, Wp) block; reading NCHW directly, image after image, was slower (5.4 ms
+        # against 4.4 for LeNet-5's conv2, copy included)
+        xp = _pad(x, ph, pw, channels_first=True)  # (C, N, Hp, Wp)
+        _kernels.im2col_t_kernel(xp, kh, kw, sh, sw, oh, ow, out)
+        return out
+    return _im2col_t_numpy(x, (kh, kw), (sh, sw), (ph, pw), (oh, ow), out if usable else None)
+
+
+def _im2col_t_numpy(x, kernel_size, stride, padding, out_shape, out=None) -> np.ndarray:
+    """The NumPy twin of :func:`ternref.nn._kernels.im2col_t_kernel` (arguments checked; ``out``
+    None or usable)."""
+    (n, c, _, _), (kh, kw), (sh, sw), (ph, pw), (oh, ow) = (
+        x.shape, kernel_size, stride, padding, out_shape,
+    )  # fmt: skip
+    # channels first, so that each (c, a, b) row reads one contiguous (N, Hp, Wp) block
+    xp = _pad(x, ph, pw, channels_first=True)  # (C, N, Hp, Wp)
+    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
+    # windows[c, n, i, j, a, b] -> (c, a, b | n, i, j): the one copy
+    windows = windows.transpose(0, 4, 5, 1, 2, 3)
+    shape = (c * kh * kw, n * oh * ow)
+    if out is None:
         return _fresh(windows.reshape(shape), x)
     np.copyto(out.reshape(c, kh, kw, n, oh, ow), windows)
     return out

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from ternref.nn import BatchNorm2d, MaxPool2d, ReLU
 from ternref.nn import _kernels as K
-from ternref.nn.functional import _col2im_t_numpy, col2im_t, conv_output_shape
+from ternref.nn.functional import (
+    _col2im_t_numpy,
+    _im2col_t_numpy,
+    col2im_t,
+    conv_output_shape,
+    im2col_t,
+)
 
 from .test_functional import conv_geometry
 
@@ -144,12 +150,28 @@ def test_col2im_kernel_equals_twin_bit_for_bit(geom, dtype, seed):
     np.testing.assert_array_equal(got, want)
 
 
+@given(conv_geometry(), st.sampled_from(DTYPES), seeds, st.booleans())
+def test_im2col_kernel_equals_twin_bit_for_bit(geom, dtype, seed, given_out):
+    """Every geometry of the strategy (strides 1-3, so both loop nests of the kernel, padding
+    0-2, kernels wider than the input with padding), into a fresh array or a given ``out``."""
+    shape, k, s, p = geom
+    oh, ow = conv_output_shape(shape[2], shape[3], k, s, p)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    want = _im2col_t_numpy(x, k, s, p, (oh, ow))
+    out = np.full(want.shape, np.nan, dtype) if given_out else None
+    got = im2col_t(x, k, s, p, out=out)  # float32/64: the kernel
+    assert got.dtype == want.dtype == dtype and got.flags.c_contiguous
+    assert (got is out) == given_out
+    np.testing.assert_array_equal(got, want)
+
+
 def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
     """NUMBA_DISABLE_JIT=1: the kernels execute line by line as Python and agree with the twins."""
     script = """
         import numpy as np
         from ternref.nn import _kernels as K
-        from ternref.nn.functional import _col2im_t_numpy, col2im_t
+        from ternref.nn.functional import (_col2im_t_numpy, _im2col_t_numpy, col2im_t,
+                                           conv_output_shape, im2col_t)
         assert not hasattr(K._maxpool2x2_forward_kernel, "py_func"), "jit was not disabled"
         rng = np.random.default_rng(0)
         x = rng.integers(-2, 3, (2, 3, 5, 6)).astype(np.float32)
@@ -166,6 +188,11 @@ def test_kernels_run_as_plain_python_with_jit_disabled(run_without_jit):
         for got, want in zip(K.batchnorm_train_forward(x3, g, b, 1e-5),
                              K.batchnorm_train_forward_numpy(x3, g, b, 1e-5)):
             assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+        xi = rng.standard_normal((2, 3, 5, 6))
+        for stride in (1, 2):
+            oh, ow = conv_output_shape(5, 6, (3, 3), (stride, stride), (1, 0))
+            assert np.array_equal(im2col_t(xi, 3, stride, (1, 0)),
+                                  _im2col_t_numpy(xi, (3, 3), (stride,) * 2, (1, 0), (oh, ow)))
         cols = rng.standard_normal((3 * 9, 2 * 4 * 5))
         assert np.array_equal(col2im_t(cols, (2, 3, 5, 6), 3, 1, (1, 0)),
                               _col2im_t_numpy(cols, (2, 3, 5, 6), (3, 3), (1, 1), (1, 0), (5, 4)))
