@@ -52,6 +52,7 @@ from ternref.projections._registry import register
 from ternref.projections.threshold import (
     _codes,
     _granularity,
+    _row_counts,
     _rows,
     _safe_mean,
     _ternary,
@@ -72,7 +73,7 @@ def _twn_rows(a: np.ndarray, factor: float, counts=None):
     mean_abs = a.sum(axis=1, dtype=np.float64) / counts  # E|w| per row
     delta = factor * mean_abs  # Delta = factor * E|w|
     keep = a > delta[:, None]  # I_Delta = {|w| > Delta} (strict: ties -> 0)
-    alpha = _safe_mean((a * keep).sum(axis=1, dtype=np.float64), np.count_nonzero(keep, axis=1))
+    alpha = _safe_mean((a * keep).sum(axis=1, dtype=np.float64), _row_counts(keep))
     return keep, alpha
 
 
