@@ -181,9 +181,10 @@ print("tq1 byte-equal:", np.array_equal(tq1_by_hand, p_tq1.arrays["codes"]))
 # Numba kernel over the packed bytes; for larger batches it decodes tiles of rows to float32 and
 # multiplies them with an outer-product block written in LLVM IR where the CPU has AVX-512
 # ([`packed/_f32_block.py`](../ternref/packed/_f32_block.py)), a register-blocked Numba loop
-# elsewhere (with int8 activations on a CPU with AVX-512 VNNI, i2 multiplies its packed bytes
-# directly, and tq1 re-encodes each tile of rows as i2 bytes first). `backend="numpy"` runs the
-# NumPy *twin* of the same algorithm (slow, readable, what you step through in a debugger).
+# elsewhere (with int8 activations on a CPU with AVX-512 VNNI or AVX2, i2 multiplies its packed
+# bytes directly, and tq1 re-encodes each tile of rows as i2 bytes first). `backend="numpy"`
+# runs the NumPy *twin* of the same algorithm (slow, readable, what you step through in a
+# debugger).
 # `activations="int8"` quantizes each row of `x` to int8 (absmax, BitNet-style) and
 # accumulates exact integers.
 
@@ -264,15 +265,17 @@ set_num_threads(default_threads)
 # the product reads every weight once and is memory-bound: i2 reads 16x fewer bytes than
 # float32 and, with int8 activations, sums exact integers with the CPU's integer dot-product
 # instructions: on a CPU with AVX-512 VNNI, i2 runs a loop written in LLVM IR around `vpdpbusd`
-# (64 byte products per instruction, `ternref/packed/_vnni.py`); elsewhere LLVM's own
-# vectorization of the plain loop (`vpmaddwd`, or `vpdpwssd` with AVX-VNNI); a test checks the
-# compiled kernels for them. At batch 64 the product is compute-bound: float32 activations go
-# through a tile of weights decoded to float32 and an AVX-512 outer-product block (or a
-# register-blocked loop), near BLAS's speed at this size (about even at 4096, faster at 8192,
-# see the README); int8 activations with VNNI multiply 4 weight rows by 4 activation rows per
-# pass over the bytes (tq1 after re-encoding a tile of rows as i2, a few
-# operations per weight paid once for all 64 rows) and beat sgemm. Whole models,
-# float against packed, are timed by `ternref bench --models` (README, "Benchmarks"); kernels
+# (64 byte products per instruction, `ternref/packed/_vnni.py`), on one with AVX2 only the same
+# loop around `vpmaddubsw` (32 per instruction, as in llama.cpp's and bitnet.cpp's AVX2
+# kernels); elsewhere LLVM's own vectorization of the plain loop (`vpmaddwd`, or `vpdpwssd` with
+# AVX-VNNI); a test checks the compiled kernels for them. At batch 64 the product is
+# compute-bound: float32 activations go through a tile of weights decoded to float32 and an
+# AVX-512 outer-product block (or a register-blocked loop), near BLAS's speed at this size with
+# AVX-512 (about even at 4096, faster at 8192, see the README) and about half of it without;
+# int8 activations with those byte products multiply 4 weight rows by 4 activation rows per
+# pass over the bytes (tq1 after re-encoding a tile of rows as i2, a few operations per weight
+# paid once for all 64 rows) and beat sgemm. Whole models, float against packed, are timed by
+# `ternref bench --models` (README, "Benchmarks"); kernels
 # at more sizes by `python benchmarks/bench_kernels.py`.
 #
 # ## Exercises
