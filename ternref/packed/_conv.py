@@ -14,9 +14,9 @@ time:
 3. adds the bias, applies a fused ReLU if asked, and stores the block into the NCHW output
    (:func:`store_nchw`).
 
-With float32 activations on AVX-512, when the whole weight fits one decoded tile (LeNet-5's
-convolutions), :func:`conv_whole_f32` replaces steps 1-2: the weight decoded once per call as
-panels of output channels, multiplied by the six-by-32 block of :mod:`ternref.packed._f32_block`,
+With float32 activations on AVX-512 or AVX2, when the whole weight fits one decoded tile
+(LeNet-5's convolutions), :func:`conv_whole_f32` replaces steps 1-2: the weight decoded once per
+call as panels of output channels, multiplied by the block of :mod:`ternref.packed._f32_block`,
 which reads the receptive fields in place when the weight has one scale group.
 
 Receptive-field columns follow the packed weight's padded layout (``(C, kh, kw)`` order,
@@ -124,7 +124,7 @@ def store_nchw(block, nq, p0, geo, bias, has_bias, relu, y):
 
 @njit(nogil=True)
 def conv_whole_f32(wt, m, xflat, src, geo, bias, has_bias, relu, p0, p1, y):
-    """Output positions ``p0 .. p1 - 1`` of a float32 convolution on the AVX-512 block of
+    """Output positions ``p0 .. p1 - 1`` of a float32 convolution on the float32 block of
     :mod:`ternref.packed._f32_block`, with the roles of the GEMM swapped; ``wt`` holds all
     ``m`` weight rows decoded as panels of 32 rows (the formats' ``dequant_panels``: ``wt[p L +
     k, j]`` = weight ``(32 p + j, k)``, zeros past ``m``).

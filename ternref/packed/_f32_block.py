@@ -1,4 +1,5 @@
-"""The float32 GEMM's inner block with AVX-512: six weight rows times 32 activation rows.
+"""The float32 GEMM's inner block: six weight rows times 32 activation rows with AVX-512, two
+with AVX2.
 
 Why this module exists
 ----------------------
@@ -33,13 +34,22 @@ The sums are float32 fused multiply-adds in the order ``k = 0, 1, ...``: not the
 order nor NumPy's, so results agree with the twins within the float32 bound of
 ``tests/packed/kernel_checks.py``, not bit for bit (as with every float32 path).
 
+The AVX2 form
+-------------
+AVX2 has sixteen 256-bit registers of 8 float32. The panels keep their 32 activation rows (the
+layout every caller and the formats' ``dequant_panels`` share), which are four vectors now, so
+the block takes :data:`ROWS` = 2 weight rows: eight accumulators, the four activation vectors
+and a broadcast, 13 registers. With three rows (twelve accumulators, 17 registers) LLVM
+spilled, and the batch-64 GEMM at 4096 took 40.7 ms against 27.2 ms with two; the plain 4 x 4
+loop took 41.3 ms (NumPy's sgemm: 16-19 ms). Measured on a 2-core AMD EPYC Zen 2 VM,
+2026-12-08, ``bench_kernels.py``: the batch-64 float32 GEMM went from 0.62x / 0.45x / 0.52x
+NumPy at 1024 / 4096 / 8192 to 0.78x / 0.63x (8192 in the README).
+
 When it is used
 ---------------
 :data:`AVAILABLE`: Numba compiles (not ``NUMBA_DISABLE_JIT``) for the host CPU, and LLVM reports
-AVX-512F for it (32 vector registers: the twelve accumulators, the activation vectors and the
-broadcasts fit; with AVX2's sixteen 256-bit registers they would not), and
-``TERNREF_F32_BLOCK`` is not ``0``. Otherwise the float32 GEMM and convolution keep the plain
-loops.
+AVX-512F for it, or AVX2 and FMA (:data:`ISA`), and ``TERNREF_F32_BLOCK`` is not ``0``.
+Otherwise the float32 GEMM and convolution keep the plain loops.
 
 The float32 convolution (:func:`ternref.packed._conv.conv_whole_f32`) uses the same block with
 the roles swapped: the decoded weight as panels of 32 output channels is the vector operand and
@@ -62,24 +72,37 @@ from numba.extending import intrinsic
 from ternref._jit import njit
 from ternref.packed._vnni import intrinsic_available
 
-ROWS = 6
-"""Weight rows of one block."""
+
+def _isa() -> str | None:
+    if intrinsic_available("TERNREF_F32_BLOCK", ("avx512f",)):
+        return "avx512f"
+    if intrinsic_available("TERNREF_F32_BLOCK", ("avx2", "fma")):
+        return "avx2"
+    return None
+
+
+ISA = _isa()
+"""The form of the block: ``"avx512f"`` (vectors of 16 float32, six weight rows), ``"avx2"``
+(vectors of 8, two weight rows: see the module docstring) or ``None`` (no block)."""
+
+AVAILABLE = ISA is not None
+"""Whether the float32 GEMM runs :func:`outer_block` (see the module docstring)."""
+
+LANES = 8 if ISA == "avx2" else 16
+"""float32 lanes of one vector register."""
 
 COLS = 32
-"""Activation rows of one block (two vectors of 16 float32)."""
+"""Activation rows of one block (``COLS / LANES`` vectors: two zmm, or four ymm)."""
+
+VECTORS = COLS // LANES
+
+ROWS = 2 if ISA == "avx2" else 6
+"""Weight rows of one block: ``ROWS * VECTORS`` accumulators (12 with AVX-512, 8 with AVX2)."""
 
 _F32 = ir.FloatType()
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
-_V16 = ir.VectorType(_F32, 16)
-
-
-def _available() -> bool:
-    return intrinsic_available("TERNREF_F32_BLOCK", ("avx512f",))
-
-
-AVAILABLE = _available()
-"""Whether the float32 GEMM runs :func:`outer_block` (see the module docstring)."""
+_VEC = ir.VectorType(_F32, LANES)
 
 
 def transpose_activations(x2d: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -211,26 +234,28 @@ def _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length, 
             ir.IntType(64).as_pointer(),
         )
     fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.fma.v16f32"
+        builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), f"llvm.fma.v{LANES}f32"
     )
-    zero = ir.Constant(_V16, [0.0] * 16)
-    undef = ir.Constant(_V16, ir.Undefined)
-    splat = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+    zero = ir.Constant(_VEC, [0.0] * LANES)
+    undef = ir.Constant(_VEC, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
     # accumulators as allocas: LLVM's mem2reg keeps them in registers across the loop
-    slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(ROWS)]
+    slots = [
+        [cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)
+    ]
     with cgutils.for_range(builder, length) as loop:
         k = loop.index
         x_row = builder.bitcast(builder.gep(x_first, [builder.mul(k, xt_row_stride)]),
-                                _V16.as_pointer())  # fmt: skip
-        x_vectors = (builder.load(x_row, align=4),
-                     builder.load(builder.gep(x_row, [ir.Constant(_I32, 1)]), align=4))  # fmt: skip
+                                _VEC.as_pointer())  # fmt: skip
+        x_vectors = [builder.load(builder.gep(x_row, [ir.Constant(_I32, h)]), align=4)
+                     for h in range(VECTORS)]  # fmt: skip
         column = k if gather is None else builder.load(builder.gep(offsets, [k]))
         for i in range(ROWS):
             w = builder.load(builder.gep(w_rows[i], [column]))
             w_all = builder.shuffle_vector(
                 builder.insert_element(undef, w, ir.Constant(_I32, 0)), undef, splat
             )
-            for h in range(2):
+            for h in range(VECTORS):
                 acc = builder.load(slots[i][h])
                 builder.store(builder.call(fma, [w_all, x_vectors[h], acc]), slots[i][h])
     return slots
@@ -242,10 +267,10 @@ def _block_codegen(context, builder, signature, args):
     idx = length.type
     slots = _accumulate(context, builder, xt_type, xt, x0, tile_type, tile, r0, length)
     for i in range(ROWS):
-        for h in range(2):
+        for h in range(VECTORS):
             at = _element(context, builder, out_type, out,
-                          [ir.Constant(idx, i), ir.Constant(idx, 16 * h)])  # fmt: skip
-            builder.store(builder.load(slots[i][h]), builder.bitcast(at, _V16.as_pointer()),
+                          [ir.Constant(idx, i), ir.Constant(idx, LANES * h)])  # fmt: skip
+            builder.store(builder.load(slots[i][h]), builder.bitcast(at, _VEC.as_pointer()),
                           align=4)  # fmt: skip
     return context.get_dummy_value()
 
@@ -284,10 +309,10 @@ def _store_transposed(context, builder, slots, y_type, y, n0, col0, bias_type, b
         builder.store(builder.load(builder.bitcast(at, v8.as_pointer()), align=4), bias_slot)
     bias_vector = builder.load(bias_slot)
     apply_relu = builder.icmp_unsigned("!=", relu, ir.Constant(relu.type, 0))
-    accs = [[builder.load(slots[i][h]) for h in range(2)] for i in range(ROWS)]
-    for h in range(2):
-        for j in range(16):
-            # the weight rows' sums for activation row n0 + 16 h + j: a piece of one row of y
+    accs = [[builder.load(slots[i][h]) for h in range(VECTORS)] for i in range(ROWS)]
+    for h in range(VECTORS):
+        for j in range(LANES):
+            # the weight rows' sums for activation row n0 + LANES h + j: a piece of one row of y
             v = ir.Constant(v8, ir.Undefined)
             for i in range(ROWS):
                 lane = builder.extract_element(accs[i][h], ir.Constant(_I32, j))
@@ -295,7 +320,7 @@ def _store_transposed(context, builder, slots, y_type, y, n0, col0, bias_type, b
             v = builder.fadd(v, bias_vector)
             clipped = builder.select(builder.fcmp_ordered("<", v, zero8), zero8, v)
             v = builder.select(apply_relu, clipped, v)  # NaN stays NaN, as with np.maximum
-            row = builder.add(n0, ir.Constant(idx, 16 * h + j))
+            row = builder.add(n0, ir.Constant(idx, LANES * h + j))
             at = _element(context, builder, y_type, y, [row, col0])
             builder.store(v, builder.bitcast(at, v8.as_pointer()), align=4)
 
@@ -330,8 +355,8 @@ tile[r0 + i, k] * xt[x0 + k, j]`` for ``i <`` :data:`ROWS`, ``j <`` :data:`COLS`
 fused multiply-adds, ``k`` in order): ``xt`` holds panels of 32 activation rows
 (:func:`transpose_activations`),
 ``x0`` is the first row of one. ``tile`` rows ``r0 .. r0 + ROWS - 1`` must exist
-(the caller pads), the last axis of ``tile`` and ``xt`` must be contiguous, ``out`` a (8, 32)
-float32 array with contiguous rows."""
+(the caller pads), the last axis of ``tile`` and ``xt`` must be contiguous, ``out`` a
+(:data:`ROWS`, 32) float32 array (or more rows) with contiguous rows."""
 
 outer_block_store = intrinsic(_store_typer)
 """``outer_block_store(xt, x0, tile, r0, length, y, n0, col0, bias, has_bias, relu)``: the sums

@@ -455,10 +455,11 @@ def tile_matmul_blocked(xp, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu
 @njit(nogil=True)
 def tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
     """:func:`tile_matmul_blocked` from the activations as panels of 32 rows ``xt``
-    (:func:`ternref.packed._f32_block.transpose_activations`) with the AVX-512 block of
-    :mod:`ternref.packed._f32_block`: six weight rows by 32 activation rows per call, then
-    bias and ReLU as the block is stored. ``buf`` must hold a multiple of six rows (the rows
-    past ``nr`` are multiplied and dropped) and ``n0`` must be a multiple of 32.
+    (:func:`ternref.packed._f32_block.transpose_activations`) with the block of
+    :mod:`ternref.packed._f32_block` (AVX-512 or AVX2): ``F32_ROWS`` weight rows (6 or 2) by
+    32 activation rows per call, then bias and ReLU as the block is stored. ``buf`` must hold a
+    multiple of ``F32_ROWS`` rows (the rows past ``nr`` are multiplied and dropped) and ``n0``
+    must be a multiple of 32.
 
     The code around the inlined block decides whether LLVM keeps its accumulators in registers:
     the partial-tile epilogue below, written through :func:`_bias_relu` instead, made it spill
@@ -491,7 +492,7 @@ def tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
 
 @njit(nogil=True)
 def tile_product_f32(xp, xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu):
-    """The float32 GEMM's product of one decoded tile: :func:`tile_matmul_t` on AVX-512
+    """The float32 GEMM's product of one decoded tile: :func:`tile_matmul_t` on AVX-512 or AVX2
     (:data:`ternref.packed._f32_block.AVAILABLE`), else :func:`tile_matmul_blocked`."""
     if F32_BLOCK:
         tile_matmul_t(xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, relu)
@@ -501,8 +502,8 @@ def tile_product_f32(xp, xt, buf, nr, y, r0, n0, n1, n_cols, bias, has_bias, rel
 
 @njit(nogil=True)
 def f32_tile_rows(n_rows, bytes_per_row):
-    """:func:`tile_rows` for the float32 GEMM: a multiple of the AVX-512 block's six rows when
-    that block runs, so that only a last, partial tile multiplies rows it drops."""
+    """:func:`tile_rows` for the float32 GEMM: a multiple of the float32 block's ``F32_ROWS``
+    when that block runs, so that only a last, partial tile multiplies rows it drops."""
     rows = tile_rows(n_rows, bytes_per_row)
     if F32_BLOCK and rows < n_rows:
         rows = min(n_rows, -(-rows // F32_ROWS) * F32_ROWS)
@@ -511,8 +512,9 @@ def f32_tile_rows(n_rows, bytes_per_row):
 
 @njit(nogil=True)
 def tile_buffer(rows, length):
-    """The decoded tile of the float32 GEMM: ``rows`` rounded up to the AVX-512 block's six
-    (zeros in the extra rows, which :func:`tile_matmul_t` multiplies and drops)."""
+    """The decoded tile of the float32 GEMM: ``rows`` rounded up to a multiple of the float32
+    block's ``F32_ROWS`` (zeros in the extra rows, which :func:`tile_matmul_t` multiplies and
+    drops)."""
     return np.zeros((-(-rows // F32_ROWS) * F32_ROWS, length), np.float32)
 
 

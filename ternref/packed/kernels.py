@@ -13,11 +13,11 @@ AVX2 alone its ``vpmaddubsw`` form).
 
 More rows: the format's GEMM kernel (``gemm_f32`` / ``gemm_i8``) decodes a tile of weight rows
 at a time (values for float32 activations, signed codes for int8) and multiplies it with a
-register-blocked product (:mod:`ternref.packed._gemm`; for float32 on a CPU with AVX-512, the
-outer-product block of :mod:`ternref.packed._f32_block` on the activations transposed into
-panels). A GEMM never expands the packed weight whole; a convolution whose decoded weight
-fits ``WHOLE_WEIGHT_BYTES`` (1 MiB) decodes it once for the call (with float32 activations on
-AVX-512: as panels of output channels for :func:`ternref.packed._conv.conv_whole_f32`, see
+register-blocked product (:mod:`ternref.packed._gemm`; for float32 on a CPU with AVX-512 or
+AVX2, the outer-product block of :mod:`ternref.packed._f32_block` on the activations transposed
+into panels). A GEMM never expands the packed weight whole; a convolution whose decoded weight
+fits ``WHOLE_WEIGHT_BYTES`` (1 MiB) decodes it once for the call (with float32 activations and
+the block: as panels of output channels for :func:`ternref.packed._conv.conv_whole_f32`, see
 :func:`run_conv`) and frees it after; nothing decoded is kept between calls. The exceptions,
 on a CPU with AVX-512 VNNI or AVX2 (:mod:`ternref.packed._vnni`): a format whose
 ``STREAM_GEMM_I8`` is true (``i2``) runs int8 products of every batch size through its stream
@@ -371,7 +371,7 @@ def product(
             kernel = mod.gemm_f32
             has_bias = bias is not None
             b = bias if has_bias else _NO_BIAS
-            # the AVX-512 block reads the activations transposed (ternref.packed._f32_block)
+            # the float32 block reads the activations transposed (ternref.packed._f32_block)
             xt = transpose_activations(xp, p.padded_length) if F32_BLOCK else _NO_XT
             args = (*data, xp, xt, sc["lut"], n_cols, b, has_bias, relu)
         _threads.run(kernel, args, _gemm_chunks(m, n, p.padded_length), y)
@@ -385,7 +385,7 @@ def product(
 
 
 _NO_BIAS = np.zeros(0, np.float32)
-_NO_XT = np.zeros((0, 0), np.float32)  # gemm_f32's transposed activations, unused without AVX-512
+_NO_XT = np.zeros((0, 0), np.float32)  # gemm_f32's transposed activations, unused without the block
 
 
 def _gemm_i8_i2_tiles(p: Packed, x2d, bias, relu: bool, y) -> np.ndarray:
@@ -447,7 +447,7 @@ def _gemm_chunks(m: int, n: int, length: int) -> list[tuple[int, int, int, int]]
         return [(0, m, 0, n)]
     wanted = min(threads * _threads.CHUNKS_PER_THREAD, work // _threads.MIN_CHUNK_WORK)
     if m >= 16 * wanted:
-        # whole tiles of the AVX-512 float32 block (6 rows; ternref.packed._f32_block), else 4
+        # whole tiles of the float32 block (F32_ROWS rows; ternref.packed._f32_block), else 4
         rows = 3 * F32_ROWS if F32_BLOCK else 4
         return [(a, b, 0, n) for a, b in _threads.split(m, wanted, rows)]
     return [(0, m, a, b) for a, b in _threads.split(n, wanted, X_BLOCK)]
@@ -597,7 +597,7 @@ def run_conv(p: Packed, x, kernel_size, stride, padding, int8: bool, bias, relu:
         head = (sc["sc"], sc["code_lut"], sc["abs_lut"], not p.symmetric, p.offset is not None)
         args = (*data, *head, *tail)
     elif F32_BLOCK and p.shape[0] * 4 * p.padded_length <= WHOLE_WEIGHT_BYTES:
-        # the AVX-512 block with the weight as vectors: decoded once for every chunk, as panels
+        # the float32 block with the weight as vectors: decoded once for every chunk, as panels
         # of output channels (freed after the call). A separate call: inlined into the formats'
         # conv_f32, the block's loop ran 1.3-1.5x slower (LeNet-5 conv2, batch 1, 2026-12-03).
         wt = np.empty((-(-p.shape[0] // F32_COLS) * p.padded_length, F32_COLS), np.float32)

@@ -24,7 +24,8 @@ from ternref.packed._f32_block import COLS, ROWS, transpose_activations
 from ternref.packed._gemm import NO_BIAS, tile_buffer, tile_matmul_act
 
 needs_block = pytest.mark.skipif(
-    not _f32_block.AVAILABLE, reason="no AVX-512F (or JIT disabled / TERNREF_F32_BLOCK=0)"
+    not _f32_block.AVAILABLE,
+    reason="no AVX-512F or AVX2 + FMA (or JIT disabled / TERNREF_F32_BLOCK=0)",
 )
 
 
@@ -181,8 +182,10 @@ def test_dequant_panels_run_as_plain_python_with_jit_disabled(run_without_jit):
 
 
 def test_block_constants_fit_the_registers():
-    """Twelve accumulators of 16 lanes (see the module docstring: sixteen spilled)."""
-    assert (ROWS, COLS) == (6, 32)
+    """Twelve accumulators of 16 lanes with AVX-512 (see the module docstring: sixteen spilled),
+    eight of 8 lanes with AVX2 (its sixteen registers also hold the four activation vectors)."""
+    expected = {"avx512f": (6, 32, 16), "avx2": (2, 32, 8), None: (6, 32, 16)}[_f32_block.ISA]
+    assert (ROWS, COLS, _f32_block.LANES) == expected
 
 
 @pytest.mark.slow
