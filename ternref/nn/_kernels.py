@@ -132,19 +132,25 @@ def _maxpool2x2_forward_kernel(x, y, arg):
 
 @njit(nogil=True)
 def _maxpool2x2_backward_kernel(dy, arg, dx):
-    """dx[.., 2r + k // 2, 2s + k % 2] = dy[.., r, s] for the routed offset k, 0 elsewhere."""
+    """dx[.., 2r + k // 2, 2s + k % 2] = dy[.., r, s] for the routed offset k, 0 elsewhere (a
+    NaN window, k = -1, routes nothing).
+
+    ``dx`` is zeroed in one pass (a memset), then each gradient is stored at its one routed
+    position: on the Zen 2 VM (2026-12-08), conv1's pool of LeNet-5 at batch 128 (3.2 M inputs)
+    took 1.6 ms this way against 6.5 ms writing all four positions of every window with a
+    select each (``g if k == j else 0``), which LLVM left scalar."""
     n, c, oh, ow = dy.shape
-    # (N*C, ...) views and a literal 0.0: measured 3x faster than per-(n, c) row views here
     dy3, arg3 = dy.reshape(n * c, oh, ow), arg.reshape(n * c, oh, ow)
     dx3 = dx.reshape(n * c, dx.shape[2], dx.shape[3])
+    dx3[:] = 0.0
     for q in range(n * c):
+        plane = dx3[q]
         for r in range(oh):
+            g_row, k_row = dy3[q, r], arg3[q, r]
             for s in range(ow):
-                g, k = dy3[q, r, s], arg3[q, r, s]
-                dx3[q, 2 * r, 2 * s] = g if k == 0 else 0.0
-                dx3[q, 2 * r, 2 * s + 1] = g if k == 1 else 0.0
-                dx3[q, 2 * r + 1, 2 * s] = g if k == 2 else 0.0
-                dx3[q, 2 * r + 1, 2 * s + 1] = g if k == 3 else 0.0
+                k = k_row[s]
+                if k >= 0:
+                    plane[2 * r + (k >> 1), 2 * s + (k & 1)] = g_row[s]
 
 
 @njit(nogil=True)
@@ -190,9 +196,7 @@ def maxpool2d_backward(dy: np.ndarray, cache, kernel_size, stride) -> np.ndarray
     kind, a, b = cache
     if kind == "arg":
         dy = np.ascontiguousarray(dy, dtype=np.result_type(dy.dtype, np.float32))
-        n, c, h, w = b
-        tiled = (h, w) == (2 * dy.shape[2], 2 * dy.shape[3])  # else odd rows/columns stay 0
-        dx = np.empty(b, dy.dtype) if tiled else np.zeros(b, dy.dtype)
+        dx = np.empty(b, dy.dtype)  # zeroed by the kernel (odd last rows/columns stay 0)
         _maxpool2x2_backward_kernel(dy, a, dx)
         return dx
     return maxpool2d_backward_numpy(a, b, dy, kernel_size, stride)
