@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ternref.projections.threshold import threshold
+from ternref.projections.threshold import _codes, _row_counts, threshold
 
 
 def test_hand_built_default_is_nearest_grid_point():
@@ -46,3 +46,19 @@ def test_not_scale_equivariant():
 def test_bad_inputs(kwargs, error, word):
     with pytest.raises(error, match=word):
         threshold(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_codes_and_row_counts_equal_their_float_definitions(dtype):
+    """``_codes`` is ``sign(w) * keep`` (kept zeros and signed zeros stay 0) and ``_row_counts``
+    is ``count_nonzero(axis=1)``, for one row and for several."""
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1000), (7, 33), (1, 1)):
+        w = rng.standard_normal(shape).astype(dtype)
+        w.flat[:3] = [0.0, -0.0, 0.0][: w.size]
+        keep = rng.random(shape) < 0.6
+        keep.flat[:3] = True
+        got = _codes(w, keep)
+        assert got.dtype == np.int8
+        np.testing.assert_array_equal(got, (np.sign(w) * keep).astype(np.int8))
+        np.testing.assert_array_equal(_row_counts(keep), np.count_nonzero(keep, axis=1))
