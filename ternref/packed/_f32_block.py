@@ -42,8 +42,8 @@ the block takes :data:`ROWS` = 2 weight rows: eight accumulators, the four activ
 and a broadcast, 13 registers. With three rows (twelve accumulators, 17 registers) LLVM
 spilled, and the batch-64 GEMM at 4096 took 40.7 ms against 27.2 ms with two; the plain 4 x 4
 loop took 41.3 ms (NumPy's sgemm: 16-19 ms). Measured on a 2-core AMD EPYC Zen 2 VM,
-2026-12-08, ``bench_kernels.py``: the batch-64 float32 GEMM went from 0.62x / 0.45x / 0.52x
-NumPy at 1024 / 4096 / 8192 to 0.78x / 0.63x (8192 in the README).
+2026-12-08, ``bench_kernels.py``: the batch-64 ``i2`` float32 GEMM went from 0.64x / 0.46x /
+0.50x NumPy at 1024 / 4096 / 8192 to 0.73-0.78x / 0.62-0.63x / 0.56x.
 
 When it is used
 ---------------
@@ -95,6 +95,7 @@ COLS = 32
 """Activation rows of one block (``COLS / LANES`` vectors: two zmm, or four ymm)."""
 
 VECTORS = COLS // LANES
+"""Vector registers one panel row of 32 activations fills."""
 
 ROWS = 2 if ISA == "avx2" else 6
 """Weight rows of one block: ``ROWS * VECTORS`` accumulators (12 with AVX-512, 8 with AVX2)."""
