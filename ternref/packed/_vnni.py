@@ -137,6 +137,18 @@ def _splat(builder, value, vector_type):
     return builder.shuffle_vector(first, undef, zeros)
 
 
+def _emit_prefetches(builder, ptrs, offset):
+    """Ask the cache for the bytes at ``ptr + offset`` of every pointer in ``ptrs`` (read
+    access, locality :data:`PREFETCH_LOCALITY`, data cache); a prefetch cannot fault."""
+    prefetch = _function(
+        builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
+    )
+    for ptr in ptrs:
+        args = [builder.gep(ptr, [offset]), ir.Constant(_I32, 0),
+                ir.Constant(_I32, PREFETCH_LOCALITY), ir.Constant(_I32, 1)]  # fmt: skip
+        builder.call(prefetch, args)
+
+
 def _emit_step(
     builder, bits, code_ptrs, stream_ptrs, offset, mask, accs, prefetch_ptrs=(), per_stream=True
 ):
@@ -161,17 +173,7 @@ def _emit_step(
     mask_vector = _splat(builder, mask, vbytes)
     accs = [[list(a) if per_stream else a for a in row] for row in accs]
     code_bytes = [load(ptr) for ptr in code_ptrs]
-    prefetch = _function(
-        builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
-    )
-    for ptr in prefetch_ptrs:  # read access, keep in all cache levels, data cache
-        args = [
-            builder.gep(ptr, [offset]),
-            ir.Constant(_I32, 0),
-            ir.Constant(_I32, 3),
-            ir.Constant(_I32, 1),
-        ]
-        builder.call(prefetch, args)
+    _emit_prefetches(builder, prefetch_ptrs, offset)
     for s in range(4):
         x = [load(ptrs[s]) for ptrs in stream_ptrs]
         for j, b in enumerate(code_bytes):
@@ -208,19 +210,13 @@ def _emit_step_avx2(builder, code_ptrs, stream_ptrs, offset, mask, accs, prefetc
 
     mask_vector = _splat(builder, mask, vbytes)
     accs = [list(row) for row in accs]
-    prefetch = _function(
-        builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
-    )
-    for ptr in prefetch_ptrs:  # read access, keep in all cache levels, data cache
-        args = [builder.gep(ptr, [offset]), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
-                ir.Constant(_I32, 1)]  # fmt: skip
-        builder.call(prefetch, args)
+    _emit_prefetches(builder, prefetch_ptrs, offset)
     for j, code_ptr in enumerate(code_ptrs):
         b = load(code_ptr)
         fields = [
             builder.and_(
                 builder.lshr(b, ir.Constant(vbytes, [2 * s] * 32)) if s else b, mask_vector
-            )  # fmt: skip
+            )
             for s in range(4)
         ]
         for i, ptrs in enumerate(stream_ptrs):
@@ -239,11 +235,9 @@ def _reduce_one(builder, bits, vector):
 
 def _reduce(builder, bits, stream_accs):
     """The int32 sum of the lanes of the four stream accumulators of one product."""
-    vlanes = _LANES[bits]
     total = builder.add(builder.add(stream_accs[0], stream_accs[1]),
                         builder.add(stream_accs[2], stream_accs[3]))  # fmt: skip
-    name = f"llvm.vector.reduce.add.v{vlanes.count}i32"
-    return builder.call(_function(builder, name, _I32, [vlanes]), [total])
+    return _reduce_one(builder, bits, total)
 
 
 def _avx2_sums(builder, code_ptrs, stream_ptrs, nbytes, mask, prefetch_ptrs):
